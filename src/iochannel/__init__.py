@@ -1,0 +1,72 @@
+"""iochannel: QEMU's byte-stream stack for Python.
+
+One channel API (:class:`Channel`) over sockets, files, pipes, commands and
+memory — blocking, non-blocking and asyncio, from any thread — with TLS and
+WebSocket layers, character devices and a vhost-user back-end built on it.
+"""
+
+from .address import (
+    Address,
+    AddressError,
+    FdAddress,
+    InetAddress,
+    UnixAddress,
+    VsockAddress,
+    format_address,
+    parse_address,
+    resolve,
+)
+from .buffer import BufferChannel
+from .channel import Channel
+from .command import CommandChannel
+from .errors import (
+    ChannelClosedError,
+    ChannelEOFError,
+    ChannelError,
+    IncompleteReadError,
+    UnsupportedFeatureError,
+)
+from .file import FileChannel
+from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
+from .fromfd import from_fd
+from .memory import MemoryChannel, memory_pair
+from .netlistener import NetListener
+from .null import NullChannel
+from .socket import MAX_FDS, SocketChannel
+from .task import Task
+from .watch import Watch
+
+__all__ = [
+    "MAX_FDS",
+    "Address",
+    "AddressError",
+    "BufferChannel",
+    "Channel",
+    "ChannelClosedError",
+    "ChannelEOFError",
+    "ChannelError",
+    "CommandChannel",
+    "Condition",
+    "FdAddress",
+    "Feature",
+    "FileChannel",
+    "IncompleteReadError",
+    "InetAddress",
+    "MemoryChannel",
+    "NetListener",
+    "NullChannel",
+    "ReadFlag",
+    "Shutdown",
+    "SocketChannel",
+    "Task",
+    "UnixAddress",
+    "UnsupportedFeatureError",
+    "VsockAddress",
+    "Watch",
+    "WriteFlag",
+    "format_address",
+    "from_fd",
+    "memory_pair",
+    "parse_address",
+    "resolve",
+]

@@ -1,0 +1,644 @@
+"""The abstract byte channel: one API for sockets, files, pipes, commands, memory and layers.
+
+Contract (every implementation keeps it; implementations document only what
+they add):
+
+* ``readv(buffers)`` fills the buffers in order and returns the byte count.  A
+  blocking channel returns at least one byte, or ``0`` only at end of stream.  A
+  non-blocking channel returns ``None`` when it would block (as
+  :class:`io.RawIOBase` does); ``None`` is never an error.
+* ``writev(buffers)`` may write partially and returns the count, or ``None``
+  when a non-blocking channel would block.
+* File descriptors: ``readv(..., fds=list)`` appends received fds to *list* only
+  when the call succeeds; the caller owns them, they are close-on-exec and made
+  blocking unless ``ReadFlag.FD_PRESERVE_BLOCKING``.  ``writev(..., fds=...)``
+  sends the fds with the first byte written.  Both need ``Feature.FD_PASS``.
+* ``*_all`` forms loop until every byte moved, waiting when the channel would
+  block.  ``readv_all_eof`` returns ``False`` for a clean end of stream before
+  the first byte and raises :class:`IncompleteReadError` after a partial read;
+  ``readv_all`` raises :class:`ChannelEOFError` in the first case too.  On any
+  error the fds received so far are closed.
+* ``a*`` coroutines are the same operations for asyncio.  They wait on the loop
+  running the calling coroutine, looked up at each wait: reading on loop A in
+  one thread while writing on loop B in another needs no attach/detach call.
+  They switch the channel to non-blocking mode on first use.
+* ``wait(cond)`` blocks until the condition holds, ``await wait_async(cond)``
+  is its asyncio form, ``add_watch`` a persistent callback on a loop.
+  ``wake_read()`` (thread-safe) ends a pending read wait early: the wait
+  returns ``Condition.NONE``.  ``close()`` is idempotent and ends every pending
+  wait with :class:`ChannelClosedError` and cancels every watch.
+* ``set_delay`` and ``set_cork`` are hints that never fail; ``shutdown``,
+  ``seek``/``pread``/``pwrite`` and ``flush`` need their :class:`Feature`.
+
+Implementations override the ``_``-prefixed hooks: ``_readv``, ``_writev``,
+``_close`` and ``_set_blocking`` are mandatory; ``_wait_fds`` and
+``_pending`` describe readiness; the rest are optional.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import warnings
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import (
+    ChannelClosedError,
+    ChannelEOFError,
+    IncompleteReadError,
+    UnsupportedFeatureError,
+)
+from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
+from .watch import FdSpec, Waits, Watch, WatchCallback, add_watch
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from typing_extensions import Buffer
+else:
+    Buffer = Any
+
+__all__ = ["Buffer", "Channel"]
+
+T = TypeVar("T")
+
+# One step of an exact-transfer loop: the condition to wait for before retrying.
+_Steps = Generator[Condition, None, T]
+
+# Linux caps one readv/writev/sendmsg at IOV_MAX buffers.
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    """Close every fd in *fds*, ignoring ones already closed."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _views(buffers: Sequence[Buffer]) -> list[memoryview]:
+    views = []
+    for b in buffers:
+        v = memoryview(b)
+        if v.format != "B" or v.ndim != 1:
+            v = v.cast("B")
+        if len(v):
+            views.append(v)
+    return views
+
+
+class _Cursor:
+    """Position inside a list of memoryviews, advanced after partial transfers."""
+
+    __slots__ = ("index", "views")
+
+    def __init__(self, views: list[memoryview]) -> None:
+        self.views = views
+        self.index = 0
+
+    def remaining(self) -> list[memoryview]:
+        return self.views[self.index : self.index + IOV_MAX]
+
+    def advance(self, n: int) -> None:
+        views = self.views
+        i = self.index
+        while n:
+            size = len(views[i])
+            if n < size:
+                views[i] = views[i][n:]
+                break
+            n -= size
+            i += 1
+        self.index = i
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.views)
+
+
+class Channel:
+    """Abstract base class of every channel; see the module docstring for the contract."""
+
+    __slots__ = ("__weakref__", "_blocking", "_closed", "_features", "_name", "_waits")
+
+    def __init__(self, features: Feature = Feature.NONE, name: str = "") -> None:
+        self._features = features
+        self._name = name or type(self).__name__
+        self._closed = False
+        self._blocking = True
+        self._waits: Waits | None = None
+
+    # ---- identity and features ----------------------------------------
+
+    @property
+    def name(self) -> str:
+        """A label for logs and error messages."""
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    @property
+    def features(self) -> Feature:
+        """The optional features this channel supports."""
+        return self._features
+
+    def has_feature(self, feature: Feature) -> bool:
+        return feature in self._features
+
+    def _set_feature(self, feature: Feature, on: bool = True) -> None:
+        if on:
+            self._features |= feature
+        else:
+            self._features &= ~feature
+
+    def _require(self, feature: Feature, what: str) -> None:
+        if feature not in self._features:
+            raise UnsupportedFeatureError(f"{self._name}: channel does not support {what}")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def blocking(self) -> bool:
+        return self._blocking
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("blocking" if self._blocking else "non-blocking")
+        return f"<{type(self).__name__} {self._name!r} {state}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChannelClosedError(f"{self._name}: channel is closed")
+
+    # ---- implementation hooks -----------------------------------------
+
+    def _readv(
+        self, buffers: Sequence[Buffer], flags: ReadFlag, fds: list[int] | None
+    ) -> int | None:
+        raise NotImplementedError
+
+    def _writev(
+        self, buffers: Sequence[Buffer], fds: Sequence[int], flags: WriteFlag
+    ) -> int | None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _set_blocking(self, blocking: bool) -> None:
+        raise NotImplementedError
+
+    def _wait_fds(self, cond: Condition) -> FdSpec:
+        """``(fd, poll events)`` pairs to wait on for *cond*; none by default."""
+        return ()
+
+    def _pending(self, cond: Condition) -> Condition:
+        """The part of *cond* that holds without waiting."""
+        return Condition.NONE
+
+    def _io_owner(self) -> object:
+        """The channel owning the fds of :meth:`_wait_fds` (layers delegate)."""
+        return self
+
+    def _shutdown(self, how: Shutdown) -> None:
+        raise NotImplementedError
+
+    def _seek(self, offset: int, whence: int) -> int:
+        raise NotImplementedError
+
+    def _preadv(self, buffers: Sequence[Buffer], offset: int) -> int:
+        raise NotImplementedError
+
+    def _pwritev(self, buffers: Sequence[Buffer], offset: int) -> int:
+        raise NotImplementedError
+
+    def _set_delay(self, enabled: bool) -> None:
+        pass
+
+    def _set_cork(self, enabled: bool) -> None:
+        pass
+
+    def _flush(self) -> int:
+        return 0
+
+    # ---- single calls --------------------------------------------------
+
+    def readv(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        flags: ReadFlag = ReadFlag.NONE,
+        fds: list[int] | None = None,
+    ) -> int | None:
+        """Read into *buffers* in order: a count, ``0`` at EOF, ``None`` if it would block."""
+        if self._closed:
+            self._check_open()
+        if fds is not None:
+            self._require(Feature.FD_PASS, "file descriptor passing")
+        if flags & ReadFlag.MSG_PEEK:
+            self._require(Feature.READ_MSG_PEEK, "peek reads (MSG_PEEK)")
+        return self._readv(buffers, flags, fds)
+
+    def writev(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        fds: Sequence[int] = (),
+        flags: WriteFlag = WriteFlag.NONE,
+    ) -> int | None:
+        """Write from *buffers*: a count (maybe partial) or ``None`` if it would block."""
+        if self._closed:
+            self._check_open()
+        if fds:
+            self._require(Feature.FD_PASS, "file descriptor passing")
+            if flags & WriteFlag.ZERO_COPY:
+                raise UnsupportedFeatureError(
+                    f"{self._name}: zero-copy writes cannot carry file descriptors"
+                )
+        if flags & WriteFlag.ZERO_COPY:
+            self._require(Feature.WRITE_ZERO_COPY, "zero-copy writes")
+        return self._writev(buffers, fds, flags)
+
+    def read(self, size: int) -> bytes | None:
+        """Read up to *size* bytes: ``b""`` at EOF, ``None`` if it would block."""
+        buf = bytearray(size)
+        n = self.readv((buf,))
+        if n is None:
+            return None
+        del buf[n:]
+        return bytes(buf)
+
+    def readinto(self, buffer: Buffer) -> int | None:
+        return self.readv((buffer,))
+
+    def write(self, data: Buffer) -> int | None:
+        return self.writev((data,))
+
+    # ---- exact transfers (one generator core for sync and async) -------
+
+    def _readv_all_steps(
+        self, buffers: Sequence[Buffer], fds: list[int] | None, flags: ReadFlag
+    ) -> _Steps[bool]:
+        cursor = _Cursor(_views(buffers))
+        expected = sum(len(v) for v in cursor.views)
+        got = 0
+        received: list[int] = []
+        want_fds = fds is not None
+        try:
+            while not cursor.done:
+                before = len(received)
+                n = self.readv(cursor.remaining(), flags=flags, fds=received if want_fds else None)
+                if n is None:
+                    yield Condition.IN
+                    continue
+                # fds ride with the first bytes only; the kernel drops later ones.
+                want_fds = want_fds and not received
+                if n == 0:
+                    if len(received) > before:
+                        continue  # fds without data are not end of stream
+                    if not got and not received:
+                        return False
+                    raise IncompleteReadError(got, expected, self._name)
+                want_fds = False
+                got += n
+                cursor.advance(n)
+        except BaseException:
+            close_fds(received)
+            raise
+        if fds is not None:
+            fds.extend(received)
+        return True
+
+    def _writev_all_steps(
+        self, buffers: Sequence[Buffer], fds: Sequence[int], flags: WriteFlag
+    ) -> _Steps[None]:
+        cursor = _Cursor(_views(buffers))
+        if fds and cursor.done:
+            raise ValueError(
+                f"{self._name}: file descriptors need at least one byte to travel with"
+            )
+        while not cursor.done:
+            n = self.writev(cursor.remaining(), fds=fds, flags=flags)
+            if n is None:
+                yield Condition.OUT
+                continue
+            if n:
+                fds = ()
+            cursor.advance(n)
+
+    def _run(self, steps: _Steps[T]) -> T:
+        try:
+            cond = next(steps)
+            while True:
+                self.wait(cond)
+                cond = steps.send(None)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    async def _arun(self, steps: _Steps[T]) -> T:
+        self._async_mode()
+        try:
+            cond = next(steps)
+            while True:
+                await self.wait_async(cond)
+                cond = steps.send(None)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    def readv_all_eof(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        fds: list[int] | None = None,
+        flags: ReadFlag = ReadFlag.NONE,
+    ) -> bool:
+        """Fill *buffers* exactly: ``True``, or ``False`` on EOF before any byte.
+
+        Raises :class:`IncompleteReadError` if the stream ends part-way.
+        """
+        return self._run(self._readv_all_steps(buffers, fds, flags))
+
+    def readv_all(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        fds: list[int] | None = None,
+        flags: ReadFlag = ReadFlag.NONE,
+    ) -> None:
+        """Fill *buffers* exactly; any end of stream raises :class:`ChannelEOFError`."""
+        if not self.readv_all_eof(buffers, fds=fds, flags=flags):
+            raise ChannelEOFError(f"{self._name}: end of stream before any data was read")
+
+    def read_all(self, size: int) -> bytes:
+        """Read exactly *size* bytes (see :meth:`readv_all`)."""
+        buf = bytearray(size)
+        self.readv_all((buf,))
+        return bytes(buf)
+
+    def writev_all(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        fds: Sequence[int] = (),
+        flags: WriteFlag = WriteFlag.NONE,
+    ) -> None:
+        """Write every byte of *buffers*; *fds* go with the first byte sent."""
+        self._run(self._writev_all_steps(buffers, fds, flags))
+
+    def write_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
+        self.writev_all((data,), fds=fds)
+
+    # ---- asyncio -------------------------------------------------------
+
+    def _async_mode(self) -> None:
+        if self._blocking:
+            self.set_blocking(False)
+
+    async def _aone(self, call: Callable[[], T | None], cond: Condition) -> T:
+        self._async_mode()
+        while True:
+            result = call()
+            if result is not None:
+                return result
+            await self.wait_async(cond)
+
+    async def areadv(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        flags: ReadFlag = ReadFlag.NONE,
+        fds: list[int] | None = None,
+    ) -> int:
+        """:meth:`readv` that waits instead of returning ``None``."""
+        return await self._aone(lambda: self.readv(buffers, flags=flags, fds=fds), Condition.IN)
+
+    async def areadinto(self, buffer: Buffer) -> int:
+        return await self.areadv((buffer,))
+
+    async def aread(self, size: int) -> bytes:
+        """Read up to *size* bytes, at least one; ``b""`` at EOF."""
+        buf = bytearray(size)
+        n = await self.areadv((buf,))
+        del buf[n:]
+        return bytes(buf)
+
+    async def awritev(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        fds: Sequence[int] = (),
+        flags: WriteFlag = WriteFlag.NONE,
+    ) -> int:
+        """:meth:`writev` that waits instead of returning ``None``."""
+        return await self._aone(lambda: self.writev(buffers, fds=fds, flags=flags), Condition.OUT)
+
+    async def awrite(self, data: Buffer) -> int:
+        return await self.awritev((data,))
+
+    async def areadv_all_eof(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        fds: list[int] | None = None,
+        flags: ReadFlag = ReadFlag.NONE,
+    ) -> bool:
+        return await self._arun(self._readv_all_steps(buffers, fds, flags))
+
+    async def areadv_all(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        fds: list[int] | None = None,
+        flags: ReadFlag = ReadFlag.NONE,
+    ) -> None:
+        if not await self.areadv_all_eof(buffers, fds=fds, flags=flags):
+            raise ChannelEOFError(f"{self._name}: end of stream before any data was read")
+
+    async def aread_all(self, size: int) -> bytes:
+        buf = bytearray(size)
+        await self.areadv_all((buf,))
+        return bytes(buf)
+
+    async def awritev_all(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        fds: Sequence[int] = (),
+        flags: WriteFlag = WriteFlag.NONE,
+    ) -> None:
+        await self._arun(self._writev_all_steps(buffers, fds, flags))
+
+    async def awrite_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
+        await self.awritev_all((data,), fds=fds)
+
+    # ---- waiting -------------------------------------------------------
+
+    def _get_waits(self) -> Waits:
+        waits = self._waits
+        if waits is None:
+            waits = self._waits = Waits()
+            if self._closed:
+                waits.closed = True
+        return waits
+
+    def wait(self, cond: Condition, timeout: float | None = None) -> Condition:
+        """Block until *cond* holds; return what holds (``NONE`` if woken or timed out)."""
+        self._check_open()
+        ready = self._pending(cond)
+        if ready:
+            return ready
+        return self._get_waits().wait_blocking(self, cond, timeout)
+
+    async def wait_async(self, cond: Condition) -> Condition:
+        """Wait for *cond* on the running loop; ``NONE`` if woken by :meth:`wake_read`."""
+        self._check_open()
+        ready = self._pending(cond)
+        if ready:
+            return ready
+        return await self._get_waits().wait_async(self, cond)
+
+    def wake_read(self) -> None:
+        """End a pending read wait early (thread-safe); it returns ``Condition.NONE``."""
+        waits = self._waits
+        if waits is not None:
+            waits.wake(int(Condition.IN))
+
+    def add_watch(
+        self,
+        cond: Condition,
+        callback: WatchCallback,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Watch:
+        """Call ``callback(channel, ready)`` on *loop* (default: running) while *cond* holds.
+
+        The watch stays until the callback returns ``False``, :meth:`Watch.cancel`
+        is called or the channel is closed.
+        """
+        self._check_open()
+        return add_watch(self, self._get_waits(), cond, callback, loop)
+
+    def _waits_remove_watch(self, watch: Watch) -> None:
+        waits = self._waits
+        if waits is not None:
+            with waits.lock:
+                try:
+                    waits.watches.remove(watch)
+                except ValueError:
+                    pass
+
+    # ---- controls ------------------------------------------------------
+
+    def set_blocking(self, blocking: bool) -> None:
+        """Switch between blocking and non-blocking (``None``-returning) I/O."""
+        self._check_open()
+        self._set_blocking(blocking)
+        self._blocking = blocking
+
+    def set_delay(self, enabled: bool) -> None:
+        """Hint: allow (``True``) or disable (``False``, TCP_NODELAY) send coalescing."""
+        if not self._closed:
+            try:
+                self._set_delay(enabled)
+            except OSError:
+                pass
+
+    def set_cork(self, enabled: bool) -> None:
+        """Hint: hold back partial frames until uncorked (TCP_CORK)."""
+        if not self._closed:
+            try:
+                self._set_cork(enabled)
+            except OSError:
+                pass
+
+    def shutdown(self, how: Shutdown = Shutdown.BOTH) -> None:
+        """Shut down reading, writing or both; needs ``Feature.SHUTDOWN``."""
+        self._check_open()
+        self._require(Feature.SHUTDOWN, "shutdown")
+        self._shutdown(how)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Move the file position; returns the new position.  Needs ``SEEKABLE``."""
+        self._check_open()
+        self._require(Feature.SEEKABLE, "random access (seek)")
+        return self._seek(offset, whence)
+
+    def preadv(self, buffers: Sequence[Buffer], offset: int) -> int:
+        self._check_open()
+        self._require(Feature.SEEKABLE, "positioned reads (preadv)")
+        return self._preadv(buffers, offset)
+
+    def pwritev(self, buffers: Sequence[Buffer], offset: int) -> int:
+        self._check_open()
+        self._require(Feature.SEEKABLE, "positioned writes (pwritev)")
+        return self._pwritev(buffers, offset)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        buf = bytearray(size)
+        del buf[self.preadv((buf,), offset) :]
+        return bytes(buf)
+
+    def pwrite(self, data: Buffer, offset: int) -> int:
+        return self.pwritev((data,), offset)
+
+    def flush(self) -> int:
+        """Wait for zero-copy writes to complete.
+
+        Returns 0, or 1 if the kernel fell back to copying every send; a channel
+        without ``WRITE_ZERO_COPY`` has nothing to flush and returns 0.
+        """
+        self._check_open()
+        if Feature.WRITE_ZERO_COPY not in self._features:
+            return 0
+        return self._flush()
+
+    # ---- closing -------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel; idempotent.  Pending waits fail, watches are cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        waits = self._waits
+        if waits is not None:
+            for watch in waits.close(self._name):
+                watch.cancel()
+        self._close()
+
+    async def aclose(self) -> None:
+        """Close without blocking the loop (channels that wait on close override this)."""
+        self.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed channel {self!r}", ResourceWarning, stacklevel=2)
+            try:
+                self.close()
+            except Exception:
+                pass
+
+
+def eagain(exc: OSError) -> bool:
+    """True for the errno values that mean 'would block'."""
+    return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)

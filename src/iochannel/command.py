@@ -1,0 +1,246 @@
+"""CommandChannel: a child process's stdin/stdout (or a pty) as one duplex channel.
+
+``spawn(argv, "r")`` pipes the child's stdout (stdin is /dev/null), ``"w"`` its
+stdin (stdout is /dev/null), ``"rw"`` both; stderr is inherited.  With
+``pty=True`` the child runs in a new session on a pseudo-terminal that is its
+controlling terminal (stdin, stdout and stderr), so shells and job control
+work, and :meth:`CommandChannel.resize` sets its window size.
+
+``close()`` closes the pipes first (a well-behaved child sees end of input)
+and then waits for the child to exit; :meth:`aclose` waits without blocking
+the loop.  A channel that is garbage-collected while its child still runs
+terminates it (SIGTERM, then SIGKILL if it refuses) rather than leaving a
+zombie.  :attr:`returncode` is the exit status once the child has been reaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import pty as _pty
+import signal
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Mapping, Sequence
+
+from .channel import Buffer, Channel
+from .file import fd_readv, fd_writev
+from .flags import Condition, Feature, ReadFlag, WriteFlag
+from .watch import FdSpec, forget_fd
+
+__all__ = ["CommandChannel"]
+
+log = logging.getLogger(__name__)
+
+_IN = int(Condition.IN)
+_OUT = int(Condition.OUT)
+
+
+def _make_controlling_tty() -> None:
+    # Runs in the child after setsid(): one ioctl, safe after fork.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class CommandChannel(Channel):
+    __slots__ = ("_proc", "_pty", "_rfd", "_wfd")
+
+    def __init__(self, proc: subprocess.Popen[bytes], rfd: int, wfd: int, pty: bool, name: str):
+        super().__init__(Feature.NONE, name)
+        self._proc = proc
+        self._rfd = rfd
+        self._wfd = wfd
+        self._pty = pty
+
+    @classmethod
+    def spawn(
+        cls,
+        argv: Sequence[str],
+        mode: str = "rw",
+        *,
+        pty: bool = False,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        name: str = "",
+    ) -> CommandChannel:
+        """Start *argv*; raises :class:`OSError` naming the program if it cannot run."""
+        if mode not in ("r", "w", "rw"):
+            raise ValueError(f"invalid mode {mode!r}: use 'r', 'w' or 'rw'")
+        if not argv:
+            raise ValueError("argv must name a program")
+        name = name or f"command {argv[0]}"
+        if pty:
+            master, slave = _pty.openpty()
+            os.set_inheritable(master, False)
+            try:
+                proc = subprocess.Popen(
+                    list(argv),
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=slave,
+                    env=env,
+                    cwd=cwd,
+                    start_new_session=True,
+                    preexec_fn=_make_controlling_tty,
+                )
+            except BaseException:
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
+            return cls(proc, master, master, True, name)
+        parent: list[int] = []
+        child: dict[str, int] = {}
+        try:
+            if "r" in mode:
+                r, w = os.pipe()
+                parent.append(r)
+                child["stdout"] = w
+            if "w" in mode:
+                r, w = os.pipe()
+                parent.append(w)
+                child["stdin"] = r
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=child.get("stdin", subprocess.DEVNULL),
+                stdout=child.get("stdout", subprocess.DEVNULL),
+                env=env,
+                cwd=cwd,
+            )
+        except BaseException:
+            for fd in parent:
+                os.close(fd)
+            raise
+        finally:
+            for fd in child.values():
+                os.close(fd)
+        rfd = parent[0] if "r" in mode else -1
+        wfd = parent[-1] if "w" in mode else -1
+        return cls(proc, rfd, wfd, False, name)
+
+    # ---- the child ------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status (negative: killed by that signal), ``None`` while running."""
+        return self._proc.poll()
+
+    def wait_exit(self, timeout: float | None = None) -> int:
+        """Wait for the child to exit; raises :class:`subprocess.TimeoutExpired`."""
+        return self._proc.wait(timeout)
+
+    def terminate(self) -> None:
+        """Send SIGTERM to the child."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the pty window size (the child gets SIGWINCH)."""
+        if not self._pty:
+            raise ValueError(f"{self.name}: not running on a pty")
+        self._check_open()
+        fcntl.ioctl(self._rfd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    # ---- hooks ----------------------------------------------------------
+
+    def _readv(
+        self, buffers: Sequence[Buffer], flags: ReadFlag, fds: list[int] | None
+    ) -> int | None:
+        if self._rfd < 0:
+            raise OSError(9, f"{self.name}: the command's output is not connected (mode 'w')")
+        return fd_readv(self._rfd, buffers, self._pty)
+
+    def _writev(
+        self, buffers: Sequence[Buffer], fds: Sequence[int], flags: WriteFlag
+    ) -> int | None:
+        if self._wfd < 0:
+            raise OSError(9, f"{self.name}: the command's input is not connected (mode 'r')")
+        return fd_writev(self._wfd, buffers)
+
+    def _wait_fds(self, cond: Condition) -> FdSpec:
+        spec: list[tuple[int, int]] = []
+        if cond & Condition.IN and self._rfd >= 0:
+            spec.append((self._rfd, _IN))
+        if cond & Condition.OUT and self._wfd >= 0:
+            spec.append((self._wfd, _OUT))
+        return tuple(spec)
+
+    def _set_blocking(self, blocking: bool) -> None:
+        for fd in {self._rfd, self._wfd} - {-1}:
+            os.set_blocking(fd, blocking)
+
+    def _close_fds(self) -> None:
+        for fd in {self._rfd, self._wfd} - {-1}:
+            forget_fd(fd)
+            os.close(fd)
+        self._rfd = self._wfd = -1
+
+    def _close(self) -> None:
+        self._close_fds()
+        self._proc.wait()
+
+    async def aclose(self) -> None:
+        """Close the pipes and wait for the child without blocking the loop."""
+        if self.closed:
+            return
+        self._closed = True
+        if self._waits is not None:
+            for watch in self._waits.close(self.name):
+                watch.cancel()
+        self._close_fds()
+        if self._proc.poll() is None:
+            await _wait_pid_async(self._proc)
+
+    def _abort(self) -> None:
+        """Reap the child, terminating (then killing) one that will not exit."""
+        proc = self._proc
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                try:
+                    proc.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 0.01
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    return
+                time.sleep(0.001)
+        log.warning("%s: process %d refused to die", self.name, proc.pid)
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self._close_fds()
+        self._abort()
+
+
+async def _wait_pid_async(proc: subprocess.Popen[bytes]) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:
+        await loop.run_in_executor(None, proc.wait)
+        return
+    try:
+        done: asyncio.Future[None] = loop.create_future()
+
+        def exited() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(pidfd, exited)
+        try:
+            await done
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        os.close(pidfd)
+    proc.wait()

@@ -1,0 +1,472 @@
+"""Waiting for channel readiness: blocking waits, asyncio waits and watches.
+
+A channel describes its readiness with two hooks (see :class:`~iochannel.Channel`):
+``_pending(cond)`` — conditions already satisfied without waiting (decrypted
+bytes inside a TLS layer, an in-memory buffer) — and ``_wait_fds(cond)`` — the
+``(fd, events)`` pairs to wait on otherwise.  Everything here is built on those
+two hooks, so layers compose by delegating them to the channel beneath.
+
+Theory of operation
+-------------------
+*Blocking waits* poll the channel's fds together with a per-direction eventfd
+that :meth:`Channel.wake_read` and :meth:`Channel.close` write to, so another
+thread can end the wait.  The eventfds are created on first use and closed
+with the channel.
+
+*Async waits* use the loop that is running the awaiting coroutine, looked up at
+each wait: nothing is attached to a channel, so one coroutine can read on loop
+A in one thread while another writes on loop B in another thread.  asyncio
+allows one reader and one writer callback per fd and loop, so fds are
+registered through a per-loop :class:`_LoopHub` that fans readiness out to any
+number of subscribers (a TLS channel and the socket beneath it, a watch and a
+wait).  A hub entry stays registered after its last subscriber leaves and is
+dropped the next time it fires with nobody listening; a request/response
+pattern that waits again right after each read therefore makes no epoll_ctl
+calls at all.
+
+*Watches* are persistent callbacks on a loop, fired while the condition holds
+(level-triggered, like GLib sources) until the callback returns ``False`` or
+the watch is cancelled.  Closing a channel cancels every watch and ends every
+wait with :class:`~iochannel.ChannelClosedError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .errors import ChannelClosedError
+from .flags import Condition
+
+if TYPE_CHECKING:
+    from .channel import Channel
+
+__all__ = ["Waits", "Watch", "WatchCallback", "add_watch", "forget_fd"]
+
+#: ``callback(channel, condition) -> keep`` — return ``False`` to remove the watch.
+WatchCallback = Callable[["Channel", Condition], bool]
+
+_IN = int(Condition.IN)
+_OUT = int(Condition.OUT)
+# poll(2) reports these whatever was asked for; a waiter always wants to know.
+_ALWAYS = int(Condition.ERR | Condition.HUP) | select.POLLNVAL
+
+FdSpec = tuple[tuple[int, int], ...]
+_Subscriber = Callable[[int], None]
+
+
+class _Entry:
+    __slots__ = ("owner", "subs")
+
+    def __init__(self, owner: object) -> None:
+        self.owner = owner
+        self.subs: list[_Subscriber] = []
+
+
+class _LoopHub:
+    """Fans fd readiness on one loop out to many subscribers (see module doc)."""
+
+    __slots__ = ("__weakref__", "entries", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.entries: dict[tuple[int, int], _Entry] = {}
+
+    def subscribe(self, fd: int, event: int, owner: object, sub: _Subscriber) -> None:
+        key = (fd, event)
+        entry = self.entries.get(key)
+        if entry is not None and entry.owner is not owner:
+            # The fd number was closed and reused by another channel.
+            self._remove(key)
+            entry = None
+        if entry is None:
+            entry = _Entry(owner)
+            self.entries[key] = entry
+            if event == _IN:
+                self.loop.add_reader(fd, self._fire, key)
+            else:
+                self.loop.add_writer(fd, self._fire, key)
+        entry.subs.append(sub)
+
+    def unsubscribe(self, fd: int, event: int, sub: _Subscriber) -> None:
+        entry = self.entries.get((fd, event))
+        if entry is not None:
+            try:
+                entry.subs.remove(sub)
+            except ValueError:
+                pass
+
+    def _fire(self, key: tuple[int, int]) -> None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return
+        if not entry.subs:
+            self._remove(key)
+            return
+        for sub in tuple(entry.subs):
+            sub(key[1])
+
+    def _remove(self, key: tuple[int, int]) -> None:
+        if self.entries.pop(key, None) is None:
+            return
+        if self.loop.is_closed():
+            return
+        if key[1] == _IN:
+            self.loop.remove_reader(key[0])
+        else:
+            self.loop.remove_writer(key[0])
+
+    def forget_fd(self, fd: int) -> None:
+        """Drop every registration of *fd*; called on the loop's thread."""
+        for event in (_IN, _OUT):
+            key = (fd, event)
+            entry = self.entries.get(key)
+            if entry is not None:
+                subs = entry.subs
+                self._remove(key)
+                for sub in subs:
+                    sub(_ALWAYS)
+
+
+# Keyed by id(): uvloop's loop type does not support weak references.
+_hubs: dict[int, _LoopHub] = {}
+_hubs_lock = threading.Lock()
+
+
+def _hub(loop: asyncio.AbstractEventLoop) -> _LoopHub:
+    hub = _hubs.get(id(loop))
+    if hub is None or hub.loop is not loop:
+        with _hubs_lock:
+            # Drop hubs of closed loops so ids can be reused safely.
+            for key in [k for k, h in _hubs.items() if h.loop.is_closed()]:
+                del _hubs[key]
+            hub = _LoopHub(loop)
+            _hubs[id(loop)] = hub
+    return hub
+
+
+def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def forget_fd(fd: int) -> None:
+    """Remove *fd* from every loop before it is closed (fd numbers get reused)."""
+    for hub in tuple(_hubs.values()):
+        if hub.loop.is_closed() or not any(k[0] == fd for k in hub.entries):
+            continue
+        if _in_loop_thread(hub.loop):
+            hub.forget_fd(fd)
+        else:
+            try:
+                hub.loop.call_soon_threadsafe(hub.forget_fd, fd)
+            except RuntimeError:  # loop closed meanwhile
+                pass
+
+
+def _poll_events(fds: FdSpec) -> int:
+    """Current readiness of *fds* as Condition bits, without blocking."""
+    poller = select.poll()
+    for fd, events in fds:
+        poller.register(fd, events)
+    ready = 0
+    for _fd, revents in poller.poll(0):
+        ready |= revents
+    return ready
+
+
+class _AsyncWaiter:
+    __slots__ = ("cond", "fut", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cond: int) -> None:
+        self.loop = loop
+        self.cond = cond
+        self.fut: asyncio.Future[int] = loop.create_future()
+
+    def __call__(self, revents: int) -> None:
+        if not self.fut.done():
+            self.fut.set_result(revents)
+
+    def wake(self, exc: BaseException | None) -> None:
+        """Thread-safe: end the wait, with *exc* if given."""
+        if _in_loop_thread(self.loop):
+            self._finish(exc)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self._finish, exc)
+            except RuntimeError:
+                pass
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self.fut.done():
+            return
+        if exc is None:
+            self.fut.set_result(0)
+        else:
+            self.fut.set_exception(exc)
+
+
+class Watch:
+    """A persistent readiness callback on an asyncio loop.
+
+    Created by :meth:`Channel.add_watch`.  The callback runs on the loop's
+    thread with the subset of the watched condition that holds; it keeps
+    running while the condition holds until it returns ``False`` or
+    :meth:`cancel` is called.  Closing the channel cancels the watch.
+    """
+
+    __slots__ = (
+        "_callback",
+        "_channel",
+        "_cond",
+        "_handle",
+        "_loop",
+        "_subscribed",
+        "active",
+    )
+
+    def __init__(
+        self,
+        channel: Channel,
+        cond: Condition,
+        callback: WatchCallback,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._channel = channel
+        self._cond = int(cond)
+        self._callback = callback
+        self._loop = loop
+        self._subscribed: FdSpec = ()
+        self._handle: asyncio.Handle | None = None
+        #: False once cancelled or removed by its callback.
+        self.active = True
+
+    @property
+    def condition(self) -> Condition:
+        return Condition(self._cond)
+
+    def cancel(self) -> None:
+        """Stop the watch; thread-safe and idempotent."""
+        if not self.active:
+            return
+        self.active = False
+        if _in_loop_thread(self._loop):
+            self._teardown()
+        elif not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._teardown)
+            except RuntimeError:
+                pass
+
+    def _teardown(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._resubscribe(())
+        self._channel._waits_remove_watch(self)
+
+    def _start(self) -> None:
+        if self.active:
+            self._arm()
+
+    def _arm(self) -> None:
+        ch = self._channel
+        if ch.closed:
+            self.active = False
+            self._resubscribe(())
+            return
+        if ch._pending(Condition(self._cond)):
+            self._resubscribe(())
+            if self._handle is None:
+                self._handle = self._loop.call_soon(self._dispatch, 0)
+        else:
+            self._resubscribe(ch._wait_fds(Condition(self._cond)))
+
+    def _resubscribe(self, fds: FdSpec) -> None:
+        if fds == self._subscribed:
+            return
+        hub = _hub(self._loop)
+        owner = self._channel._io_owner()
+        for fd, events in self._subscribed:
+            for ev in (_IN, _OUT):
+                if events & ev:
+                    hub.unsubscribe(fd, ev, self._on_fd)
+        for fd, events in fds:
+            for ev in (_IN, _OUT):
+                if events & ev:
+                    hub.subscribe(fd, ev, owner, self._on_fd)
+        self._subscribed = fds
+
+    def _on_fd(self, revents: int) -> None:
+        if self._handle is None and self.active:
+            self._handle = self._loop.call_soon(self._dispatch, revents)
+
+    def _dispatch(self, hint: int) -> None:
+        self._handle = None
+        if not self.active:
+            return
+        ch = self._channel
+        cond = Condition(self._cond)
+        ready = int(ch._pending(cond))
+        if self._subscribed:
+            ready |= _poll_events(self._subscribed)
+        # HUP and ERR are reported whatever was asked, as poll(2) does.
+        ready &= self._cond | (_ALWAYS & ~select.POLLNVAL)
+        if not ready:
+            self._arm()
+            return
+        keep = self._callback(ch, Condition(ready))
+        if not keep:
+            self.active = False
+            self._teardown()
+        else:
+            self._arm()
+
+
+class Waits:
+    """Per-channel registry of pending waits and watches (created on first use)."""
+
+    __slots__ = ("async_waiters", "blocking", "closed", "lock", "wake_fds", "watches")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.async_waiters: list[_AsyncWaiter] = []
+        self.watches: list[Watch] = []
+        # direction (IN or OUT) -> [eventfd, number of blocking waiters]
+        self.wake_fds: dict[int, list[int]] = {}
+        self.blocking = 0
+        self.closed = False
+
+    # ---- blocking -------------------------------------------------------
+
+    def wait_blocking(self, channel: Channel, cond: Condition, timeout: float | None) -> Condition:
+        direction = _IN if cond & Condition.IN else _OUT
+        with self.lock:
+            if self.closed:
+                raise ChannelClosedError(f"{channel.name}: channel is closed")
+            slot = self.wake_fds.get(direction)
+            if slot is None:
+                slot = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK), 0]
+                self.wake_fds[direction] = slot
+            slot[1] += 1
+            self.blocking += 1
+            wake_fd = slot[0]
+        try:
+            poller = select.poll()
+            for fd, events in channel._wait_fds(cond):
+                poller.register(fd, events)
+            poller.register(wake_fd, select.POLLIN)
+            ms = None if timeout is None else max(0, int(timeout * 1000))
+            ready = 0
+            woken = False
+            for fd, revents in poller.poll(ms):
+                if fd == wake_fd:
+                    woken = True
+                else:
+                    ready |= revents
+            if woken:
+                try:
+                    os.eventfd_read(wake_fd)
+                except BlockingIOError:
+                    pass
+            if self.closed:
+                raise ChannelClosedError(f"{channel.name}: channel closed while waiting")
+            return Condition(ready & (int(cond) | int(Condition.ERR | Condition.HUP)))
+        finally:
+            with self.lock:
+                slot[1] -= 1
+                self.blocking -= 1
+                if self.closed and self.blocking == 0:
+                    self._close_wake_fds()
+
+    def _close_wake_fds(self) -> None:
+        for fd, _count in self.wake_fds.values():
+            os.close(fd)
+        self.wake_fds.clear()
+
+    # ---- asyncio --------------------------------------------------------
+
+    async def wait_async(self, channel: Channel, cond: Condition) -> Condition:
+        loop = asyncio.get_running_loop()
+        waiter = _AsyncWaiter(loop, int(cond))
+        fds = channel._wait_fds(cond)
+        hub = _hub(loop)
+        owner = channel._io_owner()
+        with self.lock:
+            if self.closed:
+                raise ChannelClosedError(f"{channel.name}: channel is closed")
+            self.async_waiters.append(waiter)
+        subscribed: list[tuple[int, int]] = []
+        try:
+            for fd, events in fds:
+                for ev in (_IN, _OUT):
+                    if events & ev:
+                        hub.subscribe(fd, ev, owner, waiter)
+                        subscribed.append((fd, ev))
+            revents = await waiter.fut
+        finally:
+            for fd, ev in subscribed:
+                hub.unsubscribe(fd, ev, waiter)
+            with self.lock:
+                try:
+                    self.async_waiters.remove(waiter)
+                except ValueError:
+                    pass
+        if revents & select.POLLNVAL or self.closed:
+            raise ChannelClosedError(f"{channel.name}: channel closed while waiting")
+        return Condition(revents & (int(cond) | int(Condition.ERR | Condition.HUP)))
+
+    # ---- waking ---------------------------------------------------------
+
+    def wake(self, direction: int) -> None:
+        """End pending waits in *direction* early (thread-safe)."""
+        with self.lock:
+            slot = self.wake_fds.get(direction)
+            if slot is not None and slot[1] > 0:
+                os.eventfd_write(slot[0], 1)
+            waiters = [w for w in self.async_waiters if w.cond & direction]
+        for w in waiters:
+            w.wake(None)
+
+    def close(self, name: str) -> list[Watch]:
+        """Fail every pending wait; return the watches to cancel."""
+        with self.lock:
+            self.closed = True
+            for fd, count in self.wake_fds.values():
+                if count:
+                    os.eventfd_write(fd, 1)
+            if self.blocking == 0:
+                self._close_wake_fds()
+            waiters = list(self.async_waiters)
+            watches = list(self.watches)
+            self.watches.clear()
+        for w in waiters:
+            w.wake(ChannelClosedError(f"{name}: channel closed while waiting"))
+        return watches
+
+
+def add_watch(
+    channel: Channel,
+    waits: Waits,
+    cond: Condition,
+    callback: WatchCallback,
+    loop: asyncio.AbstractEventLoop | None,
+) -> Watch:
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    watch = Watch(channel, cond, callback, loop)
+    with waits.lock:
+        if waits.closed:
+            raise ChannelClosedError(f"{channel.name}: channel is closed")
+        waits.watches.append(watch)
+    if _in_loop_thread(loop):
+        watch._start()
+    else:
+        loop.call_soon_threadsafe(watch._start)
+    return watch
