@@ -157,16 +157,15 @@ class MemoryChannel(Channel):
                 limit = q.fds[1][0] - q.read_pos if len(q.fds) > 1 else limit
             else:
                 limit = pos - q.read_pos
-        src = memoryview(q.data)
         n = 0
-        for b in buffers:
-            view = memoryview(b).cast("B")
-            chunk = src[n : min(limit, n + len(view))]
-            view[: len(chunk)] = chunk
-            n += len(chunk)
-            if n >= limit:
-                break
-        src.release()
+        with memoryview(q.data) as src:
+            for b in buffers:
+                view = memoryview(b).cast("B")
+                with src[n : min(limit, n + len(view))] as chunk:
+                    view[: len(chunk)] = chunk
+                    n += len(chunk)
+                if n >= limit:
+                    break
         if flags & ReadFlag.MSG_PEEK:
             return n
         if attached and (n or not q.data):

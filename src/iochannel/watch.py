@@ -36,6 +36,7 @@ import asyncio
 import os
 import select
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -70,11 +71,18 @@ class _Entry:
 class _LoopHub:
     """Fans fd readiness on one loop out to many subscribers (see module doc)."""
 
-    __slots__ = ("__weakref__", "entries", "loop")
+    __slots__ = ("__weakref__", "_loop", "entries")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # Weak, so that a finished loop (and its fds) is freed with its hub.
+        self._loop = weakref.ref(loop)
         self.entries: dict[tuple[int, int], _Entry] = {}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop()
+        assert loop is not None, "hub outlived its loop"
+        return loop
 
     def subscribe(self, fd: int, event: int, owner: object, sub: _Subscriber) -> None:
         key = (fd, event)
@@ -132,20 +140,15 @@ class _LoopHub:
                     sub(_ALWAYS)
 
 
-# Keyed by id(): uvloop's loop type does not support weak references.
-_hubs: dict[int, _LoopHub] = {}
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopHub] = weakref.WeakKeyDictionary()
 _hubs_lock = threading.Lock()
 
 
 def _hub(loop: asyncio.AbstractEventLoop) -> _LoopHub:
-    hub = _hubs.get(id(loop))
-    if hub is None or hub.loop is not loop:
+    hub = _hubs.get(loop)
+    if hub is None:
         with _hubs_lock:
-            # Drop hubs of closed loops so ids can be reused safely.
-            for key in [k for k, h in _hubs.items() if h.loop.is_closed()]:
-                del _hubs[key]
-            hub = _LoopHub(loop)
-            _hubs[id(loop)] = hub
+            hub = _hubs.setdefault(loop, _LoopHub(loop))
     return hub
 
 
@@ -158,15 +161,17 @@ def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
 
 def forget_fd(fd: int) -> None:
     """Remove *fd* from every loop before it is closed (fd numbers get reused)."""
-    for hub in tuple(_hubs.values()):
-        if hub.loop.is_closed() or not any(k[0] == fd for k in hub.entries):
+    for loop, hub in list(_hubs.items()):
+        if not any(k[0] == fd for k in hub.entries):
             continue
-        if _in_loop_thread(hub.loop):
+        if loop.is_closed():
+            hub.entries = {k: e for k, e in hub.entries.items() if k[0] != fd}
+        elif _in_loop_thread(loop):
             hub.forget_fd(fd)
         else:
             try:
-                hub.loop.call_soon_threadsafe(hub.forget_fd, fd)
-            except RuntimeError:  # loop closed meanwhile
+                loop.call_soon_threadsafe(hub.forget_fd, fd)
+            except RuntimeError:  # closed meanwhile
                 pass
 
 

@@ -1,0 +1,72 @@
+"""Test-wide fixtures: every test must give back the fds and threads it took."""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # libuv opens a process-wide signal pipe the first time a uvloop loop runs;
+    # open it before any test counts fds.
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.run(_noop())
+
+
+async def _noop() -> None:
+    pass
+
+
+def _fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def _threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves fds open or threads running."""
+    gc.collect()
+    fds_before, threads_before = _fds(), _threads()
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        gc.collect()
+        leaked_fds = _fds() - fds_before
+        leaked_threads = _threads() - threads_before
+        if not (leaked_fds or leaked_threads) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)  # threads finishing and fds closed by finalizers
+    details = []
+    for fd in sorted(leaked_fds):
+        try:
+            details.append(f"fd {fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            pass
+    if details:
+        pytest.fail("leaked fds: " + ", ".join(details))
+    if leaked_threads:
+        pytest.fail("leaked threads: " + ", ".join(t.name for t in leaked_threads))
+
+
+def require_tool(name: str) -> str:
+    """Path of system tool *name*; fails under CI when missing, skips (saying why) otherwise."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not installed (apt-get install it; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    return path

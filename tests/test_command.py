@@ -1,0 +1,115 @@
+"""Ports of QEMU test-io-channel-command.c, plus process lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import threading
+
+import pytest
+
+from iochannel import CommandChannel
+from iochannel.testing import pattern
+
+from .conftest import require_tool
+
+
+def _transfer(src: CommandChannel, dst: CommandChannel, blocking: bool) -> None:
+    src.set_blocking(blocking)
+    dst.set_blocking(blocking)
+    data = pattern()
+    out = [bytearray(len(c)) for c in data]
+    t = threading.Thread(target=src.writev_all, args=(data,))
+    t.start()
+    dst.readv_all(out)
+    t.join()
+    assert out == data
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["sync", "async"])
+def test_fifo(blocking: bool, tmp_path: os.PathLike[str]) -> None:
+    socat = require_tool("socat")
+    fifo = os.path.join(tmp_path, "test-io-channel-command.fifo")
+    os.mkfifo(fifo)
+    writer = CommandChannel.spawn([socat, "-", f"PIPE:{fifo},wronly"], "w")
+    reader = CommandChannel.spawn([socat, f"PIPE:{fifo},rdonly", "-"], "r")
+    _transfer(writer, reader, blocking)
+    writer.close()
+    reader.close()
+    os.unlink(fifo)
+    os.rmdir(tmp_path)
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["sync", "async"])
+def test_echo(blocking: bool) -> None:
+    socat = require_tool("socat")
+    ch = CommandChannel.spawn([socat, "-", "-"])
+    _transfer(ch, ch, blocking)
+    ch.close()
+    assert ch.returncode == 0
+
+
+def test_close_waits_for_exit_status() -> None:
+    ch = CommandChannel.spawn(["sh", "-c", "read line; exit 3"], "w")
+    ch.write_all(b"go\n")
+    ch.close()
+    assert ch.returncode == 3
+
+
+def test_aclose_does_not_block_the_loop() -> None:
+    async def main() -> None:
+        ch = CommandChannel.spawn(["sh", "-c", "cat >/dev/null; sleep 0.2; exit 5"], "w")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.ensure_future(ticker())
+        await ch.aclose()
+        t.cancel()
+        assert ch.returncode == 5
+        assert ticks > 3, "the loop kept running while the child exited"
+
+    asyncio.run(main())
+
+
+def test_finalizer_kills_a_child_that_ignores_sigterm() -> None:
+    ch = CommandChannel.spawn(["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"])
+    assert ch.read_all(6) == b"ready\n"
+    pid = ch.pid
+    proc = ch._proc
+    del ch
+    gc.collect()
+    assert proc.returncode == -signal.SIGKILL
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_pty_child_has_a_terminal() -> None:
+    ch = CommandChannel.spawn(["sh", "-c", "tty -s && echo tty-ok; stty size"], pty=True)
+    ch.resize(33, 101)
+    out = b""
+    while b"tty-ok" not in out or b"101" not in out:
+        chunk = ch.read(100)
+        if not chunk:
+            break
+        out += chunk
+    ch.close()
+    assert b"tty-ok" in out
+
+
+def test_spawn_error_names_the_program() -> None:
+    with pytest.raises(FileNotFoundError, match="no-such-program"):
+        CommandChannel.spawn(["no-such-program-iochannel"])
+
+
+def test_write_only_channel_refuses_reads() -> None:
+    ch = CommandChannel.spawn(["true"], "w")
+    with pytest.raises(OSError, match="not connected"):
+        ch.read(1)
+    ch.close()

@@ -1,0 +1,181 @@
+"""Event-loop integration: waits follow the calling coroutine's loop (any loop, any thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+
+from iochannel import ChannelClosedError, Condition, NetListener, SocketChannel, UnixAddress
+from iochannel.testing import check_two_way_channel
+
+
+def _in_loop_thread(
+    factory: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, Any, object]
+) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        loop = factory()
+        try:
+            loop.run_until_complete(coro)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            loop.close()
+
+    t = threading.Thread(target=run)
+    t.errors = errors  # type: ignore[attr-defined]
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize(
+    ("loop_a", "loop_b"),
+    [
+        (asyncio.new_event_loop, asyncio.new_event_loop),
+        (uvloop.new_event_loop, uvloop.new_event_loop),
+        (asyncio.new_event_loop, uvloop.new_event_loop),
+    ],
+    ids=["asyncio", "uvloop", "mixed"],
+)
+def test_read_on_loop_a_write_on_loop_b(
+    loop_a: Callable[[], asyncio.AbstractEventLoop],
+    loop_b: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """Seed 004: one channel, a reader coroutine on loop A, a writer on loop B, no attach calls."""
+    ch, peer = SocketChannel.pair()
+    count = 2000
+
+    async def reader() -> None:
+        for i in range(count):
+            assert await ch.aread_all(4) == i.to_bytes(4, "big")
+
+    async def writer() -> None:
+        for i in range(count):
+            await ch.awrite_all(i.to_bytes(4, "big"))
+
+    def echo() -> None:
+        for _ in range(count):
+            peer.write_all(peer.read_all(4))
+
+    echo_thread = threading.Thread(target=echo)
+    echo_thread.start()
+    threads = [_in_loop_thread(loop_a, reader()), _in_loop_thread(loop_b, writer())]
+    for t in threads:
+        t.join(60)
+        assert not t.errors  # type: ignore[attr-defined]
+    echo_thread.join(60)
+    ch.close()
+    peer.close()
+
+
+def test_wait_moves_between_loops() -> None:
+    """A read wait on loop A woken by wake_read continues on loop B without losing data."""
+    ch, peer = SocketChannel.pair()
+    ch.set_blocking(False)
+    woken = threading.Event()
+
+    async def wait_on_a() -> None:
+        cond = await ch.wait_async(Condition.IN)
+        assert cond == Condition.NONE
+        woken.set()
+
+    t = _in_loop_thread(asyncio.new_event_loop, wait_on_a())
+    while not woken.is_set():
+        ch.wake_read()
+        woken.wait(0.01)
+    t.join()
+
+    async def read_on_b() -> bytes:
+        return await ch.aread_all(5)
+
+    peer.write_all(b"moved")
+    assert uvloop.run(read_on_b()) == b"moved"
+    ch.close()
+    peer.close()
+
+
+def test_conformance_under_uvloop() -> None:
+    # The suite runs asyncio.run(); under uvloop's policy every loop it makes is a uvloop.
+    policy = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        check_two_way_channel(SocketChannel.pair)
+    finally:
+        asyncio.set_event_loop_policy(policy)
+
+
+def test_close_from_other_thread_ends_async_wait() -> None:
+    ch, peer = SocketChannel.pair()
+
+    async def main() -> None:
+        closer = threading.Timer(0.05, ch.close)
+        closer.start()
+        with pytest.raises(ChannelClosedError):
+            await ch.aread(1)
+        closer.join()
+
+    asyncio.run(main())
+    peer.close()
+
+
+def test_netlistener_all_addresses_and_clients(tmp_path: Any) -> None:
+    async def main() -> None:
+        listener = NetListener(name="svc")
+        listener.open(UnixAddress(str(tmp_path / "a.sock")))
+        listener.open(UnixAddress(str(tmp_path / "b.sock")))
+        assert len(listener.channels) == 2
+        clients = [
+            SocketChannel.connect(UnixAddress(str(tmp_path / n))) for n in ("a.sock", "b.sock")
+        ]
+        got = []
+        async for server in listener:
+            got.append(server)
+            if len(got) == 2:
+                break
+        for c in clients:
+            c.write_all(b"x")
+        for s in got:
+            assert await s.aread(1) == b"x"
+            s.close()
+        for c in clients:
+            c.close()
+        listener.close()
+        assert not (tmp_path / "a.sock").exists()
+
+    asyncio.run(main())
+
+
+def test_netlistener_localhost_resolves_to_every_address() -> None:
+    from iochannel import InetAddress
+
+    with NetListener() as listener:
+        listener.open(InetAddress("localhost", "0"))
+        assert 1 <= len(listener.channels) <= 2
+        addr = listener.local_addresses[0]
+        client = SocketChannel.connect(addr)
+        server = listener.wait_client(timeout=10)
+        assert server is not None
+        server.close()
+        client.close()
+
+
+def test_netlistener_callback() -> None:
+    from iochannel import InetAddress
+
+    async def main() -> None:
+        got: asyncio.Queue[SocketChannel] = asyncio.Queue()
+        with NetListener() as listener:
+            listener.open(InetAddress("127.0.0.1", "0"), backlog=4)
+            listener.set_client_callback(lambda _l, client: got.put_nowait(client))
+            c = await SocketChannel.connect_async(listener.local_addresses[0])
+            s = await asyncio.wait_for(got.get(), 10)
+            s.close()
+            c.close()
+
+    asyncio.run(main())
