@@ -38,7 +38,6 @@ Implementations override the ``_``-prefixed hooks: ``_readv``, ``_writev``,
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import warnings
 from collections.abc import Callable, Generator, Sequence
@@ -67,6 +66,12 @@ T = TypeVar("T")
 # One step of an exact-transfer loop: the condition to wait for before retrying.
 _Steps = Generator[Condition, None, T]
 
+_FD_PASS = int(Feature.FD_PASS)
+_READ_MSG_PEEK = int(Feature.READ_MSG_PEEK)
+_WRITE_ZERO_COPY = int(Feature.WRITE_ZERO_COPY)
+_MSG_PEEK = int(ReadFlag.MSG_PEEK)
+_ZERO_COPY = int(WriteFlag.ZERO_COPY)
+
 # Linux caps one readv/writev/sendmsg at IOV_MAX buffers.
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -78,6 +83,12 @@ def close_fds(fds: Sequence[int]) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+def _nbytes(buffer: Buffer) -> int:
+    if isinstance(buffer, (bytes, bytearray)):
+        return len(buffer)
+    return memoryview(buffer).nbytes
 
 
 def _views(buffers: Sequence[Buffer]) -> list[memoryview]:
@@ -123,14 +134,24 @@ class _Cursor:
 class Channel:
     """Abstract base class of every channel; see the module docstring for the contract."""
 
-    __slots__ = ("__weakref__", "_blocking", "_closed", "_features", "_name", "_waits")
+    __slots__ = (
+        "__weakref__",
+        "_blocking",
+        "_closed",
+        "_features",
+        "_name",
+        "_read_waits",
+        "_waits",
+    )
 
     def __init__(self, features: Feature = Feature.NONE, name: str = "") -> None:
-        self._features = features
+        # Plain ints on hot paths: enum.Flag arithmetic costs about a microsecond.
+        self._features = int(features)
         self._name = name or type(self).__name__
         self._closed = False
         self._blocking = True
         self._waits: Waits | None = None
+        self._read_waits = 0
 
     # ---- identity and features ----------------------------------------
 
@@ -146,10 +167,10 @@ class Channel:
     @property
     def features(self) -> Feature:
         """The optional features this channel supports."""
-        return self._features
+        return Feature(self._features)
 
     def has_feature(self, feature: Feature) -> bool:
-        return feature in self._features
+        return self._features & feature == feature
 
     def _set_feature(self, feature: Feature, on: bool = True) -> None:
         if on:
@@ -157,8 +178,8 @@ class Channel:
         else:
             self._features &= ~feature
 
-    def _require(self, feature: Feature, what: str) -> None:
-        if feature not in self._features:
+    def _require(self, feature: int, what: str) -> None:
+        if self._features & feature != feature:
             raise UnsupportedFeatureError(f"{self._name}: channel does not support {what}")
 
     @property
@@ -240,10 +261,10 @@ class Channel:
         """Read into *buffers* in order: a count, ``0`` at EOF, ``None`` if it would block."""
         if self._closed:
             self._check_open()
-        if fds is not None:
-            self._require(Feature.FD_PASS, "file descriptor passing")
-        if flags & ReadFlag.MSG_PEEK:
-            self._require(Feature.READ_MSG_PEEK, "peek reads (MSG_PEEK)")
+        if fds is not None and not self._features & _FD_PASS:
+            self._require(_FD_PASS, "file descriptor passing")
+        if flags and flags & _MSG_PEEK:
+            self._require(_READ_MSG_PEEK, "peek reads (MSG_PEEK)")
         return self._readv(buffers, flags, fds)
 
     def writev(
@@ -256,14 +277,14 @@ class Channel:
         """Write from *buffers*: a count (maybe partial) or ``None`` if it would block."""
         if self._closed:
             self._check_open()
-        if fds:
-            self._require(Feature.FD_PASS, "file descriptor passing")
-            if flags & WriteFlag.ZERO_COPY:
+        if fds and not self._features & _FD_PASS:
+            self._require(_FD_PASS, "file descriptor passing")
+        if flags and flags & _ZERO_COPY:
+            if fds:
                 raise UnsupportedFeatureError(
                     f"{self._name}: zero-copy writes cannot carry file descriptors"
                 )
-        if flags & WriteFlag.ZERO_COPY:
-            self._require(Feature.WRITE_ZERO_COPY, "zero-copy writes")
+            self._require(_WRITE_ZERO_COPY, "zero-copy writes")
         return self._writev(buffers, fds, flags)
 
     def read(self, size: int) -> bytes | None:
@@ -286,12 +307,34 @@ class Channel:
     def _readv_all_steps(
         self, buffers: Sequence[Buffer], fds: list[int] | None, flags: ReadFlag
     ) -> _Steps[bool]:
+        n: int | None = -1
+        if fds is None and len(buffers) == 1:
+            # Fast path: one buffer that fills in one call needs no cursor.
+            size = _nbytes(buffers[0])
+            waits = self._read_waits
+            if waits & 7:
+                # Recent reads found nothing: wait before trying (a failed
+                # non-blocking read costs an exception); every 8th read probes.
+                self._read_waits = waits + 1
+                yield Condition.IN
+            elif waits:
+                self._read_waits = 0
+            while (n := self.readv(buffers, flags=flags)) is None:
+                self._read_waits = 1
+                yield Condition.IN
+            if n == size and n:
+                return True
         cursor = _Cursor(_views(buffers))
         expected = sum(len(v) for v in cursor.views)
         got = 0
         received: list[int] = []
         want_fds = fds is not None
         try:
+            if n == 0 and expected:
+                return False  # the fast path met end of stream
+            if n is not None and n > 0:
+                got = n
+                cursor.advance(n)
             while not cursor.done:
                 before = len(received)
                 n = self.readv(cursor.remaining(), flags=flags, fds=received if want_fds else None)
@@ -319,7 +362,17 @@ class Channel:
     def _writev_all_steps(
         self, buffers: Sequence[Buffer], fds: Sequence[int], flags: WriteFlag
     ) -> _Steps[None]:
+        n: int | None = 0
+        if not fds and len(buffers) == 1:
+            # Fast path: one buffer usually goes out in one call.
+            size = _nbytes(buffers[0])
+            while (n := self.writev(buffers, flags=flags)) is None:
+                yield Condition.OUT
+            if n == size:
+                return
         cursor = _Cursor(_views(buffers))
+        if n:
+            cursor.advance(n)
         if fds and cursor.done:
             raise ValueError(
                 f"{self._name}: file descriptors need at least one byte to travel with"
@@ -347,12 +400,11 @@ class Channel:
         self._async_mode()
         try:
             cond = next(steps)
-            while True:
-                await self.wait_async(cond)
-                cond = steps.send(None)
         except StopIteration as stop:
-            result: T = stop.value
-            return result
+            done: T = stop.value
+            return done
+        result: T = await self._get_waits().run_async(self, cond, steps)
+        return result
 
     def readv_all_eof(
         self,
@@ -395,6 +447,14 @@ class Channel:
         self._run(self._writev_all_steps(buffers, fds, flags))
 
     def write_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
+        """Write every byte of *data* (with *fds*, see :meth:`writev_all`)."""
+        if not fds:
+            # Bulk writers call this in a loop: skip the step machinery when one call does it.
+            n = self.writev((data,))
+            if n == _nbytes(data):
+                return
+            if n:
+                data = memoryview(data).cast("B")[n:]
         self.writev_all((data,), fds=fds)
 
     # ---- asyncio -------------------------------------------------------
@@ -404,12 +464,7 @@ class Channel:
             self.set_blocking(False)
 
     async def _aone(self, call: Callable[[], T | None], cond: Condition) -> T:
-        self._async_mode()
-        while True:
-            result = call()
-            if result is not None:
-                return result
-            await self.wait_async(cond)
+        return await self._arun(_retry(call, cond))
 
     async def areadv(
         self,
@@ -460,7 +515,7 @@ class Channel:
         fds: list[int] | None = None,
         flags: ReadFlag = ReadFlag.NONE,
     ) -> None:
-        if not await self.areadv_all_eof(buffers, fds=fds, flags=flags):
+        if not await self._arun(self._readv_all_steps(buffers, fds, flags)):
             raise ChannelEOFError(f"{self._name}: end of stream before any data was read")
 
     async def aread_all(self, size: int) -> bytes:
@@ -504,7 +559,8 @@ class Channel:
         ready = self._pending(cond)
         if ready:
             return ready
-        return await self._get_waits().wait_async(self, cond)
+        revents: int = await self._get_waits().run_async(self, cond, None)
+        return Condition(revents & (cond | _ERR_HUP))
 
     def wake_read(self) -> None:
         """End a pending read wait early (thread-safe); it returns ``Condition.NONE``."""
@@ -597,7 +653,7 @@ class Channel:
         without ``WRITE_ZERO_COPY`` has nothing to flush and returns 0.
         """
         self._check_open()
-        if Feature.WRITE_ZERO_COPY not in self._features:
+        if not self._features & _WRITE_ZERO_COPY:
             return 0
         return self._flush()
 
@@ -639,6 +695,12 @@ class Channel:
                 pass
 
 
-def eagain(exc: OSError) -> bool:
-    """True for the errno values that mean 'would block'."""
-    return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+_ERR_HUP = int(Condition.ERR | Condition.HUP)
+
+
+def _retry(call: Callable[[], T | None], cond: Condition) -> _Steps[T]:
+    while True:
+        result = call()
+        if result is not None:
+            return result
+        yield cond

@@ -57,6 +57,7 @@ MAX_FDS = 16
 _FD_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 _IN = int(Condition.IN)
 _OUT = int(Condition.OUT)
+_IN_OUT = _IN | _OUT
 
 # Linux values; the socket module does not export them on every version.
 _SO_ZEROCOPY = 60
@@ -66,6 +67,15 @@ _SO_EE_CODE_ZEROCOPY_COPIED = 1
 _RECVERR = {(socket.IPPROTO_IP, 11), (socket.IPPROTO_IPV6, 25)}
 _EXTENDED_ERR = struct.Struct("=IBBBBII")
 
+_SOL_SOCKET = socket.SOL_SOCKET
+_SCM_RIGHTS = socket.SCM_RIGHTS
+# socket's MSG_* are enum members; plain ints keep the hot paths free of enum arithmetic.
+_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_CTRUNC = int(socket.MSG_CTRUNC)
+_NOSIGNAL = int(socket.MSG_NOSIGNAL)
+_MSG_PEEK = int(socket.MSG_PEEK)
+_PEEK = int(ReadFlag.MSG_PEEK)
+_PRESERVE = int(ReadFlag.FD_PRESERVE_BLOCKING)
 _SHUT = {Shutdown.READ: socket.SHUT_RD, Shutdown.WRITE: socket.SHUT_WR}
 
 
@@ -78,7 +88,7 @@ def _family_name(sock: socket.socket) -> str:
 class SocketChannel(Channel):
     """A channel over a :class:`socket.socket` (see the module docstring)."""
 
-    __slots__ = ("_fd", "_sock", "_unlink", "_zc_copied", "_zc_queued", "_zc_sent")
+    __slots__ = ("_fd", "_sock", "_specs", "_unlink", "_zc_copied", "_zc_queued", "_zc_sent")
 
     def __init__(self, sock: socket.socket, *, name: str = "") -> None:
         features = Feature.SHUTDOWN
@@ -94,6 +104,9 @@ class SocketChannel(Channel):
         self._blocking = blocking
         self._sock = sock
         self._fd = sock.fileno()
+        fd = self._fd
+        # Precomputed: readiness specs are asked for on every wait.
+        self._specs = {n: ((fd, n),) for n in (_IN, _OUT, _IN | _OUT)}
         self._unlink: tuple[str, int, int] | None = None
         self._zc_queued = self._zc_sent = 0
         self._zc_copied = True
@@ -352,26 +365,23 @@ class SocketChannel(Channel):
         self, buffers: Sequence[Buffer], flags: ReadFlag, fds: list[int] | None
     ) -> int | None:
         sock = self._sock
-        rflags = socket.MSG_PEEK if flags & ReadFlag.MSG_PEEK else 0
+        rflags = _MSG_PEEK if flags and flags & _PEEK else 0
         try:
             if fds is None:
                 if len(buffers) == 1:
                     return sock.recv_into(buffers[0], 0, rflags)
                 return sock.recvmsg_into(buffers, 0, rflags)[0]
-            n, ancdata, msg_flags, _ = sock.recvmsg_into(
-                buffers, _FD_SPACE, rflags | socket.MSG_CMSG_CLOEXEC
-            )
+            n, ancdata, msg_flags, _ = sock.recvmsg_into(buffers, _FD_SPACE, rflags | _CLOEXEC)
         except BlockingIOError:
             return None
         received: list[int] = []
         for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                arr = array.array("i")
-                arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
-                received.extend(arr)
-        if msg_flags & socket.MSG_CTRUNC:
+            if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+                view = memoryview(data)
+                received.extend(view[: len(view) - len(view) % 4].cast("i"))
+        if msg_flags & _CTRUNC:
             log.warning("%s: peer sent more than %d fds; the rest were dropped", self.name, MAX_FDS)
-        if not flags & ReadFlag.FD_PRESERVE_BLOCKING:
+        if not (flags and flags & _PRESERVE):
             try:
                 for fd in received:
                     os.set_blocking(fd, True)
@@ -390,19 +400,19 @@ class SocketChannel(Channel):
                 if len(fds) > MAX_FDS:
                     raise ValueError(f"Only {MAX_FDS} FDs can be sent, got {len(fds)}")
                 cmsg = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-                return sock.sendmsg(buffers, cmsg, socket.MSG_NOSIGNAL)
-            if flags & WriteFlag.ZERO_COPY:
+                return sock.sendmsg(buffers, cmsg, _NOSIGNAL)
+            if flags:  # ZERO_COPY is the only write flag
                 return self._send_zero_copy(buffers)
             if len(buffers) == 1:
-                return sock.send(buffers[0], socket.MSG_NOSIGNAL)
-            return sock.sendmsg(buffers, (), socket.MSG_NOSIGNAL)
+                return sock.send(buffers[0], _NOSIGNAL)
+            return sock.sendmsg(buffers, (), _NOSIGNAL)
         except BlockingIOError:
             return None
 
     def _send_zero_copy(self, buffers: Sequence[Buffer]) -> int:
         for attempt in (0, 1):
             try:
-                n = self._sock.sendmsg(buffers, (), socket.MSG_NOSIGNAL | _MSG_ZEROCOPY)
+                n = self._sock.sendmsg(buffers, (), _NOSIGNAL | _MSG_ZEROCOPY)
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS or attempt:
                     if exc.errno == errno.ENOBUFS:
@@ -448,7 +458,9 @@ class SocketChannel(Channel):
         return 1 if copied else 0
 
     def _wait_fds(self, cond: Condition) -> FdSpec:
-        return ((self._fd, int(cond) & (_IN | _OUT)),)
+        # Condition members hash like their int values: no enum arithmetic here.
+        spec = self._specs.get(cond)
+        return spec if spec is not None else self._specs.get(int(cond) & _IN_OUT, ())
 
     def _set_blocking(self, blocking: bool) -> None:
         self._sock.setblocking(blocking)

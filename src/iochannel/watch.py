@@ -37,8 +37,8 @@ import os
 import select
 import threading
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
 
 from .errors import ChannelClosedError
 from .flags import Condition
@@ -145,11 +145,24 @@ _hubs_lock = threading.Lock()
 
 
 def _hub(loop: asyncio.AbstractEventLoop) -> _LoopHub:
+    cached = _last_hub
+    if cached is not None and cached._loop() is loop:
+        return cached
     hub = _hubs.get(loop)
     if hub is None:
         with _hubs_lock:
             hub = _hubs.setdefault(loop, _LoopHub(loop))
+    _set_last_hub(hub)
     return hub
+
+
+# The hub used last: most programs run one loop, and a weak-dict lookup per wait shows.
+_last_hub: _LoopHub | None = None
+
+
+def _set_last_hub(hub: _LoopHub) -> None:
+    global _last_hub
+    _last_hub = hub
 
 
 def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
@@ -186,35 +199,126 @@ def _poll_events(fds: FdSpec) -> int:
     return ready
 
 
-class _AsyncWaiter:
-    __slots__ = ("cond", "fut", "loop")
+class AsyncOp:
+    """One pending async wait or operation on a channel, driven from loop callbacks.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, cond: int) -> None:
+    A plain wait (``steps`` is ``None``) finishes with the readiness reported.
+    An operation is a generator that yields the condition it needs and
+    returns its result: it is advanced *inside* the hub callback, so the I/O
+    happens when the loop reports readiness and a stale report (one queued
+    before the data was consumed) costs a failed non-blocking call instead
+    of a task switch.
+    """
+
+    __slots__ = ("channel", "cond", "fut", "hub", "loop", "steps", "subscribed", "waits")
+
+    def __init__(
+        self,
+        channel: Channel,
+        waits: Waits,
+        loop: asyncio.AbstractEventLoop,
+        steps: Generator[Condition, None, Any] | None,
+    ) -> None:
+        self.channel = channel
+        self.waits = waits
         self.loop = loop
-        self.cond = cond
-        self.fut: asyncio.Future[int] = loop.create_future()
+        self.hub = _hub(loop)
+        self.steps = steps
+        self.cond = Condition.NONE
+        self.subscribed: FdSpec = ()
+        self.fut: asyncio.Future[Any] = loop.create_future()
+
+    def arm(self, cond: Condition) -> None:
+        """Wait for *cond*; advance at once while the channel reports it pending."""
+        ch = self.channel
+        while True:
+            self.cond = cond
+            if self.steps is None or not ch._pending(cond):
+                break
+            try:
+                cond = self.steps.send(None)
+            except StopIteration as stop:
+                self.finish(stop.value, None)
+                return
+            except BaseException as exc:
+                self.finish(None, exc)
+                return
+        fds = ch._wait_fds(cond)
+        if fds != self.subscribed:
+            self._subscribe(fds)
+
+    def _subscribe(self, fds: FdSpec) -> None:
+        hub = self.hub
+        for fd, events in self.subscribed:
+            for ev in (_IN, _OUT):
+                if events & ev:
+                    hub.unsubscribe(fd, ev, self)
+        owner = self.channel._io_owner()
+        for fd, events in fds:
+            for ev in (_IN, _OUT):
+                if events & ev:
+                    hub.subscribe(fd, ev, owner, self)
+        self.subscribed = fds
 
     def __call__(self, revents: int) -> None:
-        if not self.fut.done():
-            self.fut.set_result(revents)
-
-    def wake(self, exc: BaseException | None) -> None:
-        """Thread-safe: end the wait, with *exc* if given."""
-        if _in_loop_thread(self.loop):
-            self._finish(exc)
+        if self.fut.done():
+            return
+        if revents & select.POLLNVAL:
+            self.finish(None, ChannelClosedError(f"{self.channel.name}: channel closed"))
+        elif self.steps is None:
+            self.finish(revents, None)
         else:
-            try:
-                self.loop.call_soon_threadsafe(self._finish, exc)
-            except RuntimeError:
-                pass
+            self.advance()
 
-    def _finish(self, exc: BaseException | None) -> None:
+    def advance(self) -> None:
+        assert self.steps is not None
+        try:
+            cond = self.steps.send(None)
+        except StopIteration as stop:
+            self.finish(stop.value, None)
+        except BaseException as exc:
+            self.finish(None, exc)
+        else:
+            self.arm(cond)
+
+    def finish(self, result: Any, exc: BaseException | None) -> None:
+        if self.subscribed:
+            self._subscribe(())
+        self.waits.remove_op(self)
         if self.fut.done():
             return
         if exc is None:
-            self.fut.set_result(0)
+            self.fut.set_result(result)
         else:
             self.fut.set_exception(exc)
+
+    def wake(self, exc: BaseException | None) -> None:
+        """Thread-safe: retry an operation, end a plain wait, or fail with *exc*."""
+        if _in_loop_thread(self.loop):
+            self._on_wake(exc)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self._on_wake, exc)
+            except RuntimeError:
+                pass
+
+    def _on_wake(self, exc: BaseException | None) -> None:
+        if self.fut.done():
+            return
+        if exc is not None:
+            self.finish(None, exc)
+        elif self.steps is None:
+            self.finish(0, None)
+        else:
+            self.advance()
+
+    def abandon(self) -> None:
+        """The awaiting task was cancelled: stop and release the generator."""
+        if self.subscribed:
+            self._subscribe(())
+        self.waits.remove_op(self)
+        if self.steps is not None:
+            self.steps.close()
 
 
 class Watch:
@@ -337,11 +441,11 @@ class Watch:
 class Waits:
     """Per-channel registry of pending waits and watches (created on first use)."""
 
-    __slots__ = ("async_waiters", "blocking", "closed", "lock", "wake_fds", "watches")
+    __slots__ = ("async_ops", "blocking", "closed", "lock", "wake_fds", "watches")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.async_waiters: list[_AsyncWaiter] = []
+        self.async_ops: list[AsyncOp] = []
         self.watches: list[Watch] = []
         # direction (IN or OUT) -> [eventfd, number of blocking waiters]
         self.wake_fds: dict[int, list[int]] = {}
@@ -397,35 +501,28 @@ class Waits:
 
     # ---- asyncio --------------------------------------------------------
 
-    async def wait_async(self, channel: Channel, cond: Condition) -> Condition:
-        loop = asyncio.get_running_loop()
-        waiter = _AsyncWaiter(loop, int(cond))
-        fds = channel._wait_fds(cond)
-        hub = _hub(loop)
-        owner = channel._io_owner()
-        with self.lock:
-            if self.closed:
-                raise ChannelClosedError(f"{channel.name}: channel is closed")
-            self.async_waiters.append(waiter)
-        subscribed: list[tuple[int, int]] = []
+    async def run_async(
+        self, channel: Channel, cond: Condition, steps: Generator[Condition, None, Any] | None
+    ) -> Any:
+        """Wait for *cond* on the running loop, then drive *steps* (see :class:`AsyncOp`)."""
+        op = AsyncOp(channel, self, asyncio.get_running_loop(), steps)
+        # list.append is atomic; close() sets ``closed`` before it snapshots the list.
+        self.async_ops.append(op)
+        if self.closed:
+            self.remove_op(op)
+            raise ChannelClosedError(f"{channel.name}: channel is closed")
+        op.arm(cond)
         try:
-            for fd, events in fds:
-                for ev in (_IN, _OUT):
-                    if events & ev:
-                        hub.subscribe(fd, ev, owner, waiter)
-                        subscribed.append((fd, ev))
-            revents = await waiter.fut
-        finally:
-            for fd, ev in subscribed:
-                hub.unsubscribe(fd, ev, waiter)
-            with self.lock:
-                try:
-                    self.async_waiters.remove(waiter)
-                except ValueError:
-                    pass
-        if revents & select.POLLNVAL or self.closed:
-            raise ChannelClosedError(f"{channel.name}: channel closed while waiting")
-        return Condition(revents & (int(cond) | int(Condition.ERR | Condition.HUP)))
+            return await op.fut
+        except asyncio.CancelledError:
+            op.abandon()
+            raise
+
+    def remove_op(self, op: AsyncOp) -> None:
+        try:
+            self.async_ops.remove(op)
+        except ValueError:
+            pass
 
     # ---- waking ---------------------------------------------------------
 
@@ -435,9 +532,9 @@ class Waits:
             slot = self.wake_fds.get(direction)
             if slot is not None and slot[1] > 0:
                 os.eventfd_write(slot[0], 1)
-            waiters = [w for w in self.async_waiters if w.cond & direction]
-        for w in waiters:
-            w.wake(None)
+            ops = [op for op in self.async_ops if op.cond & direction]
+        for op in ops:
+            op.wake(None)
 
     def close(self, name: str) -> list[Watch]:
         """Fail every pending wait; return the watches to cancel."""
@@ -448,11 +545,11 @@ class Waits:
                     os.eventfd_write(fd, 1)
             if self.blocking == 0:
                 self._close_wake_fds()
-            waiters = list(self.async_waiters)
+            ops = list(self.async_ops)
             watches = list(self.watches)
             self.watches.clear()
-        for w in waiters:
-            w.wake(ChannelClosedError(f"{name}: channel closed while waiting"))
+        for op in ops:
+            op.wake(ChannelClosedError(f"{name}: channel closed while waiting"))
         return watches
 
 

@@ -1,0 +1,355 @@
+"""Channel core benchmarks, each measured side by side with its baseline in one run.
+
+* sync bulk over AF_UNIX (64 KiB writes, readv into a preallocated buffer) / a raw socket loop
+* asyncio bulk through the channel's async API / asyncio streams
+* asyncio 64-byte ping-pong / asyncio streams (also uvloop and trio figures)
+* fd-passing messages per second / raw ``socket.sendmsg``/``recvmsg``
+* RSS of 10,000 idle socket channels
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import gc
+import os
+import resource
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+import uvloop
+
+from iochannel import SocketChannel
+
+CHUNK = 64 * 1024
+BULK = 512 * 1024 * 1024
+PINGS = 20000
+FD_MSGS = 20000
+REPEAT = 3
+
+
+def best(fn: Callable[[], float]) -> float:
+    """Best of REPEAT runs of *fn*, which returns a rate."""
+    return max(fn() for _ in range(REPEAT))
+
+
+def report(name: str, ours: float, base: float, unit: str, goal: float, baseline: str) -> None:
+    ratio = ours / base
+    mark = "ok" if ratio >= goal else "BELOW GOAL"
+    print(
+        f"{name:34} {ours:12,.1f} {unit:8} vs {baseline} {base:12,.1f}  "
+        f"ratio {ratio:5.2f} (goal >= {goal}) {mark}",
+        flush=True,
+    )
+
+
+# ---- sync bulk ------------------------------------------------------------------
+
+
+def _bulk_sync(channels: bool) -> float:
+    a, b = socket.socketpair()
+    data = bytes(CHUNK)
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    if channels:
+        ca, cb = SocketChannel(a), SocketChannel(b)
+
+        def write() -> None:
+            for _ in range(BULK // CHUNK):
+                ca.write_all(data)
+
+        def read() -> None:
+            left = BULK
+            bufs = [view]
+            while left:
+                left -= cb.readv(bufs) or 0
+    else:
+
+        def write() -> None:
+            for _ in range(BULK // CHUNK):
+                a.sendall(data)
+
+        def read() -> None:
+            left = BULK
+            while left:
+                left -= b.recv_into(view)
+
+    t = threading.Thread(target=write)
+    start = time.perf_counter()
+    t.start()
+    read()
+    t.join()
+    elapsed = time.perf_counter() - start
+    a.close()
+    b.close()
+    return BULK / elapsed / 1e6
+
+
+# ---- asyncio bulk ----------------------------------------------------------------
+
+
+async def _bulk_async_channel() -> float:
+    a, b = SocketChannel.pair()
+    data = bytes(CHUNK)
+    buf = bytearray(CHUNK)
+
+    async def write() -> None:
+        for _ in range(BULK // CHUNK):
+            await a.awrite_all(data)
+
+    async def read() -> None:
+        left = BULK
+        while left:
+            left -= await b.areadinto(buf)
+
+    start = time.perf_counter()
+    await asyncio.gather(write(), read())
+    elapsed = time.perf_counter() - start
+    a.close()
+    b.close()
+    return BULK / elapsed / 1e6
+
+
+async def _bulk_async_streams() -> float:
+    sa, sb = socket.socketpair()
+    _ra, wa = await asyncio.open_connection(sock=sa)
+    rb, wb = await asyncio.open_connection(sock=sb)
+    data = bytes(CHUNK)
+
+    async def write() -> None:
+        for _ in range(BULK // CHUNK):
+            wa.write(data)
+            await wa.drain()
+
+    async def read() -> None:
+        left = BULK
+        while left:
+            left -= len(await rb.read(CHUNK))
+
+    start = time.perf_counter()
+    await asyncio.gather(write(), read())
+    elapsed = time.perf_counter() - start
+    for w in (wa, wb):
+        w.close()
+    return BULK / elapsed / 1e6
+
+
+# ---- ping-pong -------------------------------------------------------------------
+
+
+async def _pingpong_channel() -> float:
+    a, b = SocketChannel.pair()
+    msg = bytes(64)
+    abuf, bbuf = bytearray(64), bytearray(64)
+
+    async def echo() -> None:
+        for _ in range(PINGS):
+            await b.areadv_all((bbuf,))
+            await b.awrite_all(bbuf)
+
+    async def client() -> None:
+        for _ in range(PINGS):
+            await a.awrite_all(msg)
+            await a.areadv_all((abuf,))
+
+    start = time.perf_counter()
+    await asyncio.gather(echo(), client())
+    elapsed = time.perf_counter() - start
+    a.close()
+    b.close()
+    return PINGS / elapsed
+
+
+async def _pingpong_streams() -> float:
+    sa, sb = socket.socketpair()
+    ra, wa = await asyncio.open_connection(sock=sa)
+    rb, wb = await asyncio.open_connection(sock=sb)
+    msg = bytes(64)
+
+    async def echo() -> None:
+        for _ in range(PINGS):
+            wb.write(await rb.readexactly(64))
+            await wb.drain()
+
+    async def client() -> None:
+        for _ in range(PINGS):
+            wa.write(msg)
+            await wa.drain()
+            await ra.readexactly(64)
+
+    start = time.perf_counter()
+    await asyncio.gather(echo(), client())
+    elapsed = time.perf_counter() - start
+    for w in (wa, wb):
+        w.close()
+    return PINGS / elapsed
+
+
+async def _pingpong_trio() -> float:
+    sa, sb = trio.socket.socketpair()
+    a, b = trio.SocketStream(sa), trio.SocketStream(sb)
+    msg = bytes(64)
+
+    async def read_exactly(stream: trio.SocketStream, n: int) -> bytes:
+        got = b""
+        while len(got) < n:
+            got += await stream.receive_some(n - len(got))
+        return got
+
+    async def echo() -> None:
+        for _ in range(PINGS):
+            await b.send_all(await read_exactly(b, 64))
+
+    async def client() -> None:
+        for _ in range(PINGS):
+            await a.send_all(msg)
+            await read_exactly(a, 64)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        nursery.start_soon(client)
+    elapsed = time.perf_counter() - start
+    await a.aclose()
+    await b.aclose()
+    return PINGS / elapsed
+
+
+# ---- fd passing ------------------------------------------------------------------
+
+
+def _fd_passing(channels: bool) -> float:
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    one = bytearray(1)
+    start = time.perf_counter()
+    if channels:
+        ca, cb = SocketChannel(a), SocketChannel(b)
+        fds: list[int] = []
+        for _ in range(FD_MSGS):
+            ca.writev((b"x",), fds=(r,))
+            cb.readv((one,), fds=fds)
+            os.close(fds.pop())
+    else:
+        space = socket.CMSG_SPACE(16 * 4)
+        for _ in range(FD_MSGS):
+            a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+            _n, anc, _f, _ = b.recvmsg_into([one], space, socket.MSG_CMSG_CLOEXEC)
+            got = array.array("i")
+            got.frombytes(anc[0][2])
+            os.set_blocking(got[0], True)  # what the channel does for every received fd
+            os.close(got[0])
+    elapsed = time.perf_counter() - start
+    for fd in (r, w):
+        os.close(fd)
+    a.close()
+    b.close()
+    return FD_MSGS / elapsed
+
+
+# ---- memory ----------------------------------------------------------------------
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _idle_memory(count: int = 10000) -> float:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < count + 100:
+        print(f"idle channels: fd limit {hard} is below {count}; skipped")
+        return 0.0
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, count + 100), hard))
+    gc.collect()
+    before = _rss_kib()
+    channels: list[SocketChannel] = []
+    for _ in range(count // 2):
+        channels.extend(SocketChannel.pair())
+    gc.collect()
+    grown = (_rss_kib() - before) / 1024
+    for ch in channels:
+        ch.close()
+    return grown
+
+
+def run_async(factory: Callable[[], Awaitable[float]], loop: str = "asyncio") -> float:
+    def once() -> float:
+        if loop == "uvloop":
+            return uvloop.run(factory())  # type: ignore[arg-type]
+        return asyncio.run(factory())  # type: ignore[arg-type]
+
+    return best(once)
+
+
+def main() -> None:
+    report(
+        "sync bulk AF_UNIX (MB/s)",
+        best(lambda: _bulk_sync(True)),
+        best(lambda: _bulk_sync(False)),
+        "MB/s",
+        0.95,
+        "raw socket",
+    )
+    report(
+        "asyncio bulk (MB/s)",
+        run_async(_bulk_async_channel),
+        run_async(_bulk_async_streams),
+        "MB/s",
+        2.0,
+        "streams",
+    )
+    report(
+        "asyncio ping-pong 64 B (round trips/s)",
+        run_async(_pingpong_channel),
+        run_async(_pingpong_streams),
+        "rt/s",
+        1.2,
+        "streams",
+    )
+    report(
+        "uvloop ping-pong 64 B (round trips/s)",
+        run_async(_pingpong_channel, "uvloop"),
+        run_async(_pingpong_streams, "uvloop"),
+        "rt/s",
+        1.2,
+        "uvloop streams",
+    )
+    report(
+        "uvloop bulk (MB/s)",
+        run_async(_bulk_async_channel, "uvloop"),
+        run_async(_bulk_async_streams, "uvloop"),
+        "MB/s",
+        2.0,
+        "uvloop streams",
+    )
+    trio_rate = best(lambda: trio.run(_pingpong_trio))
+    report(
+        "asyncio ping-pong vs trio (rt/s)",
+        run_async(_pingpong_channel),
+        trio_rate,
+        "rt/s",
+        1.0,
+        "trio streams",
+    )
+    report(
+        "fd passing (messages/s)",
+        best(lambda: _fd_passing(True)),
+        best(lambda: _fd_passing(False)),
+        "msg/s",
+        0.9,
+        "raw sendmsg",
+    )
+    mib = _idle_memory()
+    verdict = "ok" if mib <= 30 else "ABOVE GOAL"
+    print(f"{'10,000 idle socket channels':34} {mib:12,.1f} MiB RSS (goal <= 30) {verdict}")
+
+
+if __name__ == "__main__":
+    main()
