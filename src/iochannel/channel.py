@@ -560,7 +560,7 @@ class Channel:
         if ready:
             return ready
         revents: int = await self._get_waits().run_async(self, cond, None)
-        return Condition(revents & (cond | _ERR_HUP))
+        return Condition(revents)
 
     def wake_read(self) -> None:
         """End a pending read wait early (thread-safe); it returns ``Condition.NONE``."""

@@ -215,6 +215,15 @@ class MemoryChannel(Channel):
         q.update()
         return n
 
+    def _pending(self, cond: Condition) -> Condition:
+        # The eventfds only wake waiters; the queue state says what holds.
+        ready = Condition.NONE
+        if cond & Condition.IN and self._in.readable.on:
+            ready |= Condition.IN
+        if cond & Condition.OUT and self._out.writable.on:
+            ready |= Condition.OUT
+        return ready
+
     def _wait_fds(self, cond: Condition) -> FdSpec:
         spec: list[tuple[int, int]] = []
         if cond & Condition.IN:

@@ -54,7 +54,8 @@ WatchCallback = Callable[["Channel", Condition], bool]
 _IN = int(Condition.IN)
 _OUT = int(Condition.OUT)
 # poll(2) reports these whatever was asked for; a waiter always wants to know.
-_ALWAYS = int(Condition.ERR | Condition.HUP) | select.POLLNVAL
+_ERR_HUP = int(Condition.ERR | Condition.HUP)
+_ALWAYS = _ERR_HUP | select.POLLNVAL
 
 FdSpec = tuple[tuple[int, int], ...]
 _Subscriber = Callable[[int], None]
@@ -266,7 +267,7 @@ class AsyncOp:
         if revents & select.POLLNVAL:
             self.finish(None, ChannelClosedError(f"{self.channel.name}: channel closed"))
         elif self.steps is None:
-            self.finish(revents, None)
+            self.finish(revents & (self.cond | _ERR_HUP) | self.channel._pending(self.cond), None)
         else:
             self.advance()
 
@@ -486,7 +487,9 @@ class Waits:
                     pass
             if self.closed:
                 raise ChannelClosedError(f"{channel.name}: channel closed while waiting")
-            return Condition(ready & (int(cond) | int(Condition.ERR | Condition.HUP)))
+            # Channels whose fds only wake waiters report their state through _pending.
+            ready = ready & (int(cond) | _ERR_HUP) | int(channel._pending(cond))
+            return Condition(ready)
         finally:
             with self.lock:
                 slot[1] -= 1

@@ -1,0 +1,419 @@
+"""Chardev: the backend half of a character device, with an enforced connection lifecycle.
+
+A chardev moves bytes between one outside thing (a socket, a file, a pty, a
+ring buffer …) and its frontend(s) (:class:`~iochannel.chardev.Frontend`).
+
+*Input* (backend → frontend) is pull-driven: the backend asks
+:meth:`Chardev.be_can_read` how much the frontend accepts, never delivers more
+through :meth:`Chardev.be_write`, and stops reading at 0 until
+:meth:`_update_read_handler` is called (the frontend's ``accept_input``).
+
+*Output* (frontend → backend) is non-blocking: :meth:`Chardev.write` takes what
+fits and returns the count, or ``None`` when it would block — then a writable
+watch (:meth:`Chardev.add_watch`) is the only backpressure.
+
+*Lifecycle*: :meth:`Chardev.be_event` with OPENED/CLOSED sets
+:attr:`be_open`; delivery to frontends goes through each registration's
+:class:`~iochannel.chardev.events.LifecycleView`, so frontends see OPENED and
+CLOSED strictly alternating whatever the backend does.
+
+*Writes while closed* follow the chardev's :class:`ClosedWrites` policy:
+``drop`` (counted), ``error`` (:class:`ChardevClosedError`) or ``buffer`` up to
+a bound, then ``drop-oldest`` or ``error``.  Buffered bytes go out first when
+the backend opens.
+
+Every chardev belongs to an asyncio loop (:attr:`loop`): callbacks to frontends
+run there.  :meth:`write` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import enum
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..channel import Buffer
+from .events import ChardevEvent
+
+if TYPE_CHECKING:
+    from .frontend import Frontend
+
+__all__ = [
+    "Chardev",
+    "ChardevBusyError",
+    "ChardevClosedError",
+    "ChardevError",
+    "ClosedWrites",
+    "Stats",
+    "WhileClosed",
+]
+
+log = logging.getLogger(__name__)
+
+#: Most bytes handed to a frontend in one delivery (QEMU's READ_BUF_LEN).
+READ_CHUNK = 4096
+
+
+class ChardevError(Exception):
+    """Base class of chardev errors; messages name the chardev."""
+
+
+class ChardevBusyError(ChardevError):
+    """The chardev is in use (by a frontend, a mux or a hub)."""
+
+
+class ChardevClosedError(ChardevError, ConnectionError):
+    """A write to a chardev that is not open, under the ``error`` policy."""
+
+
+class WhileClosed(enum.Enum):
+    """What :meth:`Chardev.write` does while the backend is not open."""
+
+    DROP = "drop"
+    ERROR = "error"
+    BUFFER = "buffer"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClosedWrites:
+    """The policy for writes while the backend is closed."""
+
+    mode: WhileClosed = WhileClosed.ERROR
+    #: ``buffer`` mode: bytes kept at most.
+    limit: int = 65536
+    #: ``buffer`` mode, when full: ``"drop-oldest"`` or ``"error"``.
+    overflow: str = "drop-oldest"
+
+    def __post_init__(self) -> None:
+        if self.overflow not in ("drop-oldest", "error"):
+            raise ValueError(f"overflow must be 'drop-oldest' or 'error', not {self.overflow!r}")
+        if self.limit < 0:
+            raise ValueError("limit must not be negative")
+
+
+@dataclasses.dataclass
+class Stats:
+    """Counters a chardev keeps (shown by the management API)."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    dropped: int = 0
+    opens: int = 0
+    closes: int = 0
+
+
+WatchCallback = Callable[[], bool]
+
+
+class Chardev:
+    """Base class of every backend; see the module docstring.
+
+    Subclasses implement ``_open`` (returns whether the backend is open at
+    once), ``_chr_write`` and optionally ``_close``, ``_update_read_handler``,
+    ``_add_write_watch``, ``_set_fe_open`` and the control hooks.
+    """
+
+    #: The backend type name (``socket``, ``file`` …).
+    type_name: ClassVar[str] = ""
+    #: Frontends that may attach at once (a mux takes many).
+    max_frontends: ClassVar[int] = 1
+    #: The policy used when none is configured.
+    default_closed_writes: ClassVar[ClosedWrites] = ClosedWrites(WhileClosed.ERROR)
+    #: Whether frontends may pass fds through this backend.
+    supports_fd_pass: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        closed_writes: ClosedWrites | None = None,
+        logfile: str | None = None,
+        logappend: bool = False,
+    ) -> None:
+        if not id or len(id) > 127:
+            raise ValueError(f"chardev id {id!r} must have 1 to 127 characters")
+        self.id = id
+        self._loop = loop
+        self.closed_writes = closed_writes or self.default_closed_writes
+        self.be_open = False
+        self.stats = Stats()
+        self.filename = self.type_name
+        self._frontends: list[Frontend] = []
+        self._focus: Frontend | None = None
+        self._write_lock = threading.RLock()
+        self._pending_out: collections.deque[bytes] = collections.deque()
+        self._pending_size = 0
+        self._logfd = -1
+        #: Set by a mux or hub that uses this chardev as one of its backends.
+        self.owner: object | None = None
+        self.opened = False
+        self.closed = False
+        if logfile:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+            flags |= os.O_APPEND if logappend else os.O_TRUNC
+            self._logfd = os.open(logfile, flags, 0o666)
+
+    # ---- identity -------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop that runs this chardev's callbacks (the running one if not given)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def __repr__(self) -> str:
+        state = "open" if self.be_open else "closed"
+        return f"<{type(self).__name__} {self.id!r} {state}>"
+
+    @property
+    def busy(self) -> bool:
+        """In use by a frontend, a mux or a hub: cannot be removed."""
+        return bool(self._frontends) or self.owner is not None
+
+    @property
+    def frontends(self) -> tuple[Frontend, ...]:
+        return tuple(self._frontends)
+
+    # ---- lifecycle --------------------------------------------------------
+
+    def open(self) -> None:
+        """Start the backend (once); an immediately open backend emits OPENED."""
+        if self.opened:
+            return
+        self.opened = True
+        if self._open():
+            self.be_event(ChardevEvent.OPENED)
+
+    def close(self) -> None:
+        """Stop the backend and release everything; frontends see CLOSED if open."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._close()
+        finally:
+            if self.be_open:
+                self.be_event(ChardevEvent.CLOSED)
+            if self._logfd >= 0:
+                os.close(self._logfd)
+                self._logfd = -1
+
+    # ---- frontend links -------------------------------------------------
+
+    def _attach(self, fe: Frontend) -> None:
+        if len(self._frontends) >= self.max_frontends or self.owner is not None:
+            raise ChardevBusyError(f"chardev '{self.id}' is already in use")
+        self._frontends.append(fe)
+        if self._focus is None:
+            self._focus = fe
+
+    def _detach(self, fe: Frontend) -> None:
+        if fe in self._frontends:
+            self._frontends.remove(fe)
+        if self._focus is fe:
+            self._focus = self._frontends[0] if self._frontends else None
+        self._update_read_handler()
+
+    def _handlers_changed(self, fe: Frontend) -> None:
+        """A frontend (un)registered handlers: input may start or stop."""
+        self._update_read_handler()
+
+    def _take_focus(self, fe: Frontend) -> None:
+        self._focus = fe
+
+    # ---- input: backend → frontend ----------------------------------------
+
+    def be_can_read(self) -> int:
+        """Bytes the focused frontend accepts now (0 pauses input)."""
+        fe = self._focus
+        return fe._can_read() if fe is not None else 0
+
+    def be_write(self, data: Buffer) -> None:
+        """Deliver input to the focused frontend (no more than :meth:`be_can_read`)."""
+        fe = self._focus
+        if fe is not None:
+            self.stats.bytes_in += memoryview(data).nbytes
+            fe._deliver(data)
+
+    def be_event(self, event: ChardevEvent) -> None:
+        """Report a backend event; OPENED/CLOSED update :attr:`be_open`."""
+        if event == ChardevEvent.OPENED:
+            if self.be_open:
+                # Backends that re-announce are absorbed here, once, for everyone.
+                return
+            self.be_open = True
+            self.stats.opens += 1
+            self._flush_pending()
+        elif event == ChardevEvent.CLOSED:
+            if not self.be_open:
+                return
+            self.be_open = False
+            self.stats.closes += 1
+        self._deliver_event(event)
+
+    def _deliver_event(self, event: ChardevEvent) -> None:
+        for fe in tuple(self._frontends):
+            fe._event(event)
+
+    def _update_read_handler(self) -> None:
+        """Hook: the frontend's appetite may have changed; resume or pause input."""
+
+    # ---- output: frontend → backend -----------------------------------------
+
+    def write(self, data: Buffer) -> int | None:
+        """Write without blocking: bytes taken, or ``None`` (add a writable watch).
+
+        While closed, the :attr:`closed_writes` policy applies.  Thread-safe.
+        """
+        view = memoryview(data).cast("B")
+        if not view:
+            return 0
+        with self._write_lock:
+            if not self.be_open:
+                return self._write_closed(view)
+            if self._pending_out and not self._flush_pending():
+                return None
+            n = self._chr_write(view)
+            if n:
+                self.stats.bytes_out += n
+                self._log(view[:n])
+            return n
+
+    def _write_closed(self, view: memoryview) -> int:
+        policy = self.closed_writes
+        size = len(view)
+        if policy.mode is WhileClosed.ERROR:
+            raise ChardevClosedError(f"chardev '{self.id}' is not connected")
+        if policy.mode is WhileClosed.DROP:
+            self.stats.dropped += size
+            return size
+        room = policy.limit - self._pending_size
+        taken = size
+        if size > room:
+            if policy.overflow == "error":
+                if room <= 0:
+                    raise ChardevClosedError(
+                        f"chardev '{self.id}' is not connected and its buffer "
+                        f"({policy.limit} bytes) is full"
+                    )
+                view = view[:room]  # a partial write, as a full pipe gives
+                taken = room
+            else:
+                self._drop_oldest(min(size - room, self._pending_size))
+                if size > policy.limit:  # this write alone overflows: keep its tail
+                    self.stats.dropped += size - policy.limit
+                    view = view[size - policy.limit :]
+        if view:
+            self._pending_out.append(bytes(view))
+            self._pending_size += len(view)
+        return taken
+
+    def _drop_oldest(self, excess: int) -> None:
+        while excess > 0 and self._pending_out:
+            head = self._pending_out[0]
+            if len(head) <= excess:
+                self._pending_out.popleft()
+                self._pending_size -= len(head)
+                self.stats.dropped += len(head)
+                excess -= len(head)
+            else:
+                self._pending_out[0] = head[excess:]
+                self._pending_size -= excess
+                self.stats.dropped += excess
+                excess = 0
+
+    def _flush_pending(self) -> bool:
+        """Send bytes buffered while closed; True when none are left."""
+        with self._write_lock:
+            while self._pending_out and self.be_open:
+                head = self._pending_out[0]
+                try:
+                    n = self._chr_write(memoryview(head))
+                except OSError:
+                    return False
+                if not n:
+                    return False
+                self.stats.bytes_out += n
+                self._log(memoryview(head)[:n])
+                self._pending_size -= n
+                if n == len(head):
+                    self._pending_out.popleft()
+                else:
+                    self._pending_out[0] = head[n:]
+            return not self._pending_out
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes buffered while closed, waiting for the backend to open."""
+        return self._pending_size
+
+    def _log(self, data: memoryview) -> None:
+        if self._logfd >= 0:
+            os.write(self._logfd, data)
+
+    def add_watch(self, callback: WatchCallback) -> Any:
+        """Call ``callback()`` on the loop when a write may succeed; it returns keep.
+
+        Returns a handle with ``cancel()``, or ``None`` if no watch is possible
+        (nothing could block, or nothing is connected).
+        """
+        return self._add_write_watch(callback)
+
+    # ---- hooks -------------------------------------------------------------
+
+    def _open(self) -> bool:
+        return True
+
+    def _close(self) -> None:
+        pass
+
+    def _chr_write(self, data: memoryview) -> int | None:
+        raise NotImplementedError
+
+    def _add_write_watch(self, callback: WatchCallback) -> Any:
+        return None
+
+    def _set_fe_open(self, open: bool) -> None:
+        """Hook: the frontend (guest side) opened or closed its end."""
+
+    def _accept_input(self) -> None:
+        self._update_read_handler()
+
+    def get_msgfds(self) -> list[int]:
+        """Take the fds that came with the latest input (caller owns them)."""
+        return []
+
+    def set_msgfds(self, fds: list[int]) -> None:
+        """Fds to send with the next write; replaces any pending set."""
+        raise ChardevError(f"chardev '{self.id}' cannot pass file descriptors")
+
+    def send_break(self) -> None:
+        """Deliver BREAK to the frontend (``chardev-send-break``)."""
+        self.be_event(ChardevEvent.BREAK)
+
+    def ioctl(self, command: str, argument: object = None) -> object:
+        raise ChardevError(f"chardev '{self.id}' ({self.type_name}) has no '{command}' control")
+
+    def set_echo(self, echo: bool) -> None:
+        pass
+
+    def disconnect(self) -> None:
+        """Drop the current connection (connection-oriented backends)."""
+
+    @property
+    def connected(self) -> bool:
+        return self.be_open
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Block until connected (connection-oriented backends; others return at once)."""
+
+    async def await_connected(self) -> None:
+        """Wait on the loop until connected."""

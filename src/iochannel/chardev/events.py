@@ -1,0 +1,86 @@
+"""Chardev events and the per-registration lifecycle guard.
+
+Events (QEMU's numbering): BREAK, OPENED, MUX_IN, MUX_OUT, CLOSED.
+
+The lifecycle rule, enforced here rather than left to each frontend:
+
+* a frontend *registration* (one :meth:`Frontend.set_handlers` with handlers)
+  starts closed and sees OPENED and CLOSED strictly alternating, CLOSED only
+  after OPENED;
+* attaching to a backend that is already open delivers exactly one OPENED;
+* a backend that reports OPENED twice, or CLOSED while closed, is buggy: in
+  strict mode (the test suite turns it on) that raises
+  :class:`LifecycleError`, otherwise the duplicate is logged and absorbed so the
+  frontend still sees a consistent sequence.
+
+:class:`LifecycleView` is the sans-I/O state machine for one registration:
+feed it backend events, it answers which ones to deliver.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+
+__all__ = ["ChardevEvent", "LifecycleError", "LifecycleView", "set_strict"]
+
+log = logging.getLogger(__name__)
+
+
+class ChardevEvent(enum.IntEnum):
+    BREAK = 0
+    OPENED = 1
+    MUX_IN = 2
+    MUX_OUT = 3
+    CLOSED = 4
+
+
+class LifecycleError(AssertionError):
+    """A backend broke the OPENED/CLOSED alternation (raised in strict mode)."""
+
+
+_strict = os.environ.get("IOCHANNEL_STRICT_LIFECYCLE", "") not in ("", "0")
+
+
+def set_strict(on: bool) -> None:
+    """Raise :class:`LifecycleError` on lifecycle violations instead of absorbing them."""
+    global _strict
+    _strict = on
+
+
+def is_strict() -> bool:
+    return _strict
+
+
+class LifecycleView:
+    """What one frontend registration has been told: open or closed."""
+
+    __slots__ = ("label", "open")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.open = False
+
+    def filter(self, event: ChardevEvent, *, duplicate_ok: bool = False) -> bool:
+        """Whether to deliver *event*; updates the view.
+
+        *duplicate_ok* marks events the core synthesises while syncing a view
+        (attach, restore), where "already in that state" is expected.
+        """
+        if event == ChardevEvent.OPENED:
+            if self.open:
+                return self._violation("OPENED while already open", duplicate_ok)
+            self.open = True
+        elif event == ChardevEvent.CLOSED:
+            if not self.open:
+                return self._violation("CLOSED while not open", duplicate_ok)
+            self.open = False
+        return True
+
+    def _violation(self, what: str, expected: bool) -> bool:
+        if not expected:
+            if _strict:
+                raise LifecycleError(f"chardev '{self.label}': {what}")
+            log.warning("chardev '%s': %s (suppressed)", self.label, what)
+        return False

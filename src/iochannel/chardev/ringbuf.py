@@ -1,0 +1,92 @@
+"""The ``ringbuf`` backend (alias ``memory``): frontend output kept in a ring buffer.
+
+Writes always succeed, overwriting the oldest bytes; there is no input.  The
+size must be a power of two (default 64 KiB).  :meth:`RingbufChardev.read`
+takes up to *size* bytes out (``ringbuf-read``), :meth:`RingbufChardev.inject`
+stores bytes as if the frontend had written them (``ringbuf-write``); both
+speak ``utf8`` or ``base64``.  Unlike QEMU, utf8 reads decode invalid bytes as
+U+FFFD instead of cutting at the first NUL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from typing import Any, ClassVar
+
+from .chardev import Chardev, ChardevError
+
+__all__ = ["RingbufChardev"]
+
+FORMATS = ("utf8", "base64")
+
+
+class RingbufChardev(Chardev):
+    type_name: ClassVar[str] = "ringbuf"
+
+    def __init__(self, id: str, size: int = 65536, **kwargs: Any) -> None:
+        if size <= 0 or size & (size - 1):
+            raise ChardevError(f"size of ringbuf chardev must be power of two, not {size}")
+        super().__init__(id, **kwargs)
+        self.size = size
+        self._data = bytearray(size)
+        self._prod = 0  # total bytes ever written
+        self._cons = 0  # total bytes ever read
+        self._lock = threading.Lock()
+        self.filename = "ringbuf"
+
+    @property
+    def count(self) -> int:
+        """Bytes held now."""
+        return self._prod - self._cons
+
+    def _chr_write(self, data: memoryview) -> int:
+        with self._lock:
+            size, total = self.size, len(data)
+            tail = data[total - size :] if total > size else data
+            self._prod += total - len(tail)  # bytes that would be overwritten at once
+            pos = self._prod % size
+            first = min(len(tail), size - pos)
+            self._data[pos : pos + first] = tail[:first]
+            self._data[: len(tail) - first] = tail[first:]
+            self._prod += len(tail)
+            self._cons = max(self._cons, self._prod - size)
+            return total
+
+    def read_bytes(self, size: int) -> bytes:
+        """Take up to *size* bytes, oldest first."""
+        if size <= 0:
+            raise ChardevError(f"size must be greater than zero, not {size}")
+        with self._lock:
+            n = min(size, self._prod - self._cons)
+            pos = self._cons % self.size
+            first = min(n, self.size - pos)
+            out = bytes(self._data[pos : pos + first]) + bytes(self._data[: n - first])
+            self._cons += n
+            return out
+
+    def read(self, size: int, format: str = "utf8") -> str:
+        """``ringbuf-read``: up to *size* bytes as text (utf8) or base64."""
+        _check_format(format)
+        data = self.read_bytes(size)
+        if format == "base64":
+            return base64.b64encode(data).decode()
+        return data.decode("utf-8", errors="replace")
+
+    def inject(self, data: str, format: str = "utf8") -> None:
+        """``ringbuf-write``: store *data* as if the frontend wrote it."""
+        _check_format(format)
+        if format == "base64":
+            try:
+                raw = base64.b64decode(data, validate=True)
+            except binascii.Error as exc:
+                raise ChardevError(f"invalid base64 data: {exc}") from exc
+        else:
+            raw = data.encode()
+        self.write(raw)
+
+
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise ChardevError(f"invalid data format {format!r}: use 'utf8' or 'base64'")
