@@ -371,3 +371,18 @@ def test_zero_copy_write_and_flush() -> None:
     finally:
         client.close()
         server.close()
+
+
+def test_listener_finalizer_unlinks_its_path(tmp_path: os.PathLike[str]) -> None:
+    import gc
+    import warnings
+
+    path = os.path.join(tmp_path, "gc.sock")
+    listener = SocketChannel.listen(UnixAddress(path))
+    assert os.path.exists(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del listener
+        gc.collect()
+    assert not os.path.exists(path), "a collected listener must unlink the path it created"
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
