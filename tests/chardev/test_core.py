@@ -9,7 +9,6 @@ import pytest
 
 from iochannel import SocketChannel, memory_pair
 from iochannel.chardev import (
-    ChannelChardev,
     ChardevBusyError,
     ChardevClosedError,
     ChardevError,
@@ -22,6 +21,7 @@ from iochannel.chardev import (
 )
 
 from .fehandler import FeHandler
+from .pair import PairChardev
 
 
 class Switch(NullChardev):
@@ -233,20 +233,6 @@ def test_hotswap_needs_be_change() -> None:
     with pytest.raises(ChardevError, match="does not support chardev hotswap"):
         fe._swap(b)
     fe.deinit()
-
-
-class PairChardev(ChannelChardev):
-    """A channel-backed chardev over one end of a pair, open at once."""
-
-    type_name = "pair"
-
-    def __init__(self, id: str, channel: Any, **kwargs: Any) -> None:
-        super().__init__(id, **kwargs)
-        self._channel = channel
-
-    def _open(self) -> bool:
-        self._attach_channels(self._channel, self._channel)
-        return True
 
 
 def test_channel_backend_respects_can_read_and_accept_input() -> None:

@@ -117,8 +117,13 @@ class ChannelChardev(Chardev):
             return False
         return True
 
+    def disconnect(self) -> None:
+        """Drop the channels now, as if the peer had gone (CLOSED follows)."""
+        if self._in is not None or self._out is not None:
+            self._on_disconnect()
+
     def _on_disconnect(self) -> None:
-        """End of input or an I/O error; by default the backend closes."""
+        """End of input, an I/O error or :meth:`disconnect`; by default the backend closes."""
         self._release_channels()
         self.be_event(ChardevEvent.CLOSED)
 
