@@ -179,3 +179,21 @@ def test_netlistener_callback() -> None:
             c.close()
 
     asyncio.run(main())
+
+
+def test_wake_read_before_the_wait_is_not_lost() -> None:
+    ch, peer = SocketChannel.pair()
+    ch.set_blocking(False)
+    ch.wake_read()  # nobody waits yet
+    assert ch.wait(Condition.IN, timeout=10) == Condition.NONE  # returns at once
+    assert ch.wait(Condition.IN, timeout=0) == Condition.NONE  # the wake was used up
+
+    async def main() -> None:
+        ch.wake_read()
+        assert await asyncio.wait_for(ch.wait_async(Condition.IN), 10) == Condition.NONE
+        peer.write_all(b"x")
+        assert await ch.aread(1) == b"x"
+
+    asyncio.run(main())
+    ch.close()
+    peer.close()

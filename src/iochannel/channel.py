@@ -11,7 +11,9 @@ they add):
   when a non-blocking channel would block.
 * File descriptors: ``readv(..., fds=list)`` appends received fds to *list* only
   when the call succeeds; the caller owns them, they are close-on-exec and made
-  blocking unless ``ReadFlag.FD_PRESERVE_BLOCKING``.  ``writev(..., fds=...)``
+  blocking unless ``ReadFlag.FD_PRESERVE_BLOCKING`` (as QEMU does).  O_NONBLOCK
+  belongs to the open file, which the sender shares: a peer that keeps using
+  its copy of the fd (an eventfd QEMU polls) needs ``FD_PRESERVE_BLOCKING``.  ``writev(..., fds=...)``
   sends the fds with the first byte written.  Both need ``Feature.FD_PASS``.
 * ``*_all`` forms loop until every byte moved, waiting when the channel would
   block.  ``readv_all_eof`` returns ``False`` for a clean end of stream before
@@ -563,10 +565,12 @@ class Channel:
         return Condition(revents)
 
     def wake_read(self) -> None:
-        """End a pending read wait early (thread-safe); it returns ``Condition.NONE``."""
-        waits = self._waits
-        if waits is not None:
-            waits.wake(int(Condition.IN))
+        """End a pending read wait early (thread-safe); it returns ``Condition.NONE``.
+
+        If no read wait is pending, the next one returns ``NONE`` at once, so a
+        wake sent just before a wait starts is not lost.
+        """
+        self._get_waits().wake(int(Condition.IN))
 
     def add_watch(
         self,

@@ -442,7 +442,7 @@ class Watch:
 class Waits:
     """Per-channel registry of pending waits and watches (created on first use)."""
 
-    __slots__ = ("async_ops", "blocking", "closed", "lock", "wake_fds", "watches")
+    __slots__ = ("async_ops", "blocking", "closed", "lock", "pending_wakes", "wake_fds", "watches")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -452,6 +452,8 @@ class Waits:
         self.wake_fds: dict[int, list[int]] = {}
         self.blocking = 0
         self.closed = False
+        #: Directions woken while nothing waited (see :meth:`wake`).
+        self.pending_wakes = 0
 
     # ---- blocking -------------------------------------------------------
 
@@ -460,6 +462,8 @@ class Waits:
         with self.lock:
             if self.closed:
                 raise ChannelClosedError(f"{channel.name}: channel is closed")
+            if self._take_wake(cond):
+                return Condition.NONE
             slot = self.wake_fds.get(direction)
             if slot is None:
                 slot = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK), 0]
@@ -508,6 +512,10 @@ class Waits:
         self, channel: Channel, cond: Condition, steps: Generator[Condition, None, Any] | None
     ) -> Any:
         """Wait for *cond* on the running loop, then drive *steps* (see :class:`AsyncOp`)."""
+        if self.pending_wakes and steps is None:
+            with self.lock:
+                if self._take_wake(cond):
+                    return 0
         op = AsyncOp(channel, self, asyncio.get_running_loop(), steps)
         # list.append is atomic; close() sets ``closed`` before it snapshots the list.
         self.async_ops.append(op)
@@ -530,14 +538,30 @@ class Waits:
     # ---- waking ---------------------------------------------------------
 
     def wake(self, direction: int) -> None:
-        """End pending waits in *direction* early (thread-safe)."""
+        """End pending waits in *direction* early (thread-safe).
+
+        With no wait pending, the wake is kept for the next wait in that
+        direction, so a wake that races with the start of a wait is not lost.
+        """
         with self.lock:
             slot = self.wake_fds.get(direction)
-            if slot is not None and slot[1] > 0:
+            blocked = slot is not None and slot[1] > 0
+            if blocked:
+                assert slot is not None
                 os.eventfd_write(slot[0], 1)
             ops = [op for op in self.async_ops if op.cond & direction]
+            if not blocked and not ops:
+                self.pending_wakes |= direction
         for op in ops:
             op.wake(None)
+
+    def _take_wake(self, cond: Condition) -> bool:
+        """Consume a wake kept for *cond*'s direction (call with the lock held)."""
+        direction = _IN if cond & Condition.IN else _OUT
+        if self.pending_wakes & direction:
+            self.pending_wakes &= ~direction
+            return True
+        return False
 
     def close(self, name: str) -> list[Watch]:
         """Fail every pending wait; return the watches to cancel."""

@@ -1,0 +1,178 @@
+"""qemu-storage-daemon compatible command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from iochannel.vhost_user.cli import UsageError, main, parse_args, parse_keyval
+from iochannel.vhost_user.frontend import Frontend
+from iochannel.vhost_user.protocol import Request
+
+
+def test_keyval() -> None:
+    assert parse_keyval("a=b,c.d=e,c.f=g", "--x") == {"a": "b", "c": {"d": "e", "f": "g"}}
+    assert parse_keyval("filename=a,,b,,,x=", "--x") == {"filename": "a,b,", "x": ""}
+    assert parse_keyval('{"driver": "file", "read-only": true}', "--x") == {
+        "driver": "file",
+        "read-only": "on",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a", "expected 'key=value'"),
+        ("a=1,a=2", "'a' given twice"),
+        ("a=1,a.b=2", "conflicts"),
+        ("=1", "invalid parameter name"),
+        ("[1]", "expected 'key=value'"),
+        ("{", "invalid JSON"),
+    ],
+)
+def test_keyval_errors(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_keyval(text, "--blockdev")
+
+
+BLOCKDEVS = [
+    "--blockdev",
+    "driver=file,node-name=file0,filename=disk.img",
+    "--blockdev",
+    "driver=raw,node-name=disk0,file=file0",
+]
+EXPORT = "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=vub.sock"
+
+
+def test_parse_qsd_command_line() -> None:
+    (exp,), pidfile = parse_args(
+        [*BLOCKDEVS, "--export", EXPORT + ",writable=on,num-queues=4,logical-block-size=4096"]
+    )
+    assert (exp.node.filename, exp.writable, exp.num_queues, exp.logical_block_size) == (
+        "disk.img",
+        True,
+        4,
+        4096,
+    )
+    assert pidfile is None
+    # Nested file node and the --opt=value spelling.
+    (exp,), _ = parse_args(
+        [
+            "--blockdev=driver=raw,node-name=d,file.driver=file,file.filename=x.img",
+            f"--export={EXPORT.replace('disk0', 'd')}",
+        ]
+    )
+    assert (exp.node.filename, exp.writable, exp.num_queues) == ("x.img", False, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nbd-server", "x"], "--nbd-server: unknown option"),
+        ([*BLOCKDEVS], "at least one export"),
+        ([*BLOCKDEVS, "--export", EXPORT + ",num-queues=x"], "'num-queues' expects an integer"),
+        ([*BLOCKDEVS, "--export", EXPORT + ",writable=maybe"], "'writable' expects 'on' or 'off'"),
+        ([*BLOCKDEVS, "--export", EXPORT + ",bogus=1"], "invalid parameter 'bogus'"),
+        ([*BLOCKDEVS, "--export", EXPORT.replace("disk0", "nope")], "no node named 'nope'"),
+        ([*BLOCKDEVS, "--export", EXPORT.replace("vhost-user-blk", "nbd")], "type 'nbd'"),
+        ([*BLOCKDEVS, "--export", EXPORT.replace("addr.type=unix", "addr.type=inet")], "addr.type"),
+        (["--blockdev", "driver=qcow2,node-name=a,file=b"], "driver 'qcow2'"),
+        (["--blockdev", "driver=raw,node-name=a,file=b"], "'file': no node named 'b'"),
+        (["--blockdev", "driver=file,node-name=a"], "'filename' is missing"),
+        (["--export"], "--export: missing argument"),
+    ],
+)
+def test_usage_errors(args: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_args(args)
+
+
+def test_main_reports_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["--bogus"]) == 1
+    assert "--bogus: unknown option" in capsys.readouterr().err
+    missing = str(tmp_path / "missing.img")
+    blockdev = f"driver=file,node-name=f,filename={missing}"
+    export = EXPORT.replace("disk0", "f").replace("vub.sock", str(tmp_path / "s"))
+    assert main(["--blockdev", blockdev, "--export", export]) == 1
+    assert "--export id=exp0" in capsys.readouterr().err
+
+
+def _run(tmp_path: Path, export: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "iochannel.vhost_user.cli",
+            "--blockdev",
+            f"driver=file,node-name=file0,filename={image}",
+            "--blockdev",
+            "driver=raw,node-name=disk0,file=file0",
+            "--export",
+            export,
+            "--pidfile",
+            str(tmp_path / "pid"),
+        ],
+        stderr=subprocess.PIPE,
+        pass_fds=pass_fds,
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serves_until_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    sock = tmp_path / "vub.sock"
+    proc = _run(tmp_path, EXPORT.replace("vub.sock", str(sock)) + ",num-queues=2")
+    try:
+        _wait_for(tmp_path / "pid", proc)
+        _wait_for(sock, proc)
+        with Frontend(str(sock)) as fe:
+            fe.negotiate()
+            assert fe.call_u64(Request.GET_QUEUE_NUM) == 2
+            proc.send_signal(sig)
+            assert fe.disconnected()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert not sock.exists()
+    assert not (tmp_path / "pid").exists()
+
+
+def test_listening_fd(tmp_path: Path) -> None:
+    listener = socket.socket(socket.AF_UNIX)
+    path = str(tmp_path / "fd.sock")
+    listener.bind(path)
+    fd = listener.fileno()
+    export = EXPORT.replace("addr.type=unix,addr.path=vub.sock", f"addr.type=fd,addr.str={fd}")
+    try:
+        proc = _run(tmp_path, export, pass_fds=(fd,))
+    finally:
+        listener.close()
+    try:
+        _wait_for(tmp_path / "pid", proc)
+        with Frontend(path) as fe:
+            assert fe.call_u64(Request.GET_FEATURES) != 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    os.unlink(path)
