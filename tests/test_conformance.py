@@ -15,6 +15,7 @@ from iochannel import (
     SocketChannel,
     UnixAddress,
     memory_pair,
+    pipe_pair,
 )
 from iochannel.testing import (
     check_fd_passing_channel,
@@ -67,7 +68,7 @@ def unix_pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
     return client, server
 
 
-def pipe_pair() -> Pair:
+def one_way_pipe() -> Pair:
     r, w = FileChannel.pipe()
     return w, r
 
@@ -98,7 +99,7 @@ def test_unix_listen_connect(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def test_pipe() -> None:
-    check_one_way_channel(pipe_pair)
+    check_one_way_channel(one_way_pipe)
 
 
 def test_fifo(tmp_path: os.PathLike[str]) -> None:
@@ -148,3 +149,8 @@ def test_command_socat_echo() -> None:
         return ch, ch
 
     check_one_way_channel(loop, eof=False)
+
+
+def test_stapled_pipe_pair() -> None:
+    check_two_way_channel(pipe_pair)
+    check_half_closeable_channel(pipe_pair)

@@ -33,8 +33,11 @@ from .memory import MemoryChannel, memory_pair
 from .netlistener import NetListener
 from .null import NullChannel
 from .socket import MAX_FDS, SocketChannel
+from .stapled import StapledChannel, pipe_pair
 from .task import Task
+from .tls import TLSChannel, TLSError
 from .watch import Watch
+from .websock import WebsockChannel, WebsockError
 
 __all__ = [
     "MAX_FDS",
@@ -58,15 +61,21 @@ __all__ = [
     "ReadFlag",
     "Shutdown",
     "SocketChannel",
+    "StapledChannel",
+    "TLSChannel",
+    "TLSError",
     "Task",
     "UnixAddress",
     "UnsupportedFeatureError",
     "VsockAddress",
     "Watch",
+    "WebsockChannel",
+    "WebsockError",
     "WriteFlag",
     "format_address",
     "from_fd",
     "memory_pair",
     "parse_address",
+    "pipe_pair",
     "resolve",
 ]

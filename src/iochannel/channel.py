@@ -8,13 +8,16 @@ they add):
   non-blocking channel returns ``None`` when it would block (as
   :class:`io.RawIOBase` does); ``None`` is never an error.
 * ``writev(buffers)`` may write partially and returns the count, or ``None``
-  when a non-blocking channel would block.
+  when a non-blocking channel would block.  After ``None``, call it again with
+  the same bytes: a layer (TLS, WebSocket) may already hold them encoded and
+  finishes sending them first (``writev_all`` does this).
 * File descriptors: ``readv(..., fds=list)`` appends received fds to *list* only
   when the call succeeds; the caller owns them, they are close-on-exec and made
   blocking unless ``ReadFlag.FD_PRESERVE_BLOCKING`` (as QEMU does).  O_NONBLOCK
   belongs to the open file, which the sender shares: a peer that keeps using
-  its copy of the fd (an eventfd QEMU polls) needs ``FD_PRESERVE_BLOCKING``.  ``writev(..., fds=...)``
-  sends the fds with the first byte written.  Both need ``Feature.FD_PASS``.
+  its copy of the fd (an eventfd QEMU polls) needs ``FD_PRESERVE_BLOCKING``.
+  ``writev(..., fds=...)`` sends the fds with the first byte written.  Both
+  need ``Feature.FD_PASS``.
 * ``*_all`` forms loop until every byte moved, waiting when the channel would
   block.  ``readv_all_eof`` returns ``False`` for a clean end of stream before
   the first byte and raises :class:`IncompleteReadError` after a partial read;
@@ -223,7 +226,11 @@ class Channel:
         return ()
 
     def _pending(self, cond: Condition) -> Condition:
-        """The part of *cond* that holds without waiting."""
+        """The part of *cond* that holds without waiting.
+
+        A layer may do non-blocking work here (a handshake step, flushing
+        queued bytes) when its master is non-blocking.
+        """
         return Condition.NONE
 
     def _io_owner(self) -> object:

@@ -1,0 +1,431 @@
+"""WebSocket (RFC 6455) as a layer over any channel: :class:`WebsockChannel`.
+
+The channel carries a byte stream in binary frames, server or client side.
+The opening handshake is :mod:`iochannel.websock_handshake`; framing after it
+is the sans-I/O :class:`websockets.protocol.Protocol`, which checks masking
+(1002), opcodes and reserved bits (1002), control frame size and
+fragmentation (1002), the message size limit (1009, checked from the declared
+length before any payload is buffered), answers pings with a pong echoing the
+payload and echoes the peer's close status.  Outgoing data frames are built
+here, so a write costs one masking pass (client) or no copy at all (server)
+when the master takes the bytes at once.
+
+Reads return the payload of data frames — text frames too, unless
+``accept_text=False`` (then 1003).  A close frame with status 1000, 1001 or
+none reads as end of stream; other statuses, protocol errors and a master EOF
+without a close frame raise :class:`WebsockError` naming the close code
+(``ReadFlag.RELAXED_EOF`` turns the last case into EOF).  Writes after the
+closing handshake started raise :class:`BrokenPipeError`.
+
+Memory is bounded in both directions: the master is read only when no decoded
+byte is waiting, 256 KiB at a time, and incoming messages are
+capped by *max_message*.  A ``writev`` sends one frame of at most
+``_WRITE_CHUNK`` bytes and returns ``None`` until the master took it (see
+:mod:`iochannel.layer`); queued pongs and close replies beyond
+``_READ_PAUSE`` pause reading until the master drains.  So a peer that never
+reads cannot make either side grow (CVE-2017-15268).  :meth:`close` sends a 1000 close
+frame when it can without blocking.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import logging
+import os
+import struct
+from collections import deque
+from collections.abc import Collection, Sequence
+from typing import cast
+
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+
+from . import websock_handshake as hs
+from .channel import Buffer, Channel
+from .errors import ChannelError
+from .flags import Condition, Feature, ReadFlag, Shutdown
+from .layer import LayerChannel
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
+__all__ = ["DEFAULT_MAX_MESSAGE", "HandshakeError", "WebsockChannel", "WebsockError"]
+
+HandshakeError = hs.HandshakeError
+
+#: Largest incoming message accepted by default; larger ones are closed with 1009.
+DEFAULT_MAX_MESSAGE = 1 << 20
+# The largest frame one writev sends.
+_WRITE_CHUNK = 256 * 1024
+# Reading pauses while the queue holds more than one frame being written plus
+# this much in replies (pongs, close), so a ping flood cannot grow it.
+_READ_PAUSE = _WRITE_CHUNK + 16 + 64 * 1024
+# Handshake reads are small: the head is bounded anyway, and bytes read past
+# its end are handed to the frame decoder.
+_HEAD_CHUNK = 4096
+_CLEAN_CLOSE = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, 1005})
+
+_log = logging.getLogger(__name__)
+
+
+class WebsockError(ChannelError):
+    """The WebSocket connection failed or was closed abnormally.
+
+    ``code`` is the close code sent or received.
+    """
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _frame_header(length: int, masked: bool) -> bytes:
+    second = 0x80 if masked else 0
+    if length < 126:
+        return struct.pack("!BB", 0x82, second | length)
+    if length < 65536:
+        return struct.pack("!BBH", 0x82, second | 126, length)
+    return struct.pack("!BBQ", 0x82, second | 127, length)
+
+
+class WebsockChannel(LayerChannel):
+    """A WebSocket byte stream over *master*; use :meth:`server` or :meth:`client`."""
+
+    __slots__ = (
+        "_accept_text",
+        "_eof",
+        "_error",
+        "_hin",
+        "_hs_failure",
+        "_key",
+        "_max_message",
+        "_origins",
+        "_path",
+        "_proto",
+        "_request",
+        "_rq",
+        "_side",
+        "_text_message",
+        "protocol",
+    )
+
+    def __init__(
+        self,
+        master: Channel,
+        side: Side,
+        *,
+        path: str = "/",
+        origins: Collection[str] | None = None,
+        request: bytes = b"",
+        key: str = "",
+        accept_text: bool = True,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        name: str = "",
+    ) -> None:
+        if not path.startswith("/"):
+            raise ValueError(f"a WebSocket path must start with '/', not {path!r}")
+        if max_message < 1:
+            raise ValueError(f"max_message must be at least 1 byte, not {max_message}")
+        role = "server" if side is Side.SERVER else "client"
+        super().__init__(master, name or f"websock-{role}({master.name})")
+        self._side = side
+        self._path = path
+        self._origins = origins
+        self._request = request
+        self._key = key
+        self._accept_text = accept_text
+        self._max_message = max_message
+        self._hin = bytearray()
+        self._hs_failure: HandshakeError | None = None
+        self._proto: Protocol | None = None
+        #: The negotiated sub-protocol (``"binary"``) or ``None``.
+        self.protocol: str | None = None
+        self._rq: deque[memoryview] = deque()
+        self._eof = False
+        self._error: BaseException | None = None
+        self._text_message = False
+
+    @classmethod
+    def server(
+        cls,
+        master: Channel,
+        *,
+        path: str = "/",
+        origins: Collection[str] | None = None,
+        accept_text: bool = True,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        name: str = "",
+    ) -> WebsockChannel:
+        """The server side: answers a GET for *path*, from *origins* if given."""
+        return cls(
+            master,
+            Side.SERVER,
+            path=path,
+            origins=origins,
+            accept_text=accept_text,
+            max_message=max_message,
+            name=name,
+        )
+
+    @classmethod
+    def client(
+        cls,
+        master: Channel,
+        *,
+        host: str = "localhost",
+        path: str = "/",
+        origin: str | None = None,
+        accept_text: bool = True,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        name: str = "",
+    ) -> WebsockChannel:
+        """The client side: requests *path* on *host*, offering the binary protocol."""
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        request = hs.client_request(key, host=host, path=path, origin=origin)
+        return cls(
+            master,
+            Side.CLIENT,
+            path=path,
+            request=request,
+            key=key,
+            accept_text=accept_text,
+            max_message=max_message,
+            name=name,
+        )
+
+    def _collect_output(self) -> None:
+        if self._proto is not None:
+            for data in self._proto.data_to_send():
+                if data:  # b"" asks for a TCP half-close; closing the layer does that
+                    self._queue(data)
+
+    # ---- handshake ---------------------------------------------------------------
+
+    def _handshake_step(self) -> Condition:
+        if self._hs_failure is not None:
+            return self._refuse(self._hs_failure)
+        if self._request:
+            self._queue(self._request)
+            self._request = b""
+        if not self._flush():
+            return Condition.OUT
+        if self._proto is not None:
+            return Condition.NONE
+        hin = self._hin
+        end = hs.end_of_head(hin)
+        while end < 0:
+            if len(hin) >= hs.MAX_HEAD:
+                return self._refuse(hs.too_large())
+            chunk = bytearray(min(_HEAD_CHUNK, hs.MAX_HEAD + 4 - len(hin)))
+            n = self._master.readv((chunk,))
+            if n is None:
+                return Condition.IN
+            if n == 0:
+                raise HandshakeError(
+                    f"{self.name}: connection closed before the end of the WebSocket "
+                    f"handshake ({len(hin)} bytes received)"
+                )
+            start = len(hin)
+            hin += memoryview(chunk)[:n]
+            end = hs.end_of_head(hin, start)
+        head, rest = bytes(hin[:end]), bytes(hin[end:])
+        hin.clear()
+        try:
+            if self._side is Side.SERVER:
+                response, self.protocol = hs.server_response(
+                    head, path=self._path, origins=self._origins
+                )
+                self._queue(response)
+            else:
+                self.protocol = hs.check_response(head, self._key)
+        except HandshakeError as exc:
+            exc.args = (f"{self.name}: {exc}",)
+            return self._refuse(exc)
+        self._proto = Protocol(
+            self._side, max_size=self._max_message, logger=_log.getChild(self._side.name.lower())
+        )
+        if rest:
+            self._receive(rest)
+        return Condition.NONE if self._flush() else Condition.OUT
+
+    def _refuse(self, exc: HandshakeError) -> Condition:
+        """Fail the handshake once the error answer (if any) has been sent."""
+        if self._hs_failure is None:
+            self._hs_failure = exc
+            if exc.response:
+                self._queue(exc.response)
+        if not self._flush():
+            return Condition.OUT
+        if exc.response and Feature.SHUTDOWN in self._master.features:
+            # The peer reads the whole answer, then EOF: no reset loses it.
+            self._master.shutdown(Shutdown.WRITE)
+        raise exc
+
+    # ---- input -------------------------------------------------------------------
+
+    def _receive(self, data: Buffer | None) -> None:
+        """Feed the protocol (``None`` = master EOF) and collect what it decoded."""
+        proto = self._proto
+        assert proto is not None
+        with self._engine:
+            if data is None:
+                proto.receive_eof()
+            else:
+                # The reader appends the bytes at once, so a view of our buffer is safe.
+                proto.receive_data(cast(bytes, data))
+            for frame in proto.events_received():
+                if isinstance(frame, Frame) and not self._take(proto, frame):
+                    return
+            if proto.parser_exc is not None and self._error is None:
+                self._fail_from_protocol()
+
+    def _take(self, proto: Protocol, frame: Frame) -> bool:
+        """Deliver one frame; ``False`` once the connection failed."""
+        opcode = frame.opcode
+        if opcode is Opcode.BINARY or opcode is Opcode.TEXT or opcode is Opcode.CONT:
+            if opcode is not Opcode.CONT:
+                self._text_message = opcode is Opcode.TEXT
+            if self._text_message and not self._accept_text:
+                proto.fail(CloseCode.UNSUPPORTED_DATA, "text frames are not accepted")
+                self._fail_from_protocol()
+                return False
+            if frame.data:
+                self._rq.append(memoryview(frame.data))
+        elif opcode is Opcode.CLOSE:
+            self._eof = True
+            close = proto.close_rcvd
+            if close is not None and close.code not in _CLEAN_CLOSE:
+                self._error = WebsockError(
+                    f"{self.name}: peer closed the WebSocket with {close.code} "
+                    f"({close.reason or 'no reason'})",
+                    close.code,
+                )
+        return True
+
+    def _fail_from_protocol(self) -> None:
+        proto = self._proto
+        assert proto is not None
+        sent = proto.close_sent or Close(CloseCode.ABNORMAL_CLOSURE, "")
+        cause = proto.parser_exc
+        if isinstance(cause, EOFError):
+            reason = "connection closed without a WebSocket close frame"
+        else:
+            reason = sent.reason or str(cause or "") or "connection failed"
+        self._error = WebsockError(
+            f"{self.name}: WebSocket failed with {sent.code} ({reason})", sent.code
+        )
+        self._error.__cause__ = cause
+
+    def _readv(
+        self, buffers: Sequence[Buffer], flags: ReadFlag, fds: list[int] | None
+    ) -> int | None:
+        if not self._can_transfer():
+            return None
+        while not self._rq:
+            error = self._error
+            if error is not None:
+                if (
+                    flags & ReadFlag.RELAXED_EOF
+                    and isinstance(error, WebsockError)
+                    and error.code == CloseCode.ABNORMAL_CLOSURE
+                ):
+                    return 0
+                raise error
+            if self._eof:
+                return 0
+            # Pongs and close frames wait in the queue too: stop reading while it is full.
+            if not self._flush_if_free() and self._wq_size >= _READ_PAUSE:
+                return None
+            buf, n = self._read_master()
+            if n is None:
+                return None
+            self._receive(buf[:n] if n else None)
+            self._flush_replies()
+        return self._copy_out(buffers)
+
+    def _flush_replies(self) -> None:
+        """Flush pongs and close replies; a peer that is gone cannot get them anyway."""
+        try:
+            self._flush_if_free()
+        except OSError:
+            if not (self._eof or self._error):
+                raise
+
+    def _copy_out(self, buffers: Sequence[Buffer]) -> int:
+        rq = self._rq
+        total = 0
+        for buf in buffers:
+            view = memoryview(buf).cast("B")
+            pos = 0
+            while rq and pos < len(view):
+                head = rq[0]
+                n = min(len(head), len(view) - pos)
+                view[pos : pos + n] = head[:n]
+                pos += n
+                if n == len(head):
+                    rq.popleft()
+                else:
+                    rq[0] = head[n:]
+            total += pos
+            if not rq:
+                break
+        return total
+
+    # ---- output ------------------------------------------------------------------
+
+    def _encode(self, buffers: Sequence[Buffer]) -> int:
+        proto = self._proto
+        assert proto is not None
+        if proto.state is not State.OPEN or self._error is not None:
+            raise BrokenPipeError(errno.EPIPE, f"{self.name}: the WebSocket connection is closed")
+        views = [v for v in (memoryview(b).cast("B") for b in buffers) if v]
+        if not views:
+            return 0
+        payload: memoryview | bytes
+        if len(views) == 1 or len(views[0]) >= _WRITE_CHUNK:
+            payload = views[0][:_WRITE_CHUNK]
+        else:
+            payload = b"".join(views)[:_WRITE_CHUNK]
+        size = len(payload)
+        if self._side is Side.CLIENT:
+            mask = os.urandom(4)
+            self._queue(_frame_header(size, True) + mask)
+            self._queue(apply_mask(payload, mask))
+        else:
+            self._queue(_frame_header(size, False))
+            self._queue(payload)
+        return size
+
+    def _send_close(self) -> None:
+        proto = self._proto
+        with self._engine:
+            if proto is not None and proto.state is State.OPEN:
+                proto.send_close(CloseCode.NORMAL_CLOSURE)
+
+    def _goodbye(self) -> None:
+        self._send_close()
+        self._flush()
+
+    def _shutdown(self, how: Shutdown) -> None:
+        """WebSocket has no half-close: shutting down writing closes with 1000 first."""
+        if how & Shutdown.WRITE and self._hs_done:
+            self._send_close()
+            self._drain()
+        self._master.shutdown(how)
+
+    # ---- readiness ---------------------------------------------------------------
+
+    def _readable(self) -> bool:
+        return bool(
+            self._rq
+            or self._eof
+            or self._error is not None
+            or (self._wq_size < _READ_PAUSE and self._master._pending(Condition.IN))
+        )
+
+    def _read_needs(self) -> Condition:
+        # With the reply queue full, reading waits for the master to drain it.
+        return Condition.IN if self._wq_size < _READ_PAUSE else Condition.NONE
