@@ -6,6 +6,7 @@ See :mod:`iochannel.chardev.chardev` for the backend contract and
 :mod:`iochannel.chardev.events` for the OPENED/CLOSED rules.
 """
 
+from .backoff import Backoff
 from .channel_backend import ChannelChardev
 from .chardev import (
     Chardev,
@@ -17,23 +18,60 @@ from .chardev import (
     WhileClosed,
 )
 from .events import ChardevEvent, LifecycleError, set_strict
+from .file import FileChardev
 from .frontend import Frontend
+from .hub import HubChardev, MemberPolicy, SlowConsumer
+from .mux import MuxChardev
 from .null import NullChardev
+from .options import ChardevOptionError, ChardevRef, parse_chardev, parse_legacy, validate_spec
+from .pipe import PipeChardev
+from .pty import PtyChardev
+from .registry import ChardevRegistry, register_backend
 from .ringbuf import RingbufChardev
+from .serial import SerialChardev
+from .server import ChardevServer, SessionChardev, SessionSetup
+from .socket import SocketChardev
+from .stdio import StdioChardev
+from .telnet import TelnetEvent, TelnetFilter
+from .udp import UdpChardev
 
 __all__ = [
+    "Backoff",
     "ChannelChardev",
     "Chardev",
     "ChardevBusyError",
     "ChardevClosedError",
     "ChardevError",
     "ChardevEvent",
+    "ChardevOptionError",
+    "ChardevRef",
+    "ChardevRegistry",
+    "ChardevServer",
     "ClosedWrites",
+    "FileChardev",
     "Frontend",
+    "HubChardev",
     "LifecycleError",
+    "MemberPolicy",
+    "MuxChardev",
     "NullChardev",
+    "PipeChardev",
+    "PtyChardev",
     "RingbufChardev",
+    "SerialChardev",
+    "SessionChardev",
+    "SessionSetup",
+    "SlowConsumer",
+    "SocketChardev",
     "Stats",
+    "StdioChardev",
+    "TelnetEvent",
+    "TelnetFilter",
+    "UdpChardev",
     "WhileClosed",
+    "parse_chardev",
+    "parse_legacy",
+    "register_backend",
     "set_strict",
+    "validate_spec",
 ]

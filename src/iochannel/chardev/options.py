@@ -1,0 +1,745 @@
+"""Chardev options: QEMU's ``-chardev`` strings, its legacy strings, and QAPI specs.
+
+Every entry point returns (or checks) one *spec*, the shape QMP's
+``chardev-add`` takes::
+
+    {"id": "c0", "backend": {"type": "socket", "data": {...}}}
+
+with QEMU's field names and every default filled in, so a consumer never
+guesses.  Two optional top-level keys carry what the command line adds beyond
+``chardev-add``: ``"mux": True`` (``mux=on``: the registry builds ``<id>-base``
+plus a mux ``<id>``) and ``"mux-be-id": "H"`` (join hub ``H``).
+
+* :func:`parse_chardev` reads ``-chardev`` syntax: comma-separated
+  ``key=value`` with ``,,`` standing for a comma inside a value, a first item
+  without ``=`` naming the backend, booleans as ``on``/``off`` (also
+  ``yes``/``no``, ``true``/``false``, ``y``/``n``), and the deprecated short
+  flags ``key`` (on) and ``nokey`` (off).  A repeated key: the last one wins.
+* :func:`parse_legacy` reads the short strings of ``-serial`` and friends
+  (``tcp:host:port``, ``file:path``, ``/dev/ttyS0`` …); ``chardev:ID`` yields a
+  :class:`ChardevRef` to an existing chardev.
+* :func:`validate_spec` checks a spec given directly (QMP), filling QMP's
+  defaults, which differ from the command line's for socket ``server`` and
+  ``wait``.
+
+Unlike QEMU, keys that the chosen backend does not use are rejected rather
+than ignored.  Socket specs always come out with ``reconnect-ms`` (the
+deprecated ``reconnect``, in seconds, is converted).  Every problem raises
+:class:`ChardevOptionError` naming the key and the value; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress, VsockAddress
+from .chardev import ChardevError
+
+__all__ = [
+    "BACKEND_TYPES",
+    "ChardevOptionError",
+    "ChardevRef",
+    "parse_chardev",
+    "parse_keyval",
+    "parse_legacy",
+    "qapi_address",
+    "validate_spec",
+]
+
+log = logging.getLogger(__name__)
+
+#: Longest chardev id.
+MAX_ID = 127
+#: Hub members the command line names (``chardevs.0`` … ``chardevs.3``, as QEMU's);
+#: a spec's list is not limited.
+MAX_HUB = 4
+
+
+class ChardevOptionError(ChardevError, ValueError):
+    """A chardev option string or spec is invalid; the message names the key and value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ChardevRef:
+    """``chardev:ID`` in a legacy string: the existing chardev *id*, not a new one."""
+
+    id: str
+
+
+# ---- keyval syntax ----------------------------------------------------------------
+
+
+def parse_keyval(text: str, implied: str | None = None) -> list[tuple[str, str]]:
+    """Split QEMU option syntax into ``(key, value)`` pairs, in order.
+
+    A first item without ``=`` is the value of *implied*; other items without
+    ``=`` are the deprecated short booleans (``key`` → on, ``nokey`` → off).
+    """
+    pairs: list[tuple[str, str]] = []
+    pos, end = 0, len(text)
+    while pos < end:
+        stop = _name_end(text, pos)
+        if stop < end and text[stop] == "=":
+            key = text[pos:stop]
+            value, pos = _read_value(text, stop + 1)
+        elif not pairs and implied is not None:
+            key = implied
+            value, pos = _read_value(text, pos)
+        else:
+            key, pos = text[pos:stop], stop + 1
+            if key.startswith("no"):
+                key, value = key[2:], "off"
+            else:
+                value = "on"
+            log.warning("short-form boolean option '%s' is deprecated: use %s=%s", key, key, value)
+        pairs.append((key, value))
+    return pairs
+
+
+_NAME_END = re.compile("[=,]")
+
+
+def _name_end(text: str, pos: int) -> int:
+    """Index of the ``=`` or ``,`` that ends the name starting at *pos* (or the end)."""
+    m = _NAME_END.search(text, pos)
+    return m.start() if m else len(text)
+
+
+def _read_value(text: str, pos: int) -> tuple[str, int]:
+    """A value up to the next single comma (``,,`` is a literal comma); returns the next start."""
+    out = []
+    while pos < len(text):
+        comma = text.find(",", pos)
+        if comma < 0:
+            out.append(text[pos:])
+            return "".join(out), len(text)
+        out.append(text[pos:comma])
+        if text.startswith(",,", comma):
+            out.append(",")
+            pos = comma + 2
+        else:
+            return "".join(out), comma + 1
+    return "".join(out), pos
+
+
+# ---- typed values from strings -----------------------------------------------------
+
+_BOOLS = {"on": True, "yes": True, "true": True, "y": True}
+_BOOLS.update(dict.fromkeys(("off", "no", "false", "n"), False))
+_SIZE = re.compile(r"([0-9]+)([bkmgtpe]?)", re.IGNORECASE)
+_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+def _bool(key: str, value: str) -> bool:
+    try:
+        return _BOOLS[value]
+    except KeyError:
+        raise ChardevOptionError(
+            f"Parameter '{key}' expects 'on' or 'off', got '{value}'"
+        ) from None
+
+
+def _number(key: str, value: str) -> int:
+    # The length check comes first: int() refuses very long digit strings.
+    if not value.isascii() or not value.isdigit() or len(value) > 20 or int(value) >= 1 << 64:
+        raise ChardevOptionError(f"Parameter '{key}' expects a number, got '{value}'")
+    return int(value)
+
+
+def _size(key: str, value: str) -> int:
+    m = _SIZE.fullmatch(value)
+    if m is None or not value.isascii() or len(value) > 24:
+        raise ChardevOptionError(
+            f"Parameter '{key}' expects a size (a number with an optional suffix "
+            f"B, K, M, G, T, P or E), got '{value}'"
+        )
+    suffix = m.group(2).lower()
+    n = int(m.group(1)) << (10 * "bkmgtpe".index(suffix)) if suffix else int(m.group(1))
+    if n >= 1 << 64:
+        raise ChardevOptionError(f"Parameter '{key}' is out of range, got '{value}'")
+    return n
+
+
+def _port(key: str, value: str) -> str:
+    if _number(key, value) > 65535:
+        raise ChardevOptionError(
+            f"Parameter '{key}' expects a port number (0-65535), got '{value}'"
+        )
+    return value
+
+
+def _string(key: str, value: str) -> str:
+    return value
+
+
+Conv = Callable[[str, str], Any]
+
+# ---- the command line: keys of every backend ---------------------------------------------
+
+_COMMON_CLI: dict[str, Conv] = {
+    "mux": _bool,
+    "mux-be-id": _string,
+    "logfile": _string,
+    "logappend": _bool,
+    "closed-writes": _string,
+    "closed-writes-limit": _size,
+    "closed-writes-overflow": _string,
+}
+
+_CLI_KEYS: dict[str, dict[str, Conv]] = {
+    "null": {},
+    "file": {"path": _string, "input-path": _string, "append": _bool},
+    "pipe": {"path": _string},
+    "serial": {"path": _string},
+    "parallel": {"path": _string},
+    "pty": {"path": _string},
+    "stdio": {"signal": _bool},
+    "ringbuf": {"size": _size},
+    "memory": {"size": _size},
+    "mux": {"chardev": _string},
+    "hub": {f"chardevs.{i}": _string for i in range(MAX_HUB)},
+    "mux-be": {},
+    "udp": {
+        "host": _string,
+        "port": _port,
+        "localaddr": _string,
+        "localport": _port,
+        "ipv4": _bool,
+        "ipv6": _bool,
+    },
+    "socket": {
+        "host": _string,
+        "port": _port,
+        "to": _number,
+        "ipv4": _bool,
+        "ipv6": _bool,
+        "path": _string,
+        "abstract": _bool,
+        "tight": _bool,
+        "fd": _string,
+        "server": _bool,
+        "wait": _bool,
+        "nodelay": _bool,
+        "delay": _bool,
+        "telnet": _bool,
+        "tn3270": _bool,
+        "websocket": _bool,
+        "reconnect": _number,
+        "reconnect-ms": _number,
+        "reconnect-max-ms": _number,
+        "tls-creds": _string,
+        "tls-authz": _string,
+        "connections": _number,
+    },
+}
+
+#: Backend types this module knows (``query-chardev-backends`` lists those the registry builds).
+BACKEND_TYPES = tuple(_CLI_KEYS)
+
+
+def _missing(key: str) -> ChardevOptionError:
+    return ChardevOptionError(f"Parameter '{key}' is missing")
+
+
+def _inet(host: str, port: str, opts: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    data: dict[str, Any] = {"host": host, "port": port}
+    data.update({k: opts[k] for k in keys if k in opts})
+    return {"type": "inet", "data": data}
+
+
+def _cli_file(o: Mapping[str, Any]) -> dict[str, Any]:
+    if "path" not in o:
+        raise _missing("path")
+    data: dict[str, Any] = {"out": o["path"], "append": o.get("append", False)}
+    if "input-path" in o:
+        data["in"] = o["input-path"]
+    return data
+
+
+def _cli_device(o: Mapping[str, Any]) -> dict[str, Any]:
+    if "path" not in o:
+        raise _missing("path")
+    return {"device": o["path"]}
+
+
+def _cli_same(o: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(o)
+
+
+def _cli_hub(o: Mapping[str, Any]) -> dict[str, Any]:
+    members = []
+    for i in range(MAX_HUB):
+        key = f"chardevs.{i}"
+        if key not in o:
+            break
+        members.append(o[key])
+    extra = sorted(set(o) - {f"chardevs.{i}" for i in range(len(members))})
+    if extra:
+        raise ChardevOptionError(f"Parameter '{extra[0]}' given without 'chardevs.{len(members)}'")
+    return {"chardevs": members}
+
+
+def _cli_udp(o: Mapping[str, Any]) -> dict[str, Any]:
+    if not o.get("port"):
+        raise _missing("port")
+    family = ("ipv4", "ipv6")
+    data: dict[str, Any] = {"remote": _inet(o.get("host") or "localhost", o["port"], o, family)}
+    if o.get("localaddr") or o.get("localport"):
+        local = _inet(o.get("localaddr", ""), o.get("localport") or "0", o, family)
+        data["local"] = local
+    return data
+
+
+# Socket keys that only some address kinds take.
+_ADDRESS_KEYS = {
+    "path": frozenset({"path", "abstract", "tight"}),
+    "host": frozenset({"host", "port", "to", "ipv4", "ipv6"}),
+    "fd": frozenset({"fd"}),
+}
+_ANY_ADDRESS_KEY = frozenset().union(*_ADDRESS_KEYS.values())
+
+
+def _cli_socket(o: Mapping[str, Any]) -> dict[str, Any]:
+    given = [k for k in ("path", "host", "fd") if k in o]
+    if len(given) != 1:
+        raise ChardevOptionError("Exactly one of 'path', 'host' or 'fd' is required")
+    wrong = sorted(_ANY_ADDRESS_KEY.intersection(o) - _ADDRESS_KEYS[given[0]])
+    if wrong:
+        raise ChardevOptionError(f"Parameter '{wrong[0]}' cannot be used with '{given[0]}'")
+    if "path" in o:
+        unix = {k: o[k] for k in ("path", "abstract", "tight") if k in o}
+        addr: dict[str, Any] = {"type": "unix", "data": unix}
+    elif "host" in o:
+        if "port" not in o:
+            raise _missing("port")
+        addr = _inet(o["host"], o["port"], o, ("to", "ipv4", "ipv6"))
+    else:
+        addr = {"type": "fd", "data": {"str": o["fd"]}}
+    if "delay" in o and "nodelay" in o:
+        raise ChardevOptionError("'delay' and 'nodelay' are mutually exclusive")
+    server = o.get("server", False)
+    data: dict[str, Any] = {
+        "addr": addr,
+        "server": server,
+        "nodelay": o.get("nodelay", not o.get("delay", True)),
+    }
+    data["wait"] = o.get("wait", server)
+    keep = ("telnet", "tn3270", "websocket", "reconnect", "reconnect-ms", "reconnect-max-ms")
+    data.update({k: o[k] for k in (*keep, "tls-creds", "tls-authz", "connections") if k in o})
+    return data
+
+
+_CLI_BUILD: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "null": _cli_same,
+    "file": _cli_file,
+    "pipe": _cli_device,
+    "serial": _cli_device,
+    "parallel": _cli_device,
+    "pty": _cli_same,
+    "stdio": _cli_same,
+    "ringbuf": _cli_same,
+    "memory": _cli_same,
+    "mux": _cli_same,
+    "hub": _cli_hub,
+    "mux-be": _cli_same,
+    "udp": _cli_udp,
+    "socket": _cli_socket,
+}
+
+
+def parse_chardev(text: str) -> dict[str, Any]:
+    """Parse a ``-chardev`` option string into a validated spec (see module docstring)."""
+    if not isinstance(text, str):
+        raise ChardevOptionError(f"a chardev option string is needed, got {type(text).__name__}")
+    opts = dict(parse_keyval(text, implied="backend"))
+    backend = opts.pop("backend", None)
+    if backend is None:
+        raise _missing("backend")
+    if backend not in _CLI_KEYS:
+        raise ChardevOptionError(f"'{backend}' is not a valid char driver name")
+    id = opts.pop("id", None)
+    if id is None:
+        raise _missing("id")
+    keys = _CLI_KEYS[backend]
+    common: dict[str, Any] = {}
+    typed: dict[str, Any] = {}
+    for key, value in opts.items():
+        if key in _COMMON_CLI:
+            common[key] = _COMMON_CLI[key](key, value)
+        elif key in keys:
+            typed[key] = keys[key](key, value)
+        else:
+            raise ChardevOptionError(f"Invalid parameter '{key}'")
+    spec: dict[str, Any] = {
+        "id": id,
+        "backend": {"type": backend, "data": _CLI_BUILD[backend](typed)},
+    }
+    for key in ("mux", "mux-be-id"):
+        if key in common:
+            spec[key] = common.pop(key)
+    spec["backend"]["data"].update(common)
+    return validate_spec(spec)
+
+
+# ---- legacy strings ------------------------------------------------------------------
+
+
+def _host_port(text: str) -> tuple[str, str, int]:
+    """``[host]:port`` at the start of *text*, up to a comma: host, port, end index."""
+    end = text.find(",")
+    end = len(text) if end < 0 else end
+    hostport = text[:end]
+    if hostport.startswith("["):
+        host, sep, tail = hostport[1:].partition("]")
+        if not sep or not tail.startswith(":"):
+            raise ChardevOptionError(f"invalid address '{hostport}': expected [host]:port")
+        return host, tail[1:], end
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port:
+        raise ChardevOptionError(f"invalid address '{hostport}': expected [host]:port")
+    return host, port, end
+
+
+def _legacy_string(text: str) -> str | None:
+    """The ``-chardev`` string for legacy *text* (without ``id``), or ``None`` if unknown."""
+
+    def esc(value: str) -> str:
+        return value.replace(",", ",,")
+
+    if text in ("null", "pty", "stdio"):
+        return text
+    for prefix, backend in (("file:", "file"), ("pipe:", "pipe"), ("pty:", "pty")):
+        if text.startswith(prefix):
+            return f"{backend},path={esc(text[len(prefix) :])}"
+    for prefix in ("tcp:", "telnet:", "tn3270:", "websocket:"):
+        if text.startswith(prefix):
+            host, port, end = _host_port(text[len(prefix) :])
+            rest = text[len(prefix) + end :]
+            flag = "" if prefix == "tcp:" else f",{prefix[:-1]}=on"
+            return f"socket,host={esc(host)},port={esc(port)}{rest}{flag}"
+    if text.startswith("unix:"):
+        return f"socket,path={text[5:]}"
+    if text.startswith("udp:"):
+        remote, at, local = text[4:].partition("@")
+        host, port, end = _host_port(remote)
+        out = f"udp,host={esc(host)},port={esc(port)}"
+        if end < len(remote):
+            raise ChardevOptionError(f"invalid udp address '{remote}'")
+        if at:
+            lhost, lport, lend = _host_port(local)
+            if lend < len(local):
+                raise ChardevOptionError(f"invalid udp address '{local}'")
+            out += f",localaddr={esc(lhost)},localport={esc(lport)}"
+        return out
+    if text.startswith(("/dev/parport", "/dev/ppi")):
+        return f"parallel,path={esc(text)}"
+    if text.startswith("/dev/"):
+        return f"serial,path={esc(text)}"
+    return None
+
+
+def parse_legacy(text: str, id: str) -> dict[str, Any] | ChardevRef:
+    """Parse a legacy chardev string (``-serial`` syntax) into a spec named *id*.
+
+    ``mon:X`` multiplexes X (and turns stdio's ``signal`` off, as a monitor
+    handles ^C itself); ``chardev:ID`` names an existing chardev.
+    """
+    if not isinstance(text, str):
+        raise ChardevOptionError(f"a chardev string is needed, got {type(text).__name__}")
+    if text.startswith("chardev:"):
+        return ChardevRef(_check_id("id", text[8:]))
+    monitor = text.startswith("mon:")
+    inner = text[4:] if monitor else text
+    cli = _legacy_string(inner)
+    if cli is None:
+        raise ChardevOptionError(f"'{text}' is not a valid char driver")
+    cli += f",id={id.replace(',', ',,')}"
+    if monitor:
+        cli += ",mux=on" + (",signal=off" if cli.startswith("stdio,") else "")
+    return parse_chardev(cli)
+
+
+# ---- QAPI specs ------------------------------------------------------------------------
+
+_REQUIRED = object()
+_ABSENT = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    kind: str  # "str", "bool", "int", "addr", "strlist" or "object"
+    default: object = _ABSENT
+    minimum: int = 0
+
+
+_COMMON: dict[str, _Field] = {
+    "logfile": _Field("str"),
+    "logappend": _Field("bool", False),
+    "closed-writes": _Field("str"),
+    "closed-writes-limit": _Field("int"),
+    "closed-writes-overflow": _Field("str"),
+}
+_DEVICE = {"device": _Field("str", _REQUIRED)}
+_RINGBUF = {"size": _Field("int", 65536, minimum=1)}
+
+_QAPI: dict[str, dict[str, _Field]] = {
+    "null": {},
+    "file": {
+        "in": _Field("str"),
+        "out": _Field("str", _REQUIRED),
+        "append": _Field("bool", False),
+    },
+    "pipe": _DEVICE,
+    "serial": _DEVICE,
+    "parallel": _DEVICE,
+    "pty": {"path": _Field("str")},
+    "stdio": {"signal": _Field("bool", True)},
+    "ringbuf": _RINGBUF,
+    "memory": _RINGBUF,
+    "mux": {"chardev": _Field("str", _REQUIRED)},
+    "hub": {"chardevs": _Field("strlist", _REQUIRED), "policies": _Field("object")},
+    "mux-be": {"policies": _Field("object")},
+    "udp": {"remote": _Field("addr", _REQUIRED), "local": _Field("addr")},
+    "socket": {
+        "addr": _Field("addr", _REQUIRED),
+        "tls-creds": _Field("str"),
+        "tls-authz": _Field("str"),
+        "server": _Field("bool", True),
+        "wait": _Field("bool", False),
+        "nodelay": _Field("bool", False),
+        "telnet": _Field("bool", False),
+        "tn3270": _Field("bool", False),
+        "websocket": _Field("bool", False),
+        "reconnect": _Field("int"),
+        "reconnect-ms": _Field("int"),
+        "reconnect-max-ms": _Field("int"),
+        "connections": _Field("int", 1, minimum=1),
+    },
+}
+
+_ADDRESSES: dict[str, dict[str, _Field]] = {
+    "inet": {
+        "host": _Field("str", _REQUIRED),
+        "port": _Field("str", _REQUIRED),
+        "numeric": _Field("bool"),
+        "to": _Field("int"),
+        "ipv4": _Field("bool"),
+        "ipv6": _Field("bool"),
+        "keep-alive": _Field("bool"),
+    },
+    "unix": {
+        "path": _Field("str", _REQUIRED),
+        "abstract": _Field("bool"),
+        "tight": _Field("bool"),
+    },
+    "vsock": {"cid": _Field("str", _REQUIRED), "port": _Field("str", _REQUIRED)},
+    "fd": {"str": _Field("str", _REQUIRED)},
+}
+
+_CLOSED_WRITES = ("drop", "error", "buffer")
+_OVERFLOW = ("drop-oldest", "error")
+
+
+def _type_error(path: str, expected: str, value: object) -> ChardevOptionError:
+    return ChardevOptionError(f"Parameter '{path}' expects {expected}, got {value!r}")
+
+
+def _check_dict(path: str, value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise _type_error(path or "spec", "an object", value)
+    return value
+
+
+def _check_fields(path: str, value: object, fields: Mapping[str, _Field]) -> dict[str, Any]:
+    obj = _check_dict(path, value)
+    for key in obj:
+        if key not in fields:
+            raise ChardevOptionError(f"Invalid parameter '{path}.{key}'")
+    out: dict[str, Any] = {}
+    for key, field in fields.items():
+        where = f"{path}.{key}"
+        if key in obj:
+            out[key] = _check_value(where, obj[key], field)
+        elif field.default is _REQUIRED:
+            raise _missing(where)
+        elif field.default is not _ABSENT:
+            out[key] = field.default
+    return out
+
+
+def _check_value(path: str, value: object, field: _Field) -> Any:
+    kind = field.kind
+    if kind == "str":
+        if not isinstance(value, str):
+            raise _type_error(path, "a string", value)
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _type_error(path, "a boolean", value)
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(path, "an integer", value)
+        if not field.minimum <= value < 1 << 64:
+            raise _type_error(path, f"an integer of at least {field.minimum}", value)
+        return value
+    if kind == "object":
+        return dict(_check_dict(path, value))
+    if kind == "strlist":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _type_error(path, "a list of strings", value)
+        return list(value)
+    return _check_address(path, value)
+
+
+def _check_address(path: str, value: object) -> dict[str, Any]:
+    obj = _check_dict(path, value)
+    kind = obj.get("type")
+    if kind not in _ADDRESSES:
+        raise _type_error(f"{path}.type", "one of " + ", ".join(_ADDRESSES), kind)
+    extra = set(obj) - {"type", "data"}
+    if extra:
+        raise ChardevOptionError(f"Invalid parameter '{path}.{sorted(extra)[0]}'")
+    data = _check_fields(f"{path}.data", obj.get("data"), _ADDRESSES[kind])
+    if kind == "inet":
+        port = data["port"]
+        if port.isascii() and port.isdigit():
+            if len(port) > 5 or int(port) > 65535:
+                raise _type_error(f"{path}.data.port", "a port number (0-65535)", port)
+        elif not _SERVICE.fullmatch(port):
+            raise _type_error(f"{path}.data.port", "a port number or service name", port)
+        if not 0 <= data.get("to", 0) <= 65535:
+            raise _type_error(f"{path}.data.to", "a port number (0-65535)", data["to"])
+    return {"type": kind, "data": data}
+
+
+def _check_id(path: str, value: object) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise _type_error(
+            path, "an identifier (a letter, then letters, digits, '-', '.', '_')", value
+        )
+    if len(value) > MAX_ID:
+        raise ChardevOptionError(f"Parameter '{path}' is longer than {MAX_ID} characters")
+    return value
+
+
+def _check_socket(data: dict[str, Any]) -> None:
+    addr, server = data["addr"]["type"], data["server"]
+    if "reconnect" in data:
+        if "reconnect-ms" in data:
+            raise ChardevOptionError("'reconnect' and 'reconnect-ms' are mutually exclusive")
+        log.warning("chardev socket option 'reconnect' is deprecated: use 'reconnect-ms'")
+        data["reconnect-ms"] = data.pop("reconnect") * 1000
+    data.setdefault("reconnect-ms", 0)
+    if "tls-creds" in data and (addr in ("unix", "vsock") or (addr == "fd" and not server)):
+        raise ChardevOptionError(f"'tls-creds' option is incompatible with '{addr}' addresses")
+    if "tls-authz" in data and "tls-creds" not in data:
+        raise ChardevOptionError("'tls-authz' option requires 'tls-creds' option")
+    if server:
+        if data["reconnect-ms"]:
+            raise ChardevOptionError(
+                "'reconnect-ms' option is incompatible with socket in server listen mode"
+            )
+    else:
+        if data["wait"]:
+            raise ChardevOptionError(
+                "'wait' option is incompatible with socket in client connect mode"
+            )
+        if data["websocket"]:
+            raise ChardevOptionError("Websocket client is not implemented")
+        if data["connections"] != 1:
+            raise ChardevOptionError(
+                "'connections' option is incompatible with socket in client connect mode"
+            )
+
+
+def _check_hub(data: dict[str, Any]) -> None:
+    members = data["chardevs"]
+    if not members:
+        raise ChardevOptionError("hub: 'chardevs' list is not defined")
+    for i, member in enumerate(members):
+        _check_id(f"backend.data.chardevs.{i}", member)
+
+
+def _check_common(data: dict[str, Any]) -> None:
+    mode = data.get("closed-writes")
+    if mode is not None and mode not in _CLOSED_WRITES:
+        raise _type_error("closed-writes", "one of " + ", ".join(_CLOSED_WRITES), mode)
+    overflow = data.get("closed-writes-overflow")
+    if overflow is not None and overflow not in _OVERFLOW:
+        raise _type_error("closed-writes-overflow", "one of " + ", ".join(_OVERFLOW), overflow)
+
+
+def _check_mux(data: dict[str, Any]) -> None:
+    _check_id("backend.data.chardev", data["chardev"])
+
+
+_SEMANTICS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "socket": _check_socket,
+    "hub": _check_hub,
+    "mux": _check_mux,
+}
+
+
+def validate_spec(spec: object) -> dict[str, Any]:
+    """Check a spec (QMP ``chardev-add`` arguments); returns a copy with defaults filled in."""
+    top = _check_dict("", spec)
+    extra = set(top) - {"id", "backend", "mux", "mux-be-id"}
+    if extra:
+        raise ChardevOptionError(f"Invalid parameter '{sorted(extra)[0]}'")
+    if "id" not in top:
+        raise _missing("id")
+    out: dict[str, Any] = {"id": _check_id("id", top["id"])}
+    backend = _check_dict("backend", top.get("backend"))
+    extra = set(backend) - {"type", "data"}
+    if extra:
+        raise ChardevOptionError(f"Invalid parameter 'backend.{sorted(extra)[0]}'")
+    kind = backend.get("type")
+    if not isinstance(kind, str) or kind not in _QAPI:
+        raise ChardevOptionError(f"'{kind}' is not a valid char driver name")
+    data = _check_fields("backend.data", backend.get("data", {}), {**_COMMON, **_QAPI[kind]})
+    _check_common(data)
+    if kind in _SEMANTICS:
+        _SEMANTICS[kind](data)
+    out["backend"] = {"type": kind, "data": data}
+    if "mux" in top:
+        out["mux"] = _check_value("mux", top["mux"], _Field("bool"))
+    if "mux-be-id" in top:
+        out["mux-be-id"] = _check_id("mux-be-id", top["mux-be-id"])
+    if out.get("mux") and "mux-be-id" in out:
+        raise ChardevOptionError(
+            "'mux' and 'mux-be-id' cannot be combined: muxes and hubs do not stack"
+        )
+    if kind in ("mux", "hub", "mux-be") and (out.get("mux") or "mux-be-id" in out):
+        raise ChardevOptionError(f"a {kind} cannot be stacked on a mux or a hub")
+    return out
+
+
+def qapi_address(addr: Mapping[str, Any]) -> Address:
+    """The :class:`~iochannel.address.Address` of a validated ``SocketAddressLegacy``."""
+    data, kind = addr["data"], addr["type"]
+    try:
+        if kind == "inet":
+            return InetAddress(
+                data["host"],
+                data["port"],
+                numeric=data.get("numeric", False),
+                to=data.get("to"),
+                ipv4=data.get("ipv4"),
+                ipv6=data.get("ipv6"),
+                keep_alive=data.get("keep-alive"),
+            )
+        if kind == "unix":
+            return UnixAddress(
+                data["path"], abstract=data.get("abstract", False), tight=data.get("tight", True)
+            )
+        if kind == "vsock":
+            return VsockAddress(_number("cid", data["cid"]), _number("port", data["port"]))
+        return FdAddress(_number("fd", data["str"]))
+    except AddressError as exc:
+        raise ChardevOptionError(f"invalid {kind} address: {exc}") from exc

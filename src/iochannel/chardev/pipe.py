@@ -1,0 +1,51 @@
+"""The ``pipe`` backend: a pair of fifos, ``PATH.in`` and ``PATH.out``, or ``PATH`` itself.
+
+The fifos are not created here.  Each is opened read-write, so the chardev
+never sees end of input when a peer closes its end, and is open from the
+start.  When either of ``PATH.in``/``PATH.out`` cannot be opened, ``PATH`` is
+used for both directions.  Writes while closed (only after an I/O error)
+default to ``error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..file import FileChannel
+from .channel_backend import ChannelChardev
+
+if TYPE_CHECKING:
+    from .registry import ChardevRegistry
+
+__all__ = ["PipeChardev"]
+
+
+class PipeChardev(ChannelChardev):
+    type_name: ClassVar[str] = "pipe"
+
+    def __init__(self, id: str, path: str, **kwargs: Any) -> None:
+        super().__init__(id, **kwargs)
+        self.path = path
+        self.filename = f"pipe:{path}"
+
+    @classmethod
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevRegistry) -> PipeChardev:
+        return cls(id, data["device"], **registry.chardev_kwargs(data))
+
+    def _open(self) -> bool:
+        try:
+            inp = FileChannel.open(f"{self.path}.in", "r+")
+        except OSError:
+            inp = None
+        out = None
+        if inp is not None:
+            try:
+                out = FileChannel.open(f"{self.path}.out", "r+")
+            except OSError:
+                inp.close()
+        if out is None:
+            inp = out = FileChannel.open(self.path, "r+")
+        assert inp is not None
+        self._attach_channels(inp, out)
+        return True

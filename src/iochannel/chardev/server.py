@@ -1,0 +1,459 @@
+"""Connection-oriented chardevs: one chardev object per session.
+
+A :class:`SessionChardev` *is* one established connection.  It is open from
+birth (attaching a frontend delivers one OPENED), delivers CLOSED exactly
+once when the connection ends, and is then closed for good: it never
+reconnects, so a frontend holding it never has to ask which connection a
+byte or an event belongs to.
+
+A :class:`ChardevServer` accepts connections on a
+:class:`~iochannel.NetListener`, runs each through :func:`establish` and hands
+the resulting session to its ``connect(session)`` callback, on the server's
+loop.  At most ``max_sessions`` connections are served or being set up at
+once; while that many are, the server stops accepting and later clients wait
+in the kernel's listen backlog, exactly as QEMU's one-client socket does.
+When a session ends its ``disconnect(session)`` callback runs and accepting
+resumes.
+
+Setting up a connection follows QEMU's order: non-blocking mode, nodelay, TLS
+handshake (with the authorization check), WebSocket handshake, telnet
+negotiation.  A failure at any step closes the connection; the server goes on
+accepting.  Without TLS, WebSocket or telnet nothing needs waiting and the
+session starts at once.
+
+The socket chardev (:mod:`iochannel.chardev.socket`) is built on these:
+its one-client and ``connections=N`` behaviours are a :class:`ChardevServer`
+with ``max_sessions`` 1 or N whose sessions it fronts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from ..address import Address, InetAddress, UnixAddress, VsockAddress
+from ..channel import Buffer, Channel
+from ..crypto.authz import AuthzList
+from ..crypto.creds import Credentials
+from ..errors import ChannelError
+from ..flags import Condition
+from ..netlistener import NetListener
+from ..socket import SocketChannel
+from ..tls import TLSChannel
+from ..websock import WebsockChannel
+from .channel_backend import ChannelChardev
+from .chardev import ChardevError
+from .events import ChardevEvent
+from .telnet import TelnetEvent, TelnetFilter
+
+__all__ = ["ChardevServer", "Establishing", "SessionChardev", "SessionSetup", "establish"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSetup:
+    """How a fresh connection becomes a session (see the module docstring)."""
+
+    nodelay: bool = False
+    tls_creds: Credentials | None = None
+    #: Server side: checks the client certificate's DN; looked up per connection
+    #: so an authz object replaced at run time takes effect.
+    tls_authz: Callable[[], AuthzList] | None = None
+    #: Client side: the name the server certificate must carry.
+    tls_hostname: str | None = None
+    websocket: bool = False
+    telnet: bool = False
+    tn3270: bool = False
+
+    @property
+    def needs_handshake(self) -> bool:
+        """Whether setting up waits for the peer (so it cannot be done synchronously)."""
+        return self.tls_creds is not None or self.websocket or self.telnet or self.tn3270
+
+    @property
+    def protocol(self) -> str:
+        """The name QEMU shows in filenames."""
+        if self.websocket:
+            return "websocket"
+        if self.tn3270:
+            return "tn3270"
+        return "telnet" if self.telnet else "tcp"
+
+    def telnet_filter(self) -> TelnetFilter | None:
+        if self.telnet or self.tn3270:
+            return TelnetFilter(tn3270=self.tn3270)
+        return None
+
+
+class Establishing:
+    """One connection on its way to a session; :meth:`cancel` abandons it.
+
+    Made by :func:`establish`.  ``done`` receives the ready channel, or the
+    exception that ended the setup (the connection is closed then); it is
+    never called after :meth:`cancel`.
+    """
+
+    def __init__(
+        self,
+        raw: SocketChannel,
+        setup: SessionSetup,
+        server: bool,
+        done: Callable[[Channel | BaseException], None],
+    ) -> None:
+        self.raw = raw
+        self.channel: Channel = raw
+        self.setup = setup
+        self.server = server
+        self._done: Callable[[Channel | BaseException], None] | None = done
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the setup still waits for handshakes on the loop."""
+        return self._task is not None and not self._task.done()
+
+    def _prepare(self) -> None:
+        self.raw.set_blocking(False)
+        if self.setup.nodelay:
+            self.raw.set_delay(False)
+
+    async def _handshakes(self) -> None:
+        setup = self.setup
+        if setup.tls_creds is not None:
+            if self.server:
+                authz = setup.tls_authz() if setup.tls_authz is not None else None
+                tls = TLSChannel.server(self.channel, setup.tls_creds, authz=authz)
+            else:
+                tls = TLSChannel.client(self.channel, setup.tls_creds, setup.tls_hostname)
+            self.channel = tls
+            await tls.ahandshake()
+        if setup.websocket:
+            ws = WebsockChannel.server(self.channel)
+            self.channel = ws
+            await ws.ahandshake()
+        telnet = setup.telnet_filter()
+        if telnet is not None:
+            await self.channel.awrite_all(telnet.greeting())
+
+    async def _run(self) -> None:
+        try:
+            await self._handshakes()
+        except asyncio.CancelledError:
+            self.channel.close()
+            raise
+        except Exception as exc:
+            # Whatever ends one connection's setup must free its slot, never the server.
+            if not isinstance(exc, (OSError, ChannelError, ChardevError)):
+                log.exception("connection setup failed unexpectedly")
+            self.channel.close()
+            self._finish(exc)
+        else:
+            self._finish(self.channel)
+
+    def _finish(self, outcome: Channel | BaseException) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done(outcome)
+        elif isinstance(outcome, Channel):
+            outcome.close()
+
+    def cancel(self) -> None:
+        """Abandon the setup and close the connection (``done`` is not called)."""
+        self._done = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        self.channel.close()
+
+
+def establish(
+    raw: SocketChannel,
+    setup: SessionSetup,
+    *,
+    server: bool,
+    loop: asyncio.AbstractEventLoop,
+    done: Callable[[Channel | BaseException], None],
+) -> Establishing:
+    """Set *raw* up as *setup* says, then call ``done(channel or error)``.
+
+    Without handshakes ``done`` runs before this returns; otherwise from a task
+    on *loop*.
+    """
+    est = Establishing(raw, setup, server, done)
+    try:
+        est._prepare()
+    except OSError as exc:
+        raw.close()
+        est._finish(exc)
+        return est
+    if setup.needs_handshake:
+        est._task = loop.create_task(est._run())
+    else:
+        est._finish(raw)
+    return est
+
+
+def connection_name(raw: SocketChannel, protocol: str, server: bool) -> str:
+    """QEMU's filename for a connected socket chardev."""
+    listen = ",server=on" if server else ""
+    try:
+        local, peer = raw.local_address, raw.remote_address
+    except OSError:
+        return f"{protocol}:?{listen}"
+    if isinstance(local, InetAddress) and isinstance(peer, InetAddress):
+        return f"{protocol}:{_hostport(local)}{listen} <-> {_hostport(peer)}"
+    if isinstance(local, UnixAddress) and isinstance(peer, UnixAddress):
+        # A client's own end is unnamed: show the path it connected to.
+        return f"unix:{local.path if server else peer.path}{listen}"
+    if isinstance(local, VsockAddress) and isinstance(peer, VsockAddress):
+        return f"vsock:{local.cid}:{local.port}{listen} <-> {peer.cid}:{peer.port}"
+    return f"{protocol}:?{listen}"
+
+
+def _hostport(addr: Address) -> str:
+    assert isinstance(addr, InetAddress)
+    host = f"[{addr.host}]" if ":" in addr.host else addr.host
+    return f"{host}:{addr.port}"
+
+
+class SessionChardev(ChannelChardev):
+    """One established connection as a chardev (see the module docstring).
+
+    *channel* is the session's channel (a socket, or TLS/WebSocket over one);
+    *telnet* filters its input.  When the session ends (the peer left,
+    :meth:`disconnect` was called or the session was closed), the connection
+    is released, ``on_release(session)`` runs, frontends get CLOSED, then
+    ``on_end(session)`` runs; each callback once.
+    """
+
+    type_name: ClassVar[str] = "socket"
+    supports_fd_pass: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        id: str,
+        channel: Channel,
+        *,
+        telnet: TelnetFilter | None = None,
+        filename: str = "socket",
+        on_release: Callable[[SessionChardev], None] | None = None,
+        on_end: Callable[[SessionChardev], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(id, **kwargs)
+        self._channel: Channel | None = channel
+        self._telnet = telnet
+        self._on_release = on_release
+        self._on_end = on_end
+        self.filename = filename
+
+    def _open(self) -> bool:
+        channel, self._channel = self._channel, None
+        if channel is None or channel.closed:
+            return False
+        self._attach_channels(channel, channel)
+        return True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        channel, self._channel = self._channel, None
+        if channel is not None:  # never opened
+            channel.close()
+        super().close()
+        end, self._on_end = self._on_end, None
+        if end is not None:
+            end(self)
+
+    def _close(self) -> None:
+        super()._close()
+        release, self._on_release = self._on_release, None
+        if release is not None:
+            release(self)
+
+    def _on_disconnect(self) -> None:
+        # A session does not outlive its connection.
+        self.close()
+
+    def disconnect(self) -> None:
+        """Drop the connection: CLOSED, then the session ends."""
+        self.close()
+
+    # ---- input ------------------------------------------------------------
+
+    def be_write(self, data: Buffer) -> None:
+        telnet = self._telnet
+        if telnet is None:
+            super().be_write(data)
+            return
+        for item in telnet.feed(data):
+            if isinstance(item, TelnetEvent):
+                self.be_event(ChardevEvent.BREAK)
+            else:
+                super().be_write(item)
+            if self.closed:  # a frontend dropped the session from its callback
+                return
+
+    def _on_readable(self, channel: Channel, cond: Condition) -> bool:
+        try:
+            return super()._on_readable(channel, cond)
+        except ChannelError as exc:
+            # TLS and WebSocket failures are channel errors, not OSErrors.
+            log.info("chardev '%s': read failed: %s", self.id, exc)
+            self._read_watch = None
+            self.close()
+            return False
+
+    def _chr_write(self, data: memoryview) -> int | None:
+        try:
+            return super()._chr_write(data)
+        except ChannelError as exc:
+            log.info("chardev '%s': write failed: %s", self.id, exc)
+            if self._read_watch is None:
+                self.close()
+            raise ConnectionResetError(f"chardev '{self.id}': {exc}") from exc
+
+
+SessionCallback = Callable[[SessionChardev], None]
+
+
+class ChardevServer:
+    """Accepts connections and hands each session to ``connect`` (see the module docstring).
+
+    *listener* is taken over (closed by :meth:`close`).  Sessions are named
+    ``<id>.<n>`` and run on *loop*; *session_kwargs* go to each
+    :class:`SessionChardev` (``closed_writes`` …).
+    """
+
+    def __init__(
+        self,
+        id: str,
+        listener: NetListener,
+        connect: SessionCallback,
+        *,
+        disconnect: SessionCallback | None = None,
+        setup: SessionSetup = SessionSetup(),
+        max_sessions: int = 1,
+        loop: asyncio.AbstractEventLoop,
+        **session_kwargs: Any,
+    ) -> None:
+        if max_sessions < 1:
+            raise ChardevError(f"a server needs at least one session slot, not {max_sessions}")
+        self.id = id
+        self.listener = listener
+        self.setup = setup
+        self.max_sessions = max_sessions
+        self.loop = loop
+        self._connect = connect
+        self._disconnect = disconnect
+        self._session_kwargs = session_kwargs
+        self._sessions: list[SessionChardev] = []
+        self._pending: list[Establishing] = []
+        self._accepting = False
+        self._started = False
+        self._closed = False
+        self._count = 0
+
+    @property
+    def sessions(self) -> tuple[SessionChardev, ...]:
+        return tuple(self._sessions)
+
+    @property
+    def busy(self) -> int:
+        """Connections served or being set up."""
+        return len(self._sessions) + len(self._pending)
+
+    # ---- accepting ------------------------------------------------------
+
+    def start(self) -> None:
+        """Accept clients on the loop from now on."""
+        self._started = True
+        self._rearm()
+
+    def _rearm(self) -> None:
+        want = self._started and not self._closed and self.busy < self.max_sessions
+        if want != self._accepting:
+            self._accepting = want
+            self.listener.set_client_callback(self._on_client if want else None, loop=self.loop)
+
+    def _on_client(self, _listener: NetListener, raw: SocketChannel) -> None:
+        if self._closed or self.busy >= self.max_sessions:
+            raw.close()  # accepted by a racing callback: cannot serve it
+            return
+        self.adopt(raw)
+
+    def adopt(self, raw: SocketChannel) -> None:
+        """Serve an already connected socket as if it had been accepted (``add_client``)."""
+        name = connection_name(raw, self.setup.protocol, server=True)
+        holder: list[Establishing] = []
+
+        def done(outcome: Channel | BaseException) -> None:
+            if holder:
+                self._pending.remove(holder[0])
+            if isinstance(outcome, BaseException):
+                log.warning("chardev '%s': connection from %s failed: %s", self.id, name, outcome)
+                self._rearm()
+            else:
+                self._start_session(outcome, name)
+
+        est = establish(raw, self.setup, server=True, loop=self.loop, done=done)
+        if est.pending:
+            holder.append(est)
+            self._pending.append(est)
+        self._rearm()
+
+    def accept_blocking(self, timeout: float | None = None) -> SessionChardev | None:
+        """Wait (blocking) for a client and adopt it; its session, if it started already.
+
+        ``None`` on timeout, or when the session waits for handshakes on the loop.
+        """
+        if self.busy >= self.max_sessions:
+            raise ChardevError(f"chardev '{self.id}': all {self.max_sessions} sessions are busy")
+        raw = self.listener.wait_client(timeout)
+        if raw is None:
+            return None
+        before = len(self._sessions)
+        self.adopt(raw)
+        return self._sessions[-1] if len(self._sessions) > before else None
+
+    # ---- sessions -------------------------------------------------------
+
+    def _start_session(self, channel: Channel, name: str) -> None:
+        self._count += 1
+        session = SessionChardev(
+            f"{self.id[:100]}.{self._count}",
+            channel,
+            telnet=self.setup.telnet_filter(),
+            filename=name,
+            on_release=self._session_released,
+            on_end=self._disconnect,
+            loop=self.loop,
+            **self._session_kwargs,
+        )
+        self._sessions.append(session)
+        session.open()
+        self._connect(session)
+
+    def _session_released(self, session: SessionChardev) -> None:
+        # Before the session's CLOSED, as QEMU re-arms its listener before
+        # reporting: a CLOSED handler may already hand over a new client.
+        if session in self._sessions:
+            self._sessions.remove(session)
+        self._rearm()
+
+    def close(self) -> None:
+        """Stop accepting, abandon setups, end every session, close the listener."""
+        if self._closed:
+            return
+        self._closed = True
+        self._rearm()
+        for est in self._pending:
+            est.cancel()
+        self._pending.clear()
+        for session in tuple(self._sessions):
+            session.close()
+        self.listener.disconnect()

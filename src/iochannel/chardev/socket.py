@@ -1,0 +1,808 @@
+"""The ``socket`` backend: QEMU's stream socket chardev, server or client.
+
+Addresses are inet (``host``/``port``/``to``/``ipv4``/``ipv6``), unix
+(``path``/``abstract``/``tight``), vsock or an already open socket (``fd``:
+listening for a server, connected for a client).  Keys and defaults are
+QEMU's; :meth:`SocketChardev.from_qapi` takes QMP's ``ChardevSocket``.
+
+Server (``server=True``)
+    Listens with a backlog of ``connections`` and serves one client at a
+    time: while it is connected the listener is not watched, so a second
+    client waits in the kernel backlog and is served when the first leaves.
+    ``wait=True`` makes :meth:`open` block until the first client arrives.
+    The extension ``connections=N`` serves up to N clients at once: output
+    goes to every client, input comes from any; OPENED comes with the first
+    client, CLOSED when the last one leaves.  Both are a
+    :class:`~iochannel.chardev.server.ChardevServer` whose sessions this
+    chardev fronts.
+
+Client
+    Without ``reconnect_ms`` the connection is made in :meth:`open` and a
+    failure raises.  With it, connecting happens in a thread and OPENED comes
+    later; a failed or lost connection is retried after a delay from a
+    :class:`~iochannel.chardev.backoff.Backoff` (exponential from
+    ``reconnect_ms`` up to ``reconnect_max_ms``, jittered), where QEMU retries
+    at a fixed interval.  Errors are logged once until a connection works.
+
+Connection order (both sides): non-blocking mode, nodelay, TLS handshake
+(``tls_creds``, ``tls_authz``), WebSocket handshake (servers only), telnet or
+tn3270 negotiation, then CONNECTED and OPENED.  A failure at any step drops
+the connection.
+
+Disconnection (peer EOF, an I/O error, :meth:`disconnect`) closes fds
+received and not taken, re-arms the listener, sets :attr:`filename` to
+``disconnected:<address>``, sends CLOSED (only if OPENED was sent) and starts
+the reconnect timer.
+
+Writes while disconnected follow the ``closed_writes`` policy; the default is
+``error`` (:class:`~iochannel.chardev.ChardevClosedError`), as QEMU answers
+EIO.  File descriptors pass on unix sockets (:meth:`set_msgfds`,
+:meth:`get_msgfds`).  Telnet input is filtered by
+:class:`~iochannel.chardev.telnet.TelnetFilter`; ``IAC BREAK`` arrives as a
+BREAK event.
+
+:meth:`wait_connected` blocks until a connection is up, as QEMU's does: it
+is refused with telnet, tn3270, WebSocket or TLS, whose handshakes need the
+loop.  :meth:`await_connected` is its asyncio form and has no such limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress, VsockAddress
+from ..channel import Channel, close_fds
+from ..crypto.authz import AuthzList, Policy
+from ..crypto.creds import Credentials, Endpoint
+from ..flags import Feature
+from ..netlistener import NetListener
+from ..socket import SocketChannel
+from .backoff import Backoff
+from .chardev import Chardev, ChardevError, ClosedWrites, WatchCallback, WhileClosed
+from .events import ChardevEvent
+from .frontend import Frontend
+from .server import (
+    ChardevServer,
+    Establishing,
+    SessionChardev,
+    SessionSetup,
+    connection_name,
+    establish,
+)
+
+__all__ = ["SocketChardev"]
+
+log = logging.getLogger(__name__)
+
+#: Most bytes one write hands to every client of a ``connections=N`` server;
+#: bounds what is kept for clients that took less than the others.
+FANOUT_CHUNK = 65536
+
+_QAPI_KEYS = frozenset(
+    {
+        "addr",
+        "server",
+        "wait",
+        "nodelay",
+        "telnet",
+        "tn3270",
+        "websocket",
+        "reconnect",
+        "reconnect-ms",
+        "reconnect-max-ms",
+        "tls-creds",
+        "tls-authz",
+        "connections",
+        "logfile",
+        "logappend",
+        "closed-writes",
+        "closed-writes-limit",
+        "closed-writes-overflow",
+    }
+)
+
+
+class SocketChardev(Chardev):
+    """A socket chardev; see the module docstring.
+
+    *objects* maps object ids to objects: ``tls_creds`` and ``tls_authz``
+    name entries there (credentials are looked up now, the authz list at
+    each connection, and a missing one denies the client, as in QEMU).
+    """
+
+    type_name: ClassVar[str] = "socket"
+    supports_fd_pass: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        id: str,
+        addr: Address,
+        *,
+        server: bool = False,
+        wait: bool = False,
+        nodelay: bool = False,
+        telnet: bool = False,
+        tn3270: bool = False,
+        websocket: bool = False,
+        reconnect_ms: int = 0,
+        reconnect_max_ms: int | None = None,
+        tls_creds: str | None = None,
+        tls_authz: str | None = None,
+        connections: int = 1,
+        objects: Mapping[str, object] | None = None,
+        backoff: Backoff | None = None,
+        **kwargs: Any,
+    ) -> None:
+        _validate(addr, server, wait, telnet, tn3270, websocket, reconnect_ms, tls_creds, tls_authz)
+        if connections < 1:
+            raise ChardevError(f"connections must be at least 1, not {connections}")
+        if connections > 1 and not server:
+            raise ChardevError("'connections' is only valid with 'server=on'")
+        objects = objects or {}
+        creds = _credentials(objects, tls_creds, server)
+        super().__init__(id, **kwargs)
+        self.addr = addr
+        self.is_server = server
+        self.wait = wait
+        self.connections = connections
+        self.reconnect_ms = reconnect_ms
+        self._objects: Mapping[str, object] = objects
+        self._authz_id = tls_authz
+        self.setup = SessionSetup(
+            nodelay=nodelay,
+            tls_creds=creds,
+            tls_authz=self._authz if tls_authz else None,
+            tls_hostname=addr.host if isinstance(addr, InetAddress) else None,
+            websocket=websocket,
+            telnet=telnet,
+            tn3270=tn3270,
+        )
+        self._backoff = backoff
+        if reconnect_ms and backoff is None:
+            top = reconnect_max_ms / 1000 if reconnect_max_ms else None
+            self._backoff = Backoff(reconnect_ms / 1000, top)
+        self._server: ChardevServer | None = None
+        self._sessions: dict[SessionChardev, Frontend] = {}
+        self._tails: dict[SessionChardev, bytes] = {}
+        self._msgfds: list[int] = []
+        self._write_watches: set[_HangupWatch] = set()
+        # Client side: one connection attempt at a time, by thread or handshake.
+        self._lock = threading.Lock()
+        self._connect_thread: threading.Thread | None = None
+        self._connect_outcome: SocketChannel | BaseException | None = None
+        self._establishing: Establishing | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._failing = False
+        self._since = 0.0
+        self._waiters: list[asyncio.Future[None]] = []
+        self.filename = self._disconnected_name()
+
+    # ---- construction from QMP ---------------------------------------------
+
+    @classmethod
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: Any) -> SocketChardev:
+        """A chardev from QMP's ``ChardevSocket`` (``server`` defaults to true, ``wait`` false).
+
+        ``registry.objects`` provides the TLS objects, ``registry.loop`` the
+        loop (``None``: the running one).  Extensions: ``connections``,
+        ``reconnect-max-ms`` and the writes-while-closed policy, either
+        ``closed-writes: {mode, limit, overflow}`` or the flat keys
+        ``closed-writes``, ``closed-writes-limit``, ``closed-writes-overflow``.
+        """
+        unknown = sorted(set(data) - _QAPI_KEYS)
+        if unknown:
+            raise ChardevError(f"Parameter '{unknown[0]}' is unexpected")
+        if "addr" not in data:
+            raise ChardevError("Parameter 'addr' is missing")
+        if "reconnect" in data and "reconnect-ms" in data:
+            raise ChardevError("'reconnect' and 'reconnect-ms' are mutually exclusive")
+        reconnect_ms = int(data.get("reconnect-ms", int(data.get("reconnect", 0)) * 1000))
+        max_ms = data.get("reconnect-max-ms")
+        return cls(
+            id,
+            qapi_address(data["addr"]),
+            server=bool(data.get("server", True)),
+            wait=bool(data.get("wait", False)),
+            nodelay=bool(data.get("nodelay", False)),
+            telnet=bool(data.get("telnet", False)),
+            tn3270=bool(data.get("tn3270", False)),
+            websocket=bool(data.get("websocket", False)),
+            reconnect_ms=reconnect_ms,
+            reconnect_max_ms=int(max_ms) if max_ms is not None else None,
+            tls_creds=data.get("tls-creds"),
+            tls_authz=data.get("tls-authz"),
+            connections=int(data.get("connections", 1)),
+            objects=getattr(registry, "objects", None),
+            loop=getattr(registry, "loop", None),
+            closed_writes=_closed_writes(data),
+            logfile=data.get("logfile"),
+            logappend=bool(data.get("logappend", False)),
+        )
+
+    # ---- names --------------------------------------------------------------
+
+    def _disconnected_name(self) -> str:
+        addr, listen = self.addr, ",server=on" if self.is_server else ""
+        if isinstance(addr, InetAddress):
+            return f"disconnected:{self.setup.protocol}:{addr.host}:{addr.port}{listen}"
+        if isinstance(addr, UnixAddress):
+            return f"disconnected:unix:{addr.path}{listen}"
+        if isinstance(addr, FdAddress):
+            return f"disconnected:fd:{addr.fd}{listen}"
+        return f"disconnected:vsock:{addr.cid}:{addr.port}"
+
+    @property
+    def listen_addresses(self) -> list[Address]:
+        """Where a server listens (the real ports, also for ``fd``); empty for a client."""
+        return self._server.listener.local_addresses if self._server is not None else []
+
+    @property
+    def sessions(self) -> tuple[SessionChardev, ...]:
+        """The connections being served now."""
+        return tuple(self._sessions)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._sessions)
+
+    # ---- opening and closing --------------------------------------------------
+
+    def _open(self) -> bool:
+        if self.is_server:
+            self._listen()
+            if self.wait:
+                log.info("chardev '%s': waiting for a connection on %s", self.id, self.filename)
+                assert self._server is not None
+                while not self._server.busy:
+                    self._server.accept_blocking()
+        elif self.reconnect_ms:
+            self._start_connect_thread()
+        else:
+            self._connect_now()
+        return False  # OPENED comes with the first session
+
+    def _listen(self) -> None:
+        listener = NetListener(name=f"chardev '{self.id}'")
+        if isinstance(self.addr, FdAddress):
+            listener.add(SocketChannel.listen(self.addr, self.connections))
+        else:
+            listener.open(self.addr, self.connections)
+        bound = listener.local_addresses[0]
+        if isinstance(self.addr, InetAddress) and isinstance(bound, InetAddress):
+            # QEMU shows the address really bound (port 0 picks one).
+            self.addr = InetAddress(
+                bound.host,
+                bound.port,
+                numeric=True,
+                ipv4=self.addr.ipv4,
+                ipv6=self.addr.ipv6,
+                keep_alive=self.addr.keep_alive,
+            )
+        elif isinstance(self.addr, UnixAddress) and isinstance(bound, UnixAddress):
+            self.addr = UnixAddress(bound.path, self.addr.abstract, self.addr.tight)
+        self.filename = self._disconnected_name()
+        server = ChardevServer(
+            self.id,
+            listener,
+            self._add_session,
+            setup=self.setup,
+            max_sessions=self.connections,
+            loop=self.loop,
+        )
+        self._server = server
+        server.start()
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        with self._lock:
+            # Not joined: a connect can hang for minutes.  The thread sees it
+            # is no longer current and closes what it connected.
+            self._connect_thread = None
+            outcome, self._connect_outcome = self._connect_outcome, None
+        if isinstance(outcome, Channel):
+            outcome.close()
+        est, self._establishing = self._establishing, None
+        if est is not None:
+            est.cancel()
+        if self._server is not None:
+            self._server.close()  # ends its sessions too
+        for session in tuple(self._sessions):
+            session.close()
+        close_fds(self._msgfds)
+        self._msgfds = []
+        self._fail_waiters(ChardevError(f"chardev '{self.id}' was closed"))
+
+    # ---- sessions -------------------------------------------------------------
+
+    def _add_session(self, session: SessionChardev) -> None:
+        fe = Frontend(session)
+        self._sessions[session] = fe
+        fe.set_handlers(
+            self.be_can_read,
+            lambda data: self._session_input(session, data),
+            lambda event: self._session_event(session, event),
+        )
+
+    def _session_input(self, session: SessionChardev, data: bytes) -> None:
+        fds = session.get_msgfds()
+        if fds:
+            close_fds(self._msgfds)  # an unread earlier batch is stale now
+            self._msgfds = fds
+        self.be_write(data)
+
+    def _session_event(self, session: SessionChardev, event: ChardevEvent) -> None:
+        if event == ChardevEvent.OPENED:
+            self.filename = session.filename
+            if not self.be_open:
+                self._since = time.monotonic()
+                self._failing = False
+                self.be_event(ChardevEvent.OPENED)
+                self._wake_waiters()
+        elif event == ChardevEvent.CLOSED:
+            fe = self._sessions.pop(session, None)
+            if fe is not None:
+                fe.deinit()
+            self._tails.pop(session, None)
+            for watch in tuple(self._write_watches):
+                watch.hangup()
+            if not self._sessions:
+                self._disconnected()
+        else:
+            self.be_event(event)
+
+    def _disconnected(self) -> None:
+        close_fds(self._msgfds)
+        self._msgfds = []
+        self.filename = self._disconnected_name()
+        if self.be_open:
+            self.be_event(ChardevEvent.CLOSED)
+            if self._backoff is not None:
+                self._backoff.connected(time.monotonic() - self._since)
+        if not self.is_server and self.reconnect_ms and not self.closed and not self._sessions:
+            self._schedule_reconnect()  # unless a CLOSED handler added a client
+
+    def _update_read_handler(self) -> None:
+        for fe in tuple(self._sessions.values()):
+            fe.accept_input()
+
+    def add_client(self, raw: SocketChannel) -> None:
+        """Serve an already connected socket, as QMP's ``add_client`` (the chardev takes it).
+
+        Refused while every connection slot is in use (QEMU: while connected).
+        """
+        server = self._server
+        full = server.busy >= server.max_sessions if server else self._busy_connecting()
+        if full or (server is None and self._sessions):
+            raise ChardevError(f"chardev '{self.id}' is already connected")
+        self._cancel_timer()
+        if server is not None:
+            server.adopt(raw)
+        else:
+            self._start_client(raw)
+
+    def disconnect(self) -> None:
+        """Drop every current connection (a server then serves the next client)."""
+        for session in tuple(self._sessions):
+            session.disconnect()
+
+    # ---- output -----------------------------------------------------------------
+
+    def _chr_write(self, data: memoryview) -> int | None:
+        sessions = tuple(self._sessions)
+        if not sessions:
+            return None
+        if len(sessions) == 1 and not self._tails:
+            return sessions[0].write(data)
+        return self._fan_out(sessions, data[:FANOUT_CHUNK])
+
+    def _fan_out(self, sessions: tuple[SessionChardev, ...], data: memoryview) -> int | None:
+        """Write to every session; a session that takes less keeps the rest as its tail.
+
+        Returns the most any session took, so no byte goes to a client twice or
+        is skipped; the next write waits until every tail is gone.
+        """
+        for session, tail in tuple(self._tails.items()):
+            n = _try_write(session, tail)
+            if n < len(tail):
+                self._tails[session] = tail[n:]
+            else:
+                del self._tails[session]
+        if self._tails:
+            return None
+        taken = {session: _try_write(session, data) for session in sessions}
+        most = max(taken.values())
+        if most == 0:
+            return None
+        for session, n in taken.items():
+            if n < most:
+                self._tails[session] = bytes(data[n:most])
+        return most
+
+    def _add_write_watch(self, callback: WatchCallback) -> Any:
+        blocked = next(iter(self._tails), None) or next(iter(self._sessions), None)
+        if blocked is None:
+            return None
+        watch = _HangupWatch(self._write_watches, callback)
+        watch.inner = blocked.add_watch(watch.fire)
+        return watch if watch.inner is not None else None
+
+    # ---- fds ----------------------------------------------------------------------
+
+    def get_msgfds(self) -> list[int]:
+        fds, self._msgfds = self._msgfds, []
+        return fds
+
+    def set_msgfds(self, fds: list[int]) -> None:
+        """Send *fds* with the next write (unix sockets only); the caller keeps them."""
+        if not self._sessions:
+            raise ChardevError(f"chardev '{self.id}' cannot pass file descriptors: not connected")
+        for session in self._sessions:
+            session.set_msgfds(fds)
+
+    # ---- client connections ---------------------------------------------------------
+
+    def _connect_raw(self) -> SocketChannel:
+        addr = self.addr
+        if isinstance(addr, FdAddress):
+            raw = SocketChannel.from_fd(addr.fd)
+            if raw.has_feature(Feature.LISTEN):
+                raw.close()
+                raise ChardevError(
+                    f"fd {addr.fd} is a listening socket: a client needs a connected one"
+                )
+            return raw
+        return SocketChannel.connect(addr)
+
+    def _connect_now(self) -> None:
+        """Connect synchronously; raises if that fails."""
+        self._start_client(self._connect_raw())
+
+    def _start_client(self, raw: SocketChannel) -> None:
+        name = connection_name(raw, self.setup.protocol, server=False)
+
+        def done(outcome: Channel | BaseException) -> None:
+            self._establishing = None
+            if isinstance(outcome, BaseException):
+                self._connect_failed(outcome)
+                return
+            session = SessionChardev(
+                f"{self.id[:100]}.client",
+                outcome,
+                telnet=self.setup.telnet_filter(),
+                filename=name,
+                loop=self.loop,
+            )
+            session.open()
+            self._add_session(session)
+
+        est = establish(raw, self.setup, server=False, loop=self.loop, done=done)
+        if est.pending:
+            self._establishing = est
+
+    def _start_connect_thread(self) -> None:
+        with self._lock:
+            if self._connect_thread is not None or self.closed:
+                return
+            thread = threading.Thread(
+                target=self._connect_worker, name=f"chardev-{self.id}-connect", daemon=True
+            )
+            self._connect_thread = thread
+        thread.start()
+
+    def _connect_worker(self) -> None:
+        outcome: SocketChannel | BaseException
+        try:
+            outcome = self._connect_raw()
+        except (OSError, ChardevError, AddressError) as exc:
+            outcome = exc
+        with self._lock:
+            if self._connect_thread is not threading.current_thread():
+                if isinstance(outcome, Channel):
+                    outcome.close()  # closed or taken over meanwhile
+                return
+            self._connect_outcome = outcome
+        try:
+            self.loop.call_soon_threadsafe(self._connect_done, threading.current_thread())
+        except RuntimeError:
+            pass  # loop closed: close() takes the outcome
+
+    def _connect_done(self, thread: threading.Thread) -> None:
+        """Take the outcome of connect *thread* (once: later calls find it handled)."""
+        with self._lock:
+            if self._connect_thread is not thread:
+                return  # taken by wait_connected already, or the chardev was closed
+            self._connect_thread = None
+            outcome, self._connect_outcome = self._connect_outcome, None
+        thread.join()
+        if outcome is None:
+            return
+        if isinstance(outcome, BaseException):
+            self._connect_failed(outcome)
+        else:
+            self._start_client(outcome)
+
+    def _connect_failed(self, exc: BaseException) -> None:
+        if not self._failing:
+            log.warning("chardev '%s': connection failed: %s", self.id, exc)
+            self._failing = True
+        else:
+            log.debug("chardev '%s': connection failed again: %s", self.id, exc)
+        if self.reconnect_ms and not self.closed:
+            self._schedule_reconnect()
+        else:
+            self._fail_waiters(exc)
+
+    def _schedule_reconnect(self) -> None:
+        if self._timer is not None or self._busy_connecting():
+            return  # never armed twice
+        assert self._backoff is not None
+        delay = self._backoff.next_delay()
+        self._timer = self.loop.call_later(delay, self._reconnect)
+
+    def _busy_connecting(self) -> bool:
+        return self._connect_thread is not None or self._establishing is not None
+
+    def _reconnect(self) -> None:
+        self._timer = None
+        if self.closed or self._sessions or self._busy_connecting():
+            return
+        self._start_connect_thread()
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    # ---- waiting for a connection ------------------------------------------------------
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Block until connected (QEMU's ``wait_connected``).
+
+        A server accepts, a client connects, synchronously; a client with
+        ``reconnect_ms`` retries at that interval, one without raises.  Called
+        from another thread while the loop runs, it waits for the loop to do
+        it.  Refused with telnet, tn3270, WebSocket or TLS.
+        """
+        for key, used in (
+            ("telnet", self.setup.telnet),
+            ("tn3270", self.setup.tn3270),
+            ("websocket", self.setup.websocket),
+            ("tls-creds", self.setup.tls_creds is not None),
+        ):
+            if used:
+                raise ChardevError(
+                    f"'{key}' option is incompatible with waiting for connection completion"
+                )
+        self._check_usable()
+        if not self.opened:
+            self.open()
+        loop = self.loop
+        if loop.is_running() and not _in_loop(loop):
+            fut = asyncio.run_coroutine_threadsafe(self.await_connected(), loop)
+            fut.result(timeout)
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._sessions:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                raise TimeoutError(f"chardev '{self.id}': no connection")
+            if self._server is not None:
+                self._server.accept_blocking(left)
+            else:
+                self._client_connect_blocking(left)
+
+    def _client_connect_blocking(self, timeout: float | None) -> None:
+        self._cancel_timer()
+        with self._lock:
+            thread = self._connect_thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return  # the caller's deadline passed
+            self._connect_done(thread)  # the attempt in flight decides first
+            self._cancel_timer()
+            if self._sessions:
+                return
+        try:
+            self._connect_now()
+        except (OSError, ChardevError, AddressError):
+            if not self.reconnect_ms:
+                raise
+            pause = self.reconnect_ms / 1000
+            time.sleep(pause if timeout is None else min(pause, timeout))
+
+    async def await_connected(self) -> None:
+        """Wait on the loop until connected; a client without reconnect tries once."""
+        if self._sessions:
+            return
+        self._check_usable()
+        if not self.opened:
+            self.open()
+            if self._sessions:
+                return
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._waiters.append(fut)
+        if not self.is_server and not self.reconnect_ms and not self._busy_connecting():
+            self._start_connect_thread()
+        await fut
+
+    def _check_usable(self) -> None:
+        if self.closed:
+            raise ChardevError(f"chardev '{self.id}' is closed")
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # ---- TLS objects --------------------------------------------------------------------
+
+    def _authz(self) -> AuthzList:
+        obj = self._objects.get(self._authz_id or "")
+        if isinstance(obj, AuthzList):
+            return obj
+        log.warning("chardev '%s': no authz object '%s': denying", self.id, self._authz_id)
+        return AuthzList(policy=Policy.DENY, name=self._authz_id or "authz")
+
+
+class _HangupWatch:
+    """A writable watch on a session that also fires when a session ends.
+
+    A writer waiting for room must learn that the connection is gone (its
+    next write then fails) rather than wait for a channel that was closed;
+    QEMU's watches include ``G_IO_HUP`` for the same reason.
+    """
+
+    def __init__(self, registry: set[_HangupWatch], callback: WatchCallback) -> None:
+        self._registry = registry
+        self._callback = callback
+        self.inner: Any = None
+        self.active = True
+        registry.add(self)
+
+    def fire(self) -> bool:
+        keep = self.active and self._callback()
+        if not keep:
+            self.cancel()
+        return keep
+
+    def hangup(self) -> None:
+        if self.active:
+            self.cancel()
+            self._callback()
+
+    def cancel(self) -> None:
+        self.active = False
+        self._registry.discard(self)
+        if self.inner is not None:
+            self.inner.cancel()
+
+
+def _closed_writes(data: Mapping[str, Any]) -> ClosedWrites | None:
+    policy = data.get("closed-writes")
+    if policy is None:
+        return None
+    if not isinstance(policy, Mapping):
+        policy = {
+            "mode": policy,
+            "limit": data.get("closed-writes-limit", ClosedWrites.limit),
+            "overflow": data.get("closed-writes-overflow", ClosedWrites.overflow),
+        }
+    try:
+        return ClosedWrites(
+            WhileClosed(policy.get("mode", "error")),
+            int(policy.get("limit", ClosedWrites.limit)),
+            policy.get("overflow", ClosedWrites.overflow),
+        )
+    except ValueError as exc:
+        raise ChardevError(f"invalid closed-writes policy: {exc}") from exc
+
+
+def _try_write(session: SessionChardev, data: bytes | memoryview) -> int:
+    """What *session* took of *data*; a session going away counts as taking it all."""
+    try:
+        return session.write(data) or 0
+    except (OSError, ChardevError):
+        return len(data)
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _validate(
+    addr: Address,
+    server: bool,
+    wait: bool,
+    telnet: bool,
+    tn3270: bool,
+    websocket: bool,
+    reconnect_ms: int,
+    tls_creds: str | None,
+    tls_authz: str | None,
+) -> None:
+    """QEMU's checks of a socket chardev's options, with its messages."""
+    if wait and not server:
+        raise ChardevError("'wait' option is incompatible with socket in client connect mode")
+    if reconnect_ms < 0:
+        raise ChardevError(f"'reconnect-ms' must not be negative, not {reconnect_ms}")
+    if reconnect_ms and isinstance(addr, FdAddress):
+        raise ChardevError("'reconnect-ms' cannot be used with an 'fd' address (it connects once)")
+    if reconnect_ms and server:
+        raise ChardevError(
+            "'reconnect-ms' option is incompatible with socket in server listen mode"
+        )
+    if websocket and not server:
+        raise ChardevError("Websocket client is not implemented")
+    if telnet and tn3270:
+        raise ChardevError("'telnet' and 'tn3270' are mutually exclusive")
+    if tls_authz and not tls_creds:
+        raise ChardevError("'tls_authz' provided but TLS is not used")
+    if tls_creds and not server and not isinstance(addr, InetAddress):
+        raise ChardevError("TLS on a client socket needs an inet address (its name is checked)")
+
+
+def _credentials(
+    objects: Mapping[str, object], name: str | None, server: bool
+) -> Credentials | None:
+    if not name:
+        return None
+    obj = objects.get(name)
+    if obj is None:
+        raise ChardevError(f"No TLS credentials with id '{name}'")
+    if not isinstance(obj, Credentials):
+        raise ChardevError(f"Object with id '{name}' is not TLS credentials")
+    role = Endpoint.SERVER if server else Endpoint.CLIENT
+    if obj.endpoint is not role:
+        raise ChardevError(f"Expecting TLS credentials with a {role.value} endpoint")
+    return obj
+
+
+def qapi_address(addr: Mapping[str, Any]) -> Address:
+    """QMP's ``SocketAddressLegacy`` (``{"type": …, "data": {…}}``) as an :class:`Address`."""
+    kind, data = addr.get("type"), addr.get("data", {})
+    try:
+        if kind == "inet":
+            to = data.get("to")
+            return InetAddress(
+                str(data["host"]),
+                str(data["port"]),
+                numeric=bool(data.get("numeric", False)),
+                to=int(to) if to is not None else None,
+                ipv4=data.get("ipv4"),
+                ipv6=data.get("ipv6"),
+                keep_alive=data.get("keep-alive"),
+            )
+        if kind == "unix":
+            return UnixAddress(
+                str(data["path"]),
+                bool(data.get("abstract", False)),
+                bool(data.get("tight", True)),
+            )
+        if kind == "vsock":
+            return VsockAddress(int(data["cid"]), int(data["port"]))
+        if kind == "fd":
+            fd = str(data["str"])
+            if not fd.isdigit():
+                raise ChardevError(f"fd '{fd}' is not a number (named fds are not supported)")
+            return FdAddress(int(fd))
+    except KeyError as exc:
+        raise ChardevError(f"Parameter 'addr.data.{exc.args[0]}' is missing") from None
+    except (AddressError, ValueError) as exc:
+        raise ChardevError(f"invalid socket address: {exc}") from exc
+    raise ChardevError(f"Invalid value {kind!r} for 'addr.type': expected inet, unix, vsock or fd")

@@ -1,0 +1,108 @@
+"""The ``stdio`` backend: the process's standard input and output.
+
+Only one per process ("cannot use stdio by multiple character devices").  When
+stdin is a terminal it is switched to raw mode — no line editing, no echo (see
+:meth:`StdioChardev.set_echo`), output post-processing kept — and ``signal``
+(on by default) keeps ISIG so ^C still interrupts the program.  The terminal
+settings and the blocking mode of fds 0 and 1 are restored on close and at
+interpreter exit.  The chardev is open from the start; end of stdin closes it.
+Writes while closed (after stdin ended) default to ``error``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import termios
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..file import FileChannel
+from .channel_backend import ChannelChardev
+from .chardev import ChardevError
+
+if TYPE_CHECKING:
+    from .registry import ChardevRegistry
+
+__all__ = ["StdioChardev"]
+
+_in_use = threading.Lock()
+
+# termios attribute list indexes
+_IFLAG, _OFLAG, _CFLAG, _LFLAG, _CC = 0, 1, 2, 3, 6
+
+
+class StdioChardev(ChannelChardev):
+    type_name: ClassVar[str] = "stdio"
+
+    def __init__(self, id: str, signal: bool = True, **kwargs: Any) -> None:
+        super().__init__(id, **kwargs)
+        self.signal = signal
+        self.filename = "stdio"
+        self._saved_tty: list[Any] | None = None
+        self._saved_blocking: tuple[bool, bool] | None = None
+        self._owner = False
+
+    @classmethod
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevRegistry) -> StdioChardev:
+        return cls(id, signal=data["signal"], **registry.chardev_kwargs(data))
+
+    def _open(self) -> bool:
+        if not _in_use.acquire(blocking=False):
+            raise ChardevError("cannot use stdio by multiple character devices")
+        self._owner = True
+        self._saved_blocking = (os.get_blocking(0), os.get_blocking(1))
+        if os.isatty(0):
+            self._saved_tty = termios.tcgetattr(0)
+            atexit.register(self._restore)
+            self.set_echo(False)
+        self._attach_channels(
+            FileChannel.from_dup(0, name="stdin"), FileChannel.from_dup(1, name="stdout")
+        )
+        return True
+
+    def set_echo(self, echo: bool) -> None:
+        """Raw mode, with or without echo (a monitor turns echo on for its prompt)."""
+        if self._saved_tty is None:
+            return
+        attrs = termios.tcgetattr(0)
+        attrs[_IFLAG] &= ~(
+            termios.IGNBRK
+            | termios.BRKINT
+            | termios.PARMRK
+            | termios.ISTRIP
+            | termios.INLCR
+            | termios.IGNCR
+            | termios.ICRNL
+            | termios.IXON
+        )
+        attrs[_OFLAG] |= termios.OPOST
+        attrs[_LFLAG] &= ~(termios.ECHONL | termios.ICANON | termios.IEXTEN)
+        if echo:
+            attrs[_LFLAG] |= termios.ECHO
+        else:
+            attrs[_LFLAG] &= ~termios.ECHO
+        attrs[_CFLAG] = (attrs[_CFLAG] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+        attrs[_CC][termios.VMIN] = 1
+        attrs[_CC][termios.VTIME] = 0
+        if not self.signal:
+            attrs[_LFLAG] &= ~termios.ISIG
+        termios.tcsetattr(0, termios.TCSANOW, attrs)
+
+    def _restore(self) -> None:
+        saved, self._saved_tty = self._saved_tty, None
+        if saved is not None:
+            atexit.unregister(self._restore)
+            termios.tcsetattr(0, termios.TCSANOW, saved)
+        blocking, self._saved_blocking = self._saved_blocking, None
+        if blocking is not None:
+            os.set_blocking(0, blocking[0])
+            os.set_blocking(1, blocking[1])
+
+    def _close(self) -> None:
+        super()._close()
+        if self._owner:
+            self._owner = False
+            self._restore()
+            _in_use.release()
