@@ -317,3 +317,21 @@ def test_channel_backend_passes_fds() -> None:
         peer.close()
 
     asyncio.run(main())
+
+
+def test_waiting_writer_wakes_when_the_backend_closes() -> None:
+    async def main() -> None:
+        ours, peer = memory_pair(capacity=16)
+        chr = PairChardev("p", ours)
+        chr.open()
+        fe = Frontend(chr)
+        fe.set_handlers(lambda: 100, lambda d: None, lambda e: None)
+        writer = asyncio.ensure_future(fe.awrite_all(b"x" * 100))
+        await asyncio.sleep(0.01)
+        assert not writer.done()  # blocked on a full channel
+        peer.close()  # end of stream: the backend closes
+        with pytest.raises(ChardevClosedError):
+            await asyncio.wait_for(writer, 5)
+        fe.deinit(delete=True)
+
+    asyncio.run(main())

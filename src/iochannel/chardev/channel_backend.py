@@ -22,6 +22,7 @@ import logging
 from typing import Any
 
 from ..channel import Channel, close_fds
+from ..errors import ChannelError
 from ..flags import Condition, Feature
 from ..watch import Watch
 from .chardev import READ_CHUNK, Chardev, ChardevError, WatchCallback
@@ -95,7 +96,7 @@ class ChannelChardev(Chardev):
         view = memoryview(self._buf)[:want]
         try:
             n = channel.readv((view,), fds=fds)
-        except OSError as exc:
+        except (OSError, ChannelError) as exc:  # layers fail with ChannelError
             log.info("chardev '%s': read failed: %s", self.id, exc)
             self._read_watch = None
             self._on_disconnect()
@@ -136,12 +137,14 @@ class ChannelChardev(Chardev):
         fds, self._send_fds = self._send_fds, []
         try:
             n = out.writev((data,), fds=fds)
-        except OSError as exc:
+        except (OSError, ChannelError) as exc:
             log.info("chardev '%s': write failed: %s", self.id, exc)
             # Let pending input be read before reporting the disconnect.
             if self._in is None or self._read_watch is None:
                 self._on_disconnect()
-            raise
+            if isinstance(exc, OSError):
+                raise
+            raise ConnectionResetError(f"chardev '{self.id}': {exc}") from exc
         if n is None:
             self._send_fds = fds  # not sent: keep them for the retry
         return n

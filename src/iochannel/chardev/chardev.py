@@ -52,6 +52,7 @@ __all__ = [
     "ClosedWrites",
     "Stats",
     "WhileClosed",
+    "WriteWatch",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,36 @@ class Stats:
 WatchCallback = Callable[[], bool]
 
 
+class WriteWatch:
+    """A writable watch handed out by :meth:`Chardev.add_watch` (see there)."""
+
+    def __init__(self, registry: set[WriteWatch], callback: WatchCallback) -> None:
+        self._registry = registry
+        self._callback = callback
+        #: The backend's own watch handle (with ``cancel()``).
+        self.inner: Any = None
+        self.active = True
+        registry.add(self)
+
+    def fire(self) -> bool:
+        keep = self.active and self._callback()
+        if not keep:
+            self.cancel()
+        return keep
+
+    def hang_up(self) -> None:
+        if self.active:
+            self.cancel()
+            self._callback()
+
+    def cancel(self) -> None:
+        self.active = False
+        self._registry.discard(self)
+        if self.inner is not None:
+            self.inner.cancel()
+            self.inner = None
+
+
 class Chardev:
     """Base class of every backend; see the module docstring.
 
@@ -149,6 +180,7 @@ class Chardev:
         self._focus: Frontend | None = None
         self._write_lock = threading.RLock()
         self._pending_out: collections.deque[bytes] = collections.deque()
+        self._write_watches: set[WriteWatch] = set()
         self._pending_size = 0
         self._logfd = -1
         #: Set by a mux or hub that uses this chardev as one of its backends.
@@ -257,6 +289,7 @@ class Chardev:
                 return
             self.be_open = False
             self.stats.closes += 1
+            self._hang_up_write_watches()
         self._deliver_event(event)
 
     def _deliver_event(self, event: ChardevEvent) -> None:
@@ -359,13 +392,25 @@ class Chardev:
         if self._logfd >= 0:
             os.write(self._logfd, data)
 
-    def add_watch(self, callback: WatchCallback) -> Any:
+    def add_watch(self, callback: WatchCallback) -> WriteWatch | None:
         """Call ``callback()`` on the loop when a write may succeed; it returns keep.
 
-        Returns a handle with ``cancel()``, or ``None`` if no watch is possible
-        (nothing could block, or nothing is connected).
+        The callback also runs (once) when the backend closes, so a writer
+        waiting for room learns that its next write will fail instead of
+        waiting forever.  Returns a handle with ``cancel()``, or ``None`` if no
+        watch is possible (nothing could block, or nothing is connected).
         """
-        return self._add_write_watch(callback)
+        watch = WriteWatch(self._write_watches, callback)
+        watch.inner = self._add_write_watch(watch.fire)
+        if watch.inner is None:
+            watch.cancel()
+            return None
+        return watch
+
+    def _hang_up_write_watches(self) -> None:
+        """Fire every pending writable watch once (the connection went away)."""
+        for watch in tuple(self._write_watches):
+            watch.hang_up()
 
     # ---- hooks -------------------------------------------------------------
 

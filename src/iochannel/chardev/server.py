@@ -39,7 +39,6 @@ from ..channel import Buffer, Channel
 from ..crypto.authz import AuthzList
 from ..crypto.creds import Credentials
 from ..errors import ChannelError
-from ..flags import Condition
 from ..netlistener import NetListener
 from ..socket import SocketChannel
 from ..tls import TLSChannel
@@ -297,25 +296,6 @@ class SessionChardev(ChannelChardev):
                 super().be_write(item)
             if self.closed:  # a frontend dropped the session from its callback
                 return
-
-    def _on_readable(self, channel: Channel, cond: Condition) -> bool:
-        try:
-            return super()._on_readable(channel, cond)
-        except ChannelError as exc:
-            # TLS and WebSocket failures are channel errors, not OSErrors.
-            log.info("chardev '%s': read failed: %s", self.id, exc)
-            self._read_watch = None
-            self.close()
-            return False
-
-    def _chr_write(self, data: memoryview) -> int | None:
-        try:
-            return super()._chr_write(data)
-        except ChannelError as exc:
-            log.info("chardev '%s': write failed: %s", self.id, exc)
-            if self._read_watch is None:
-                self.close()
-            raise ConnectionResetError(f"chardev '{self.id}': {exc}") from exc
 
 
 SessionCallback = Callable[[SessionChardev], None]

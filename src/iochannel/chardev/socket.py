@@ -170,7 +170,6 @@ class SocketChardev(Chardev):
         self._sessions: dict[SessionChardev, Frontend] = {}
         self._tails: dict[SessionChardev, bytes] = {}
         self._msgfds: list[int] = []
-        self._write_watches: set[_HangupWatch] = set()
         # Client side: one connection attempt at a time, by thread or handshake.
         self._lock = threading.Lock()
         self._connect_thread: threading.Thread | None = None
@@ -348,8 +347,7 @@ class SocketChardev(Chardev):
             if fe is not None:
                 fe.deinit()
             self._tails.pop(session, None)
-            for watch in tuple(self._write_watches):
-                watch.hangup()
+            self._hang_up_write_watches()
             if not self._sessions:
                 self._disconnected()
         else:
@@ -427,9 +425,7 @@ class SocketChardev(Chardev):
         blocked = next(iter(self._tails), None) or next(iter(self._sessions), None)
         if blocked is None:
             return None
-        watch = _HangupWatch(self._write_watches, callback)
-        watch.inner = blocked.add_watch(watch.fire)
-        return watch if watch.inner is not None else None
+        return blocked.add_watch(callback)
 
     # ---- fds ----------------------------------------------------------------------
 
@@ -655,39 +651,6 @@ class SocketChardev(Chardev):
             return obj
         log.warning("chardev '%s': no authz object '%s': denying", self.id, self._authz_id)
         return AuthzList(policy=Policy.DENY, name=self._authz_id or "authz")
-
-
-class _HangupWatch:
-    """A writable watch on a session that also fires when a session ends.
-
-    A writer waiting for room must learn that the connection is gone (its
-    next write then fails) rather than wait for a channel that was closed;
-    QEMU's watches include ``G_IO_HUP`` for the same reason.
-    """
-
-    def __init__(self, registry: set[_HangupWatch], callback: WatchCallback) -> None:
-        self._registry = registry
-        self._callback = callback
-        self.inner: Any = None
-        self.active = True
-        registry.add(self)
-
-    def fire(self) -> bool:
-        keep = self.active and self._callback()
-        if not keep:
-            self.cancel()
-        return keep
-
-    def hangup(self) -> None:
-        if self.active:
-            self.cancel()
-            self._callback()
-
-    def cancel(self) -> None:
-        self.active = False
-        self._registry.discard(self)
-        if self.inner is not None:
-            self.inner.cancel()
 
 
 def _closed_writes(data: Mapping[str, Any]) -> ClosedWrites | None:
