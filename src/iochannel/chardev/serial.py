@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..file import FileChannel
 from .channel_backend import ChannelChardev
 from .chardev import ChardevError
+from .terminal import CFLAG, ISPEED, OSPEED, raw_mode
 
 if TYPE_CHECKING:
     from .registry import ChardevRegistry
@@ -48,7 +49,6 @@ MODEM_LINES = {
 }
 _DATA_BITS = {5: termios.CS5, 6: termios.CS6, 7: termios.CS7, 8: termios.CS8}
 _PARITY = {"N": 0, "E": termios.PARENB, "O": termios.PARENB | termios.PARODD}
-_IFLAG, _OFLAG, _CFLAG, _LFLAG, _ISPEED, _OSPEED, _CC = range(7)
 
 
 def _baud(speed: int) -> int:
@@ -127,32 +127,15 @@ class SerialChardev(ChannelChardev):
                 f"chardev '{self.id}': set-params: speed must be positive, not {speed!r}"
             )
         try:
-            attrs = termios.tcgetattr(fd)
-            # Raw: no input or output processing, no echo, no signals.
-            attrs[_IFLAG] &= ~(
-                termios.IGNBRK
-                | termios.BRKINT
-                | termios.PARMRK
-                | termios.ISTRIP
-                | termios.INLCR
-                | termios.IGNCR
-                | termios.ICRNL
-                | termios.IXON
-            )
-            attrs[_OFLAG] &= ~termios.OPOST
-            attrs[_LFLAG] &= ~(
-                termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN
-            )
-            cflag = attrs[_CFLAG] & ~(
+            attrs = raw_mode(termios.tcgetattr(fd))
+            cflag = attrs[CFLAG] & ~(
                 termios.CSIZE | termios.PARENB | termios.PARODD | termios.CSTOPB
             )
             cflag |= _DATA_BITS[bits] | _PARITY[parity] | termios.CREAD | termios.CLOCAL
             if stop == 2:
                 cflag |= termios.CSTOPB
-            attrs[_CFLAG] = cflag
-            attrs[_ISPEED] = attrs[_OSPEED] = _baud(speed)
-            attrs[_CC][termios.VMIN] = 1
-            attrs[_CC][termios.VTIME] = 0
+            attrs[CFLAG] = cflag
+            attrs[ISPEED] = attrs[OSPEED] = _baud(speed)
             termios.tcsetattr(fd, termios.TCSANOW, attrs)
         except termios.error as exc:
             raise ChardevError(f"chardev '{self.id}': set-params: {exc.args[-1]}") from exc

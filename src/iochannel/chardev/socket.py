@@ -55,7 +55,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress, VsockAddress
+from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress
 from ..channel import Channel, close_fds
 from ..crypto.authz import AuthzList, Policy
 from ..crypto.creds import Credentials, Endpoint
@@ -66,6 +66,7 @@ from .backoff import Backoff
 from .chardev import Chardev, ChardevError, ClosedWrites, WatchCallback, WhileClosed
 from .events import ChardevEvent
 from .frontend import Frontend
+from .options import qapi_address
 from .server import (
     ChardevServer,
     Establishing,
@@ -734,38 +735,3 @@ def _credentials(
     if obj.endpoint is not role:
         raise ChardevError(f"Expecting TLS credentials with a {role.value} endpoint")
     return obj
-
-
-def qapi_address(addr: Mapping[str, Any]) -> Address:
-    """QMP's ``SocketAddressLegacy`` (``{"type": …, "data": {…}}``) as an :class:`Address`."""
-    kind, data = addr.get("type"), addr.get("data", {})
-    try:
-        if kind == "inet":
-            to = data.get("to")
-            return InetAddress(
-                str(data["host"]),
-                str(data["port"]),
-                numeric=bool(data.get("numeric", False)),
-                to=int(to) if to is not None else None,
-                ipv4=data.get("ipv4"),
-                ipv6=data.get("ipv6"),
-                keep_alive=data.get("keep-alive"),
-            )
-        if kind == "unix":
-            return UnixAddress(
-                str(data["path"]),
-                bool(data.get("abstract", False)),
-                bool(data.get("tight", True)),
-            )
-        if kind == "vsock":
-            return VsockAddress(int(data["cid"]), int(data["port"]))
-        if kind == "fd":
-            fd = str(data["str"])
-            if not fd.isdigit():
-                raise ChardevError(f"fd '{fd}' is not a number (named fds are not supported)")
-            return FdAddress(int(fd))
-    except KeyError as exc:
-        raise ChardevError(f"Parameter 'addr.data.{exc.args[0]}' is missing") from None
-    except (AddressError, ValueError) as exc:
-        raise ChardevError(f"invalid socket address: {exc}") from exc
-    raise ChardevError(f"Invalid value {kind!r} for 'addr.type': expected inet, unix, vsock or fd")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..file import FileChannel
 from .channel_backend import ChannelChardev
 from .chardev import ChardevError
+from .terminal import CFLAG, raw_mode
 
 if TYPE_CHECKING:
     from .registry import ChardevRegistry
@@ -30,7 +31,6 @@ __all__ = ["StdioChardev"]
 _in_use = threading.Lock()
 
 # termios attribute list indexes
-_IFLAG, _OFLAG, _CFLAG, _LFLAG, _CC = 0, 1, 2, 3, 6
 
 
 class StdioChardev(ChannelChardev):
@@ -66,28 +66,10 @@ class StdioChardev(ChannelChardev):
         """Raw mode, with or without echo (a monitor turns echo on for its prompt)."""
         if self._saved_tty is None:
             return
-        attrs = termios.tcgetattr(0)
-        attrs[_IFLAG] &= ~(
-            termios.IGNBRK
-            | termios.BRKINT
-            | termios.PARMRK
-            | termios.ISTRIP
-            | termios.INLCR
-            | termios.IGNCR
-            | termios.ICRNL
-            | termios.IXON
+        attrs = raw_mode(
+            termios.tcgetattr(0), output_processing=True, echo=echo, signals=self.signal
         )
-        attrs[_OFLAG] |= termios.OPOST
-        attrs[_LFLAG] &= ~(termios.ECHONL | termios.ICANON | termios.IEXTEN)
-        if echo:
-            attrs[_LFLAG] |= termios.ECHO
-        else:
-            attrs[_LFLAG] &= ~termios.ECHO
-        attrs[_CFLAG] = (attrs[_CFLAG] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
-        attrs[_CC][termios.VMIN] = 1
-        attrs[_CC][termios.VTIME] = 0
-        if not self.signal:
-            attrs[_LFLAG] &= ~termios.ISIG
+        attrs[CFLAG] = (attrs[CFLAG] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
         termios.tcsetattr(0, termios.TCSANOW, attrs)
 
     def _restore(self) -> None:

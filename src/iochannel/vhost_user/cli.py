@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import keyval
 from ..address import Address, FdAddress, UnixAddress
 from .blk import BlkDevice, open_image
 from .server import VhostUserServer
@@ -61,20 +62,10 @@ def parse_keyval(text: str, option: str) -> Tree:
         if not isinstance(value, dict):
             raise UsageError(f"{option}: JSON value must be an object")
         return {k: _stringify(v) for k, v in value.items()}
-    tree: Tree = {}
-    for key, value in _pairs(text, option):
-        node = tree
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UsageError(f"{option}: '{key}' conflicts with '{part}={child}'")
-            node = child
-        leaf = parts[-1]
-        if leaf in node:
-            raise UsageError(f"{option}: '{key}' given twice")
-        node[leaf] = value
-    return tree
+    try:
+        return keyval.to_tree(keyval.split(text, short_booleans=False))
+    except keyval.KeyvalError as exc:
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def _stringify(v: object) -> Any:
@@ -83,33 +74,6 @@ def _stringify(v: object) -> Any:
     if isinstance(v, bool):
         return "on" if v else "off"
     return str(v)
-
-
-def _pairs(text: str, option: str) -> list[tuple[str, str]]:
-    pairs: list[tuple[str, str]] = []
-    i = 0
-    while i < len(text):
-        eq = text.find("=", i)
-        comma = text.find(",", i)
-        if eq < 0 or (0 <= comma < eq):
-            raise UsageError(f"{option}: expected 'key=value' at '{text[i:]}'")
-        key = text[i:eq]
-        if not key or any(not p for p in key.split(".")):
-            raise UsageError(f"{option}: invalid parameter name '{key}'")
-        value = []
-        j = eq + 1
-        while j < len(text):
-            if text[j] == ",":
-                if text[j + 1 : j + 2] == ",":
-                    value.append(",")
-                    j += 2
-                    continue
-                break
-            value.append(text[j])
-            j += 1
-        pairs.append((key, "".join(value)))
-        i = j + 1
-    return pairs
 
 
 def _bool(opts: Tree, key: str, option: str, default: bool) -> bool:
