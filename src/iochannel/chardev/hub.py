@@ -52,6 +52,7 @@ from .chardev import (
 from .events import ChardevEvent
 from .frontend import Frontend
 from .mux import ChardevLookup, MuxChardev, lookup
+from .options import chardev_kwargs
 
 __all__ = [
     "Backlog",
@@ -315,22 +316,23 @@ class HubChardev(Chardev):
         ids = data.get("chardevs")
         if not ids:
             raise ChardevError("hub: 'chardevs' list is not defined")
-        return cls._build(id, ids, data.get("policies") or {}, registry)
+        return cls._build(id, ids, data, registry)
 
     @classmethod
     def from_mux_be(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> HubChardev:
         """Build the ``mux-be`` form: an empty hub; each backend with ``mux-be-id=``
         then joins through :meth:`add_member`."""
-        return cls._build(id, (), data.get("policies") or {}, registry)
+        return cls._build(id, (), data, registry)
 
     @classmethod
     def _build(
         cls,
         id: str,
         ids: Iterable[str],
-        policies: Mapping[str, Mapping[str, Any]],
+        data: Mapping[str, Any],
         registry: ChardevLookup,
     ) -> HubChardev:
+        policies: Mapping[str, Mapping[str, Any]] = data.get("policies") or {}
         parsed = {key: MemberPolicy.from_qapi(value) for key, value in policies.items()}
         chardevs = []
         for member_id in ids:
@@ -338,7 +340,7 @@ class HubChardev(Chardev):
             if chardev is None:
                 raise ChardevError(f"hub: chardev can't be found by id '{member_id}'")
             chardevs.append(chardev)
-        return cls(id, chardevs, policies=parsed, loop=registry.loop)
+        return cls(id, chardevs, policies=parsed, **chardev_kwargs(data, registry.loop))
 
     def add_member(self, chardev: Chardev, policy: MemberPolicy | None = None) -> Member:
         """Add *chardev* as a backend; it joins output at the current position.

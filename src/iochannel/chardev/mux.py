@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Protocol
 from .chardev import Chardev, ChardevBusyError, ChardevError, WatchCallback
 from .events import ChardevEvent
 from .frontend import Frontend
+from .options import chardev_kwargs
 
 __all__ = [
     "INPUT_BUFFER",
@@ -242,7 +243,7 @@ class MuxChardev(Chardev):
             raise ChardevError(f"mux: base chardev {base_id} not found")
         if base.busy:
             raise ChardevBusyError(f"chardev '{base.id}' is already in use")
-        return cls(id, base, loop=registry.loop)
+        return cls(id, base, **chardev_kwargs(data, registry.loop))
 
     @property
     def base(self) -> Chardev:

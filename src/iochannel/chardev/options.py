@@ -38,12 +38,13 @@ from typing import Any
 
 from .. import keyval
 from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress, VsockAddress
-from .chardev import ChardevError
+from .chardev import ChardevError, ClosedWrites, WhileClosed
 
 __all__ = [
     "BACKEND_TYPES",
     "ChardevOptionError",
     "ChardevRef",
+    "chardev_kwargs",
     "parse_chardev",
     "parse_keyval",
     "parse_legacy",
@@ -714,3 +715,35 @@ def qapi_address(addr: Mapping[str, Any]) -> Address:
     raise ChardevOptionError(
         f"Invalid value {kind!r} for 'addr.type': expected inet, unix, vsock or fd"
     )
+
+
+def chardev_kwargs(data: Mapping[str, Any], loop: Any) -> dict[str, Any]:
+    """:class:`Chardev` constructor arguments from a spec's common keys.
+
+    ``closed-writes`` may be a mode with the flat ``closed-writes-limit`` and
+    ``closed-writes-overflow`` keys (the command line) or a mapping with
+    ``mode``/``limit``/``overflow`` (QMP).
+    """
+    kwargs: dict[str, Any] = {
+        "loop": loop,
+        "logfile": data.get("logfile"),
+        "logappend": bool(data.get("logappend", False)),
+    }
+    policy = data.get("closed-writes")
+    if policy is None:
+        return kwargs
+    if not isinstance(policy, Mapping):
+        policy = {
+            "mode": policy,
+            "limit": data.get("closed-writes-limit", ClosedWrites.limit),
+            "overflow": data.get("closed-writes-overflow", ClosedWrites.overflow),
+        }
+    try:
+        kwargs["closed_writes"] = ClosedWrites(
+            WhileClosed(policy.get("mode", "error")),
+            int(policy.get("limit", ClosedWrites.limit)),
+            policy.get("overflow", ClosedWrites.overflow),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ChardevOptionError(f"invalid closed-writes policy: {exc}") from exc
+    return kwargs

@@ -29,10 +29,10 @@ import importlib.util
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .chardev import Chardev, ChardevBusyError, ChardevError, ClosedWrites, WhileClosed
+from .chardev import Chardev, ChardevBusyError, ChardevError
 from .file import FileChardev
 from .null import NullChardev
-from .options import ChardevRef, parse_chardev, parse_legacy, validate_spec
+from .options import ChardevRef, chardev_kwargs, parse_chardev, parse_legacy, validate_spec
 from .pipe import PipeChardev
 from .pty import PtyChardev
 from .ringbuf import RingbufChardev
@@ -121,19 +121,7 @@ class ChardevRegistry:
 
     def chardev_kwargs(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """Constructor arguments of :class:`Chardev` from a spec's common keys."""
-        kwargs: dict[str, Any] = {
-            "loop": self.loop,
-            "logfile": data.get("logfile"),
-            "logappend": data.get("logappend", False),
-        }
-        if "closed-writes" in data:
-            policy: dict[str, Any] = {"mode": WhileClosed(data["closed-writes"])}
-            if "closed-writes-limit" in data:
-                policy["limit"] = data["closed-writes-limit"]
-            if "closed-writes-overflow" in data:
-                policy["overflow"] = data["closed-writes-overflow"]
-            kwargs["closed_writes"] = ClosedWrites(**policy)
-        return kwargs
+        return chardev_kwargs(data, self.loop)
 
     # ---- creation ---------------------------------------------------------
 

@@ -63,10 +63,10 @@ from ..flags import Feature
 from ..netlistener import NetListener
 from ..socket import SocketChannel
 from .backoff import Backoff
-from .chardev import Chardev, ChardevError, ClosedWrites, WatchCallback, WhileClosed
+from .chardev import Chardev, ChardevError, WatchCallback
 from .events import ChardevEvent
 from .frontend import Frontend
-from .options import qapi_address
+from .options import chardev_kwargs, qapi_address
 from .server import (
     ChardevServer,
     Establishing,
@@ -218,10 +218,7 @@ class SocketChardev(Chardev):
             tls_authz=data.get("tls-authz"),
             connections=int(data.get("connections", 1)),
             objects=getattr(registry, "objects", None),
-            loop=getattr(registry, "loop", None),
-            closed_writes=_closed_writes(data),
-            logfile=data.get("logfile"),
-            logappend=bool(data.get("logappend", False)),
+            **chardev_kwargs(data, getattr(registry, "loop", None)),
         )
 
     # ---- names --------------------------------------------------------------
@@ -652,26 +649,6 @@ class SocketChardev(Chardev):
             return obj
         log.warning("chardev '%s': no authz object '%s': denying", self.id, self._authz_id)
         return AuthzList(policy=Policy.DENY, name=self._authz_id or "authz")
-
-
-def _closed_writes(data: Mapping[str, Any]) -> ClosedWrites | None:
-    policy = data.get("closed-writes")
-    if policy is None:
-        return None
-    if not isinstance(policy, Mapping):
-        policy = {
-            "mode": policy,
-            "limit": data.get("closed-writes-limit", ClosedWrites.limit),
-            "overflow": data.get("closed-writes-overflow", ClosedWrites.overflow),
-        }
-    try:
-        return ClosedWrites(
-            WhileClosed(policy.get("mode", "error")),
-            int(policy.get("limit", ClosedWrites.limit)),
-            policy.get("overflow", ClosedWrites.overflow),
-        )
-    except ValueError as exc:
-        raise ChardevError(f"invalid closed-writes policy: {exc}") from exc
 
 
 def _try_write(session: SessionChardev, data: bytes | memoryview) -> int:
