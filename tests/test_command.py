@@ -6,26 +6,13 @@ import asyncio
 import gc
 import os
 import signal
-import threading
 
 import pytest
 
 from iochannel import CommandChannel
-from iochannel.testing import pattern
+from iochannel.testing import check_transfer
 
 from .conftest import require_tool
-
-
-def _transfer(src: CommandChannel, dst: CommandChannel, blocking: bool) -> None:
-    src.set_blocking(blocking)
-    dst.set_blocking(blocking)
-    data = pattern()
-    out = [bytearray(len(c)) for c in data]
-    t = threading.Thread(target=src.writev_all, args=(data,))
-    t.start()
-    dst.readv_all(out)
-    t.join()
-    assert out == data
 
 
 @pytest.mark.parametrize("blocking", [True, False], ids=["sync", "async"])
@@ -35,7 +22,7 @@ def test_fifo(blocking: bool, tmp_path: os.PathLike[str]) -> None:
     os.mkfifo(fifo)
     writer = CommandChannel.spawn([socat, "-", f"PIPE:{fifo},wronly"], "w")
     reader = CommandChannel.spawn([socat, f"PIPE:{fifo},rdonly", "-"], "r")
-    _transfer(writer, reader, blocking)
+    check_transfer(writer, reader, blocking=blocking)
     writer.close()
     reader.close()
     os.unlink(fifo)
@@ -46,7 +33,7 @@ def test_fifo(blocking: bool, tmp_path: os.PathLike[str]) -> None:
 def test_echo(blocking: bool) -> None:
     socat = require_tool("socat")
     ch = CommandChannel.spawn([socat, "-", "-"])
-    _transfer(ch, ch, blocking)
+    check_transfer(ch, ch, blocking=blocking)
     ch.close()
     assert ch.returncode == 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 
 import pytest
 
@@ -17,7 +16,7 @@ from iochannel import (
     NullChannel,
     UnsupportedFeatureError,
 )
-from iochannel.testing import pattern
+from iochannel.testing import check_transfer, pattern
 
 
 def _roundtrip(src: FileChannel, dst: FileChannel) -> None:
@@ -82,15 +81,7 @@ def test_file_fd(tmp_path: os.PathLike[str]) -> None:
 def test_pipe(blocking: bool) -> None:
     reader, writer = FileChannel.pipe()
     assert not reader.has_feature(Feature.SEEKABLE)
-    reader.set_blocking(blocking)
-    writer.set_blocking(blocking)
-    data = pattern()
-    t = threading.Thread(target=writer.writev_all, args=(data,))
-    t.start()
-    out = [bytearray(len(c)) for c in data]
-    reader.readv_all(out)
-    t.join()
-    assert out == data
+    check_transfer(writer, reader, blocking=blocking)
     reader.close()
     writer.close()
 

@@ -24,21 +24,7 @@ from iochannel import (
     from_fd,
     parse_address,
 )
-from iochannel.testing import pattern
-
-
-def _transfer(src: SocketChannel, dst: SocketChannel, blocking: bool) -> None:
-    import threading
-
-    src.set_blocking(blocking)
-    dst.set_blocking(blocking)
-    data = pattern()
-    out = [bytearray(len(c)) for c in data]
-    t = threading.Thread(target=src.writev_all, args=(data,))
-    t.start()
-    dst.readv_all(out)
-    t.join()
-    assert out == data
+from iochannel.testing import check_transfer
 
 
 def _setup_sync(
@@ -85,8 +71,8 @@ def _run_rounds(addr: InetAddress | UnixAddress, use_async: bool) -> None:
             assert ch.has_feature(Feature.SHUTDOWN)
             assert ch.has_feature(Feature.FD_PASS) == (path is not None)
         assert listener.has_feature(Feature.LISTEN)
-        _transfer(client, server, blocking=round_ == 1)
-        _transfer(server, client, blocking=round_ == 1)
+        check_transfer(client, server, blocking=round_ == 1)
+        check_transfer(server, client, blocking=round_ == 1)
         client.close()
         server.close()
         if path is not None:

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from iochannel import memory_pair
 from iochannel.chardev import (
-    ChannelChardev,
     Chardev,
     ChardevBusyError,
     ChardevError,
@@ -26,24 +25,11 @@ from iochannel.chardev import (
 from iochannel.chardev.hub import Backlog, Progress
 
 from .fehandler import FeHandler
+from .pair import PairChardev
 from .test_mux import FakeRegistry
 
 DROP = SlowConsumer.DROP
 DISCONNECT = SlowConsumer.DISCONNECT
-
-
-class PairChardev(ChannelChardev):
-    """A channel-backed chardev over one end of a pair, open at once."""
-
-    type_name = "pair"
-
-    def __init__(self, id: str, channel: Any, **kwargs: Any) -> None:
-        super().__init__(id, **kwargs)
-        self._channel = channel
-
-    def _open(self) -> bool:
-        self._attach_channels(self._channel, self._channel)
-        return True
 
 
 class Sink(Chardev):

@@ -13,6 +13,7 @@ from ._check_channels import (
     check_fd_passing_channel,
     check_half_closeable_channel,
     check_one_way_channel,
+    check_transfer,
     check_two_way_channel,
     pattern,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "check_fd_passing_channel",
     "check_half_closeable_channel",
     "check_one_way_channel",
+    "check_transfer",
     "check_two_way_channel",
     "pattern",
 ]

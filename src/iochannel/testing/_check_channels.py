@@ -40,6 +40,7 @@ __all__ = [
     "check_fd_passing_channel",
     "check_half_closeable_channel",
     "check_one_way_channel",
+    "check_transfer",
     "check_two_way_channel",
     "pattern",
 ]
@@ -108,7 +109,8 @@ def _run_loop_thread(coro: Callable[[], Coroutine[Any, Any, object]]) -> _Thread
 # ---- transfers ------------------------------------------------------------
 
 
-def _transfer_threads(src: Channel, dst: Channel, blocking: bool) -> None:
+def check_transfer(src: Channel, dst: Channel, *, blocking: bool = True) -> None:
+    """QEMU's 1 MB pattern from *src* to *dst* by a writer and a reader thread."""
     src.set_blocking(blocking)
     if dst is not src:
         dst.set_blocking(blocking)
@@ -149,7 +151,7 @@ def _check_transfers(make: PairMaker) -> None:
     for blocking in (True, False):
         a, b = make()
         try:
-            _transfer_threads(a, b, blocking)
+            check_transfer(a, b, blocking=blocking)
         finally:
             _close(a, b)
     a, b = make()
