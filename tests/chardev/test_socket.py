@@ -14,6 +14,7 @@ import pytest
 from iochannel import FdAddress, InetAddress, SocketChannel, UnixAddress
 from iochannel.address import Address
 from iochannel.chardev import (
+    Chardev,
     ChardevClosedError,
     ChardevError,
     ChardevEvent,
@@ -60,6 +61,14 @@ async def settle(rounds: int = 20) -> None:
         await asyncio.sleep(0.001)
 
 
+def attached(chr: Chardev, capacity: int = 128) -> tuple[Frontend, FeHandler]:
+    """A frontend on *chr* with a registered test-char handler."""
+    fe = Frontend(chr)
+    h = FeHandler(fe, capacity)
+    h.register()
+    return fe, h
+
+
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(main())
 
@@ -99,9 +108,7 @@ def test_server(kind: str, mode: str, fdpass: bool, tmp_path: Path) -> None:
         addr = server_address(kind, tmp_path)
         chr = new_server(prelisten(addr) if fdpass else addr)
         target = chr.listen_addresses[0]
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         assert not chr.connected and h.events == []  # registering gives nothing while closed
         for _round in range(2):
             peer = SocketChannel.connect(target)
@@ -133,9 +140,7 @@ def test_server_two_clients() -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"))
         target = chr.listen_addresses[0]
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         peer1 = SocketChannel.connect(target)
         chr.wait_connected()
         assert h.events == [OPENED]
@@ -214,9 +219,7 @@ def test_client(kind: str, mode: str, variant: str, tmp_path: Path) -> None:
             loop=asyncio.get_running_loop(),
         )
         chr.open()
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         if reconnect:
             assert h.events == []  # OPENED comes once the connection is made
             if mode == "wait-conn":
@@ -290,9 +293,7 @@ def test_filenames_follow_qemu() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"))
         port = port_of(chr)
         assert chr.filename == f"disconnected:tcp:127.0.0.1:{port},server=on"
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, _ = attached(chr)
         peer = SocketChannel.connect(chr.listen_addresses[0])
         await until(lambda: chr.connected, "the connection")
         local = peer.local_address
@@ -358,9 +359,7 @@ def test_writes_while_disconnected() -> None:
 def test_disconnect_drops_the_connection_and_a_server_serves_the_next() -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"))
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         peer = SocketChannel.connect(chr.listen_addresses[0])
         await until(lambda: chr.connected, "the connection")
         fe.disconnect()
@@ -410,9 +409,7 @@ def test_option_errors(kwargs: dict[str, Any], message: str) -> None:
 def test_fd_passing_on_unix(tmp_path: Path) -> None:
     async def main() -> None:
         chr = new_server(UnixAddress(str(tmp_path / "fd.sock")))
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         peer = SocketChannel.connect(chr.listen_addresses[0])
         await until(lambda: chr.connected, "the connection")
         r, w = os.pipe()
@@ -444,9 +441,7 @@ def test_fd_passing_on_unix(tmp_path: Path) -> None:
 def test_telnet_break_and_iac() -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"), telnet=True)
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         peer = SocketChannel.connect(chr.listen_addresses[0])
         assert await peer.aread_all(12) == bytes.fromhex("fffb01fffb03fffb00fffd00")
         await until(lambda: chr.connected, "the connection")  # negotiation sent, then OPENED
@@ -467,9 +462,7 @@ def test_telnet_break_and_iac() -> None:
 def test_tn3270_negotiation() -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"), tn3270=True)
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         peer = SocketChannel.connect(chr.listen_addresses[0])
         assert len(await peer.aread_all(21)) == 21
         await peer.awrite_all(b"\xff\xfb\x19rec\xff\xef\xff\xf1")
@@ -487,9 +480,7 @@ def test_telnet_garbage_does_not_hurt() -> None:
 
         rng = random.Random(5)
         chr = new_server(InetAddress("127.0.0.1", "0"), telnet=True)
-        fe = Frontend(chr)
-        h = FeHandler(fe, capacity=1 << 20)
-        h.register()
+        fe, h = attached(chr, capacity=1 << 20)
         for _ in range(3):
             peer = SocketChannel.connect(chr.listen_addresses[0])
             await peer.aread_all(12)
@@ -515,9 +506,7 @@ def _masked(opcode: int, payload: bytes) -> bytes:
 def test_websocket() -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"), websocket=True)
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         peer = SocketChannel.connect(chr.listen_addresses[0])
         await peer.awrite_all(
             b"GET / HTTP/1.1\r\n"
@@ -559,9 +548,7 @@ def test_connections_n_output_to_all_input_from_any() -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"), connections=2)
         target = chr.listen_addresses[0]
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         p1 = SocketChannel.connect(target)
         p2 = SocketChannel.connect(target)
         await until(lambda: len(chr.sessions) == 2, "two sessions")
@@ -624,9 +611,7 @@ def test_connections_n_slow_client_gets_every_byte_once() -> None:
 def test_client_vanishing_mid_write() -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"))
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         for _ in range(3):
             peer = SocketChannel.connect(chr.listen_addresses[0])
             peer.set_send_buffer(4096)
@@ -654,9 +639,7 @@ def test_reconnect_against_a_flapping_port() -> None:
         chr = SocketChardev(
             "chr", addr, reconnect_ms=5, backoff=backoff, loop=asyncio.get_running_loop()
         )
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         chr.open()
         for _ in range(5):
             conn = await asyncio.wait_for(listener.aaccept(), 30)
@@ -833,9 +816,7 @@ def test_server_wait_on_blocks_open_until_a_client_connects() -> None:
         chr.open()
         assert chr.connected
         peer = await connect
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         assert h.events == [OPENED]
         peer.close()
         await until(saw(h, CLOSED), "CLOSED")
@@ -860,9 +841,7 @@ def _connect_retrying(addr: Address) -> SocketChannel:
 def test_wait_connected_from_another_thread_while_the_loop_runs() -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"))
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         waiting = asyncio.get_running_loop().run_in_executor(None, chr.wait_connected, 30.0)
         await settle()
         peer = SocketChannel.connect(chr.listen_addresses[0])
@@ -880,9 +859,7 @@ def test_await_connected_reconnects_a_client_without_reconnect_ms() -> None:
         srv = PingPongServer(InetAddress("127.0.0.1", "0"))
         chr = SocketChardev("c", srv.address, loop=asyncio.get_running_loop())
         chr.open()
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         fe.disconnect()
         assert h.events == [OPENED, CLOSED]
         await asyncio.wait_for(fe.await_connected(), 30)
@@ -897,9 +874,7 @@ def test_abstract_unix_socket() -> None:
     async def main() -> None:
         name = f"iochannel-test-{os.getpid()}"
         chr = new_server(UnixAddress(name, abstract=True))
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         client = SocketChardev("c", UnixAddress(name, abstract=True), loop=chr.loop)
         client.open()
         cfe = Frontend(client)
@@ -947,9 +922,7 @@ def test_registry_builds_sockets_and_refuses_a_duplicate_id() -> None:
         assert isinstance(chr, SocketChardev)
         with pytest.raises(ChardevError, match="Chardev with id 'dup' already exists"):
             reg.add(spec)
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         await until(lambda: h.events == [OPENED], "OPENED")
         fe.write_all(b"ping!")
         await until(lambda: h.read_buf == b"pong!", "the pong")
@@ -1024,9 +997,7 @@ def test_chardev_server_hands_out_one_chardev_per_session() -> None:
 def test_websocket_garbage_is_refused_and_the_server_goes_on() -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"), websocket=True)
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         bad = SocketChannel.connect(chr.listen_addresses[0])
         await bad.awrite_all(b"\x16\x03\x01 not http at all\r\n\r\n")
         answer = await bad.aread(4096)
@@ -1053,9 +1024,7 @@ def test_connections_n_client_vanishing_mid_write_leaves_the_others_whole() -> N
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"), connections=2)
         target = chr.listen_addresses[0]
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         stays = SocketChannel.connect(target)
         leaves = SocketChannel.connect(target)
         await until(lambda: len(chr.sessions) == 2, "two sessions")
@@ -1081,9 +1050,7 @@ def test_connections_n_client_vanishing_mid_write_leaves_the_others_whole() -> N
 def test_add_client_adopts_a_connected_socket() -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"))
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         ours, peer = SocketChannel.pair()
         chr.add_client(ours)
         assert chr.connected and h.events == [OPENED]
@@ -1133,9 +1100,7 @@ def test_from_qapi_address_kinds() -> None:
 def test_input_respects_can_read_and_resumes_on_accept_input(connections: int) -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"), connections=connections)
-        fe = Frontend(chr)
-        h = FeHandler(fe, capacity=10)
-        h.register()
+        fe, h = attached(chr, capacity=10)
         peers = [SocketChannel.connect(chr.listen_addresses[0]) for _ in range(connections)]
         await until(lambda: len(chr.sessions) == connections, "the sessions")
         for peer in peers:
@@ -1188,9 +1153,7 @@ def test_a_closed_handler_can_hand_over_the_next_client() -> None:
 def test_closing_during_a_handshake_leaves_nothing_behind() -> None:
     async def main() -> None:
         chr = new_server(InetAddress("127.0.0.1", "0"), websocket=True, connections=2)
-        fe = Frontend(chr)
-        h = FeHandler(fe)
-        h.register()
+        fe, h = attached(chr)
         peers = [SocketChannel.connect(chr.listen_addresses[0]) for _ in range(2)]
         await peers[0].awrite_all(b"GET / HTTP/1.1\r\nHost: h\r\n")  # and never the end
         await settle()
