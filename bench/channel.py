@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 import uvloop
+from _common import report  # type: ignore[import-not-found]
 
 from iochannel import SocketChannel
 
@@ -34,16 +35,6 @@ REPEAT = 3
 def best(fn: Callable[[], float]) -> float:
     """Best of REPEAT runs of *fn*, which returns a rate."""
     return max(fn() for _ in range(REPEAT))
-
-
-def report(name: str, ours: float, base: float, unit: str, goal: float, baseline: str) -> None:
-    ratio = ours / base
-    mark = "ok" if ratio >= goal else "BELOW GOAL"
-    print(
-        f"{name:34} {ours:12,.1f} {unit:8} vs {baseline} {base:12,.1f}  "
-        f"ratio {ratio:5.2f} (goal >= {goal}) {mark}",
-        flush=True,
-    )
 
 
 # ---- sync bulk ------------------------------------------------------------------

@@ -13,77 +13,29 @@ from __future__ import annotations
 import socket
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 
-from channel import report  # type: ignore[import-not-found]
+from _common import (  # type: ignore[import-not-found]
+    CHUNK,
+    Rates,
+    best_pair,
+    layer_bulk,
+    measure,
+    report_both,
+)
 
 from iochannel import SocketChannel
 from iochannel.crypto import X509Credentials
 from iochannel.crypto.certs import make_credentials_dir
 from iochannel.tls import TLSChannel
 
-CHUNK = 64 * 1024
 BULK = 256 * 1024 * 1024
-ROUNDS = 5
-
-
-Rates = tuple[float, float]  # (MB/s of wall time, MB per CPU-second)
-
-
-def best_pair(ours: Callable[[], Rates], base: Callable[[], Rates]) -> tuple[Rates, Rates]:
-    """Best rates of each over ROUNDS, alternating runs so load changes hit both alike."""
-    a, b = [], []
-    for _ in range(ROUNDS):
-        a.append(ours())
-        b.append(base())
-    return (max(r[0] for r in a), max(r[1] for r in a)), (
-        max(r[0] for r in b),
-        max(r[1] for r in b),
-    )
-
-
-def measure(write: Callable[[], None], read: Callable[[], None], bulk: int = BULK) -> Rates:
-    """Run *write* in a thread and *read* here; return the rates for *bulk* bytes."""
-    t = threading.Thread(target=write)
-    cpu, start = time.process_time(), time.perf_counter()
-    t.start()
-    read()
-    t.join()
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return bulk / wall / 1e6, bulk / cpu / 1e6
-
-
-def report_both(name: str, ours: Rates, base: Rates, goal: float, baseline: str) -> None:
-    report(name, ours[0], base[0], "MB/s", goal, baseline)
-    report(name + " per CPU", ours[1], base[1], "MB/cpu-s", goal, baseline)
 
 
 def _layer(creds: str) -> Rates:
     a, b = SocketChannel.pair()
     client = TLSChannel.client(a, X509Credentials(creds, "client"), "localhost")
     server = TLSChannel.server(b, X509Credentials(creds, "server"))
-    t = threading.Thread(target=server.handshake)
-    t.start()
-    client.handshake()
-    t.join()
-    data = bytes(CHUNK)
-    bufs = [memoryview(bytearray(CHUNK))]
-
-    def write() -> None:
-        for _ in range(BULK // CHUNK):
-            client.write_all(data)
-
-    def read() -> None:
-        left = BULK
-        while left:
-            left -= server.readv(bufs) or 0
-
-    try:
-        return measure(write, read)
-    finally:
-        client.close()
-        server.close()
+    return layer_bulk(client, server, BULK)
 
 
 def _sslsocket(creds: str) -> Rates:
@@ -109,7 +61,7 @@ def _sslsocket(creds: str) -> Rates:
             left -= server.recv_into(view)
 
     try:
-        return measure(write, read)
+        return measure(write, read, BULK)
     finally:
         client.close()
         server.close()

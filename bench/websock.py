@@ -13,9 +13,15 @@ the reader in the main thread:
 from __future__ import annotations
 
 import socket
-import threading
 
-from tls import Rates, best_pair, measure, report_both  # type: ignore[import-not-found]
+from _common import (  # type: ignore[import-not-found]
+    CHUNK,
+    Rates,
+    best_pair,
+    layer_bulk,
+    measure,
+    report_both,
+)
 from websockets.frames import Frame
 from websockets.protocol import Protocol, Side
 from wsproto.connection import Connection, ConnectionType
@@ -24,34 +30,12 @@ from wsproto.events import BytesMessage
 from iochannel import SocketChannel
 from iochannel.websock import WebsockChannel
 
-CHUNK = 64 * 1024
 BULK = 256 * 1024 * 1024
 
 
 def _layer() -> Rates:
     a, b = SocketChannel.pair()
-    client, server = WebsockChannel.client(a), WebsockChannel.server(b)
-    t = threading.Thread(target=server.handshake)
-    t.start()
-    client.handshake()
-    t.join()
-    data = bytes(CHUNK)
-    bufs = [memoryview(bytearray(CHUNK))]
-
-    def write() -> None:
-        for _ in range(BULK // CHUNK):
-            client.write_all(data)
-
-    def read() -> None:
-        left = BULK
-        while left:
-            left -= server.readv(bufs) or 0
-
-    try:
-        return measure(write, read, BULK)
-    finally:
-        client.close()
-        server.close()
+    return layer_bulk(WebsockChannel.client(a), WebsockChannel.server(b), BULK)
 
 
 def _websockets_loop() -> Rates:
