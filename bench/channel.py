@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import array
 import asyncio
+import functools
 import gc
+import multiprocessing
 import os
 import resource
 import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import trio
 import uvloop
@@ -30,11 +33,6 @@ BULK = 512 * 1024 * 1024
 PINGS = 20000
 FD_MSGS = 20000
 REPEAT = 3
-
-
-def best(fn: Callable[[], float]) -> float:
-    """Best of REPEAT runs of *fn*, which returns a rate."""
-    return max(fn() for _ in range(REPEAT))
 
 
 # ---- sync bulk ------------------------------------------------------------------
@@ -270,69 +268,96 @@ def _idle_memory(count: int = 10000) -> float:
     return grown
 
 
-def run_async(factory: Callable[[], Awaitable[float]], loop: str = "asyncio") -> float:
-    def once() -> float:
-        if loop == "uvloop":
-            return uvloop.run(factory())  # type: ignore[arg-type]
-        return asyncio.run(factory())  # type: ignore[arg-type]
+def run_in(factory: Callable[[], Awaitable[float]], loop: str = "asyncio") -> float:
+    """Run *factory* on a fresh asyncio or uvloop loop."""
+    if loop == "uvloop":
+        return uvloop.run(factory())  # type: ignore[arg-type]
+    return asyncio.run(factory())  # type: ignore[arg-type]
 
-    return best(once)
+
+def in_loop(factory: Callable[[], Awaitable[float]], loop: str = "asyncio") -> Callable[[], float]:
+    return functools.partial(run_in, factory, loop)
+
+
+def _trio_pingpong() -> float:
+    return trio.run(_pingpong_trio)  # type: ignore[no-any-return]
+
+
+def compare(
+    name: str,
+    ours: Callable[[], float],
+    base: Callable[[], float],
+    unit: str,
+    goal: float,
+    baseline: str,
+) -> None:
+    """Best of REPEAT alternating runs of each, every run in a fresh interpreter.
+
+    Fresh processes matter: a streams reader allocates 256 KiB per read and its
+    speed doubles or halves with the allocator state earlier work left behind.
+    """
+    a, b = [], []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
+        for _ in range(REPEAT):
+            a.append(pool.submit(ours).result())
+            b.append(pool.submit(base).result())
+    report(name, max(a), max(b), unit, goal, baseline)
 
 
 def main() -> None:
-    report(
+    compare(
         "sync bulk AF_UNIX (MB/s)",
-        best(lambda: _bulk_sync(True)),
-        best(lambda: _bulk_sync(False)),
+        functools.partial(_bulk_sync, True),
+        functools.partial(_bulk_sync, False),
         "MB/s",
         0.95,
         "raw socket",
     )
-    report(
+    compare(
         "asyncio bulk (MB/s)",
-        run_async(_bulk_async_channel),
-        run_async(_bulk_async_streams),
+        in_loop(_bulk_async_channel),
+        in_loop(_bulk_async_streams),
         "MB/s",
         2.0,
         "streams",
     )
-    report(
+    compare(
         "asyncio ping-pong 64 B (round trips/s)",
-        run_async(_pingpong_channel),
-        run_async(_pingpong_streams),
+        in_loop(_pingpong_channel),
+        in_loop(_pingpong_streams),
         "rt/s",
         1.2,
         "streams",
     )
-    report(
+    compare(
         "uvloop ping-pong 64 B (round trips/s)",
-        run_async(_pingpong_channel, "uvloop"),
-        run_async(_pingpong_streams, "uvloop"),
+        in_loop(_pingpong_channel, "uvloop"),
+        in_loop(_pingpong_streams, "uvloop"),
         "rt/s",
         1.2,
         "uvloop streams",
     )
-    report(
+    compare(
         "uvloop bulk (MB/s)",
-        run_async(_bulk_async_channel, "uvloop"),
-        run_async(_bulk_async_streams, "uvloop"),
+        in_loop(_bulk_async_channel, "uvloop"),
+        in_loop(_bulk_async_streams, "uvloop"),
         "MB/s",
         2.0,
         "uvloop streams",
     )
-    trio_rate = best(lambda: trio.run(_pingpong_trio))
-    report(
+    compare(
         "asyncio ping-pong vs trio (rt/s)",
-        run_async(_pingpong_channel),
-        trio_rate,
+        in_loop(_pingpong_channel),
+        _trio_pingpong,
         "rt/s",
         1.0,
         "trio streams",
     )
-    report(
+    compare(
         "fd passing (messages/s)",
-        best(lambda: _fd_passing(True)),
-        best(lambda: _fd_passing(False)),
+        functools.partial(_fd_passing, True),
+        functools.partial(_fd_passing, False),
         "msg/s",
         0.9,
         "raw sendmsg",
