@@ -457,14 +457,20 @@ class Channel:
 
     def write_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
         """Write every byte of *data* (with *fds*, see :meth:`writev_all`)."""
-        if not fds:
-            # Bulk writers call this in a loop: skip the step machinery when one call does it.
-            n = self.writev((data,))
-            if n == _nbytes(data):
-                return
-            if n:
-                data = memoryview(data).cast("B")[n:]
-        self.writev_all((data,), fds=fds)
+        rest = self._write_once(data) if not fds else data
+        if rest is not None:
+            self.writev_all((rest,), fds=fds)
+
+    def _write_once(self, data: Buffer) -> Buffer | None:
+        """One direct write: ``None`` if it took everything, else what is left.
+
+        Writers call the ``*write_all`` forms in tight loops; skipping the step
+        machinery when a single call does the job is measurable.
+        """
+        n = self.writev((data,))
+        if n == _nbytes(data):
+            return None
+        return memoryview(data).cast("B")[n:] if n else data
 
     # ---- asyncio -------------------------------------------------------
 
@@ -542,7 +548,13 @@ class Channel:
         await self._arun(self._writev_all_steps(buffers, fds, flags))
 
     async def awrite_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
-        await self.awritev_all((data,), fds=fds)
+        if not fds:
+            self._async_mode()
+            rest = self._write_once(data)
+            if rest is None:
+                return
+            data = rest
+        await self._arun(self._writev_all_steps((data,), fds, WriteFlag.NONE))
 
     # ---- waiting -------------------------------------------------------
 
