@@ -43,6 +43,7 @@ __all__ = [
     "check_response",
     "client_request",
     "end_of_head",
+    "parse_head",
     "server_response",
 ]
 
@@ -110,7 +111,7 @@ def too_large() -> HandshakeError:
     return _http_error(431, f"end of the request head not found within {MAX_HEAD} bytes")
 
 
-def _parse_head(head: bytes) -> tuple[str, Headers]:
+def parse_head(head: bytes) -> tuple[str, Headers]:
     """Split a head into its start line and headers (names lower-cased).
 
     Raises ``ValueError`` naming what is malformed.
@@ -163,7 +164,7 @@ def server_response(
     Raises :class:`HandshakeError` carrying the error answer (see the module doc).
     """
     try:
-        start, headers = _parse_head(head)
+        start, headers = parse_head(head)
     except ValueError as exc:
         raise _http_error(400, str(exc)) from None
     parts = start.split(" ")
@@ -236,7 +237,7 @@ def check_response(head: bytes, key: str) -> str | None:
     Raises :class:`HandshakeError` (``status`` is ``None``: nothing is answered).
     """
     try:
-        start, headers = _parse_head(head)
+        start, headers = parse_head(head)
     except ValueError as exc:
         raise HandshakeError(f"malformed WebSocket handshake response: {exc}") from None
     parts = start.split(" ", 2)

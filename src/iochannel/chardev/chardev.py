@@ -178,7 +178,7 @@ class Chardev:
         self.filename = self.type_name
         self._frontends: list[Frontend] = []
         self._focus: Frontend | None = None
-        self._write_lock = threading.RLock()
+        self._write_lock: threading.RLock = threading.RLock()
         self._pending_out: collections.deque[bytes] = collections.deque()
         self._write_watches: set[WriteWatch] = set()
         self._pending_size = 0
@@ -382,6 +382,11 @@ class Chardev:
                 else:
                     self._pending_out[0] = head[n:]
             return not self._pending_out
+
+    @property
+    def write_lock(self) -> threading.RLock:
+        """Held while frontend output is written; hold it to act between two writes."""
+        return self._write_lock
 
     @property
     def pending_bytes(self) -> int:

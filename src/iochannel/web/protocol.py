@@ -1,0 +1,117 @@
+"""The console's wire protocol inside the WebSocket byte stream, sans-I/O.
+
+The WebSocket layer carries a byte stream (frame boundaries and frame types
+are not part of it), so messages are delimited in the stream itself:
+
+* **server → page**: terminal output, nothing else — the bytes the console
+  wrote, replay first.
+* **page → server**: a sequence of messages, each starting with a type byte:
+
+  ==========  ======================================  =====================
+  type        body                                    meaning
+  ==========  ======================================  =====================
+  ``0x00``    length (u16, big-endian), then bytes    terminal input
+  ``0x01``    rows (u16), cols (u16), big-endian      the terminal's size
+  ==========  ======================================  =====================
+
+  Any other type byte, an empty input message, or a size of 0 rows or
+  columns is a :class:`ProtocolError` (the server then drops the viewer).
+
+:class:`ClientDecoder` turns the page's bytes, split anyhow, into
+:class:`Input` and :class:`Resize` messages; it holds at most one partial
+message (under 64 KiB).  :func:`encode_input` and :func:`encode_resize` build
+them (the page's ``console.js`` does the same in JavaScript).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+from ..channel import Buffer
+
+__all__ = [
+    "ClientDecoder",
+    "Input",
+    "ProtocolError",
+    "Resize",
+    "encode_input",
+    "encode_resize",
+]
+
+INPUT = 0x00
+RESIZE = 0x01
+#: Largest input message body.
+MAX_INPUT = 0xFFFF
+_U16 = struct.Struct("!H")
+_SIZE = struct.Struct("!HH")
+
+
+class ProtocolError(ValueError):
+    """The page sent bytes that are not a valid message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Resize:
+    rows: int
+    cols: int
+
+
+Message = Input | Resize
+
+
+def encode_input(data: bytes) -> bytes:
+    """Input messages for *data*, split at :data:`MAX_INPUT` bytes."""
+    return b"".join(
+        bytes([INPUT]) + _U16.pack(len(piece)) + piece
+        for piece in (data[i : i + MAX_INPUT] for i in range(0, len(data), MAX_INPUT))
+    )
+
+
+def encode_resize(rows: int, cols: int) -> bytes:
+    return bytes([RESIZE]) + _SIZE.pack(rows, cols)
+
+
+class ClientDecoder:
+    """Decodes the page's messages from bytes fed in any split."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: Buffer) -> list[Message]:
+        """Add *data*; return the messages it completed.  Raises :class:`ProtocolError`."""
+        buf = self._buf
+        buf += data
+        messages: list[Message] = []
+        pos = 0
+        while pos < len(buf):
+            kind = buf[pos]
+            if kind == INPUT:
+                if len(buf) - pos < 3:
+                    break
+                (length,) = _U16.unpack_from(buf, pos + 1)
+                if not length:
+                    raise ProtocolError("empty input message")
+                if len(buf) - pos < 3 + length:
+                    break
+                messages.append(Input(bytes(buf[pos + 3 : pos + 3 + length])))
+                pos += 3 + length
+            elif kind == RESIZE:
+                if len(buf) - pos < 5:
+                    break
+                rows, cols = _SIZE.unpack_from(buf, pos + 1)
+                if not rows or not cols:
+                    raise ProtocolError(f"terminal size {rows}x{cols} is empty")
+                messages.append(Resize(rows, cols))
+                pos += 5
+            else:
+                raise ProtocolError(f"unknown message type 0x{kind:02x}")
+        del buf[:pos]
+        return messages
