@@ -1,9 +1,10 @@
 """The ``iochannel`` command (also ``python -m iochannel``).
 
-Today it serves vhost-user-blk exports configured with qemu-storage-daemon's
-``--blockdev``/``--export`` options.  The console daemon (``-chardev``,
-``--relay``, ``--monitor``, the web console) is not part of this release yet;
-with no arguments the command says so instead of pretending to run it.
+``--blockdev``/``--export`` alone (qemu-storage-daemon's vhost-user-blk
+exports, with ``--pidfile``) go to :mod:`iochannel.vhost_user.cli`; anything
+else, including exports mixed with chardev options, runs the console daemon
+(:mod:`iochannel.daemon`).  Without arguments the daemon starts its built-in
+default; ``--help`` describes both.
 """
 
 from __future__ import annotations
@@ -11,37 +12,24 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-USAGE = """\
-usage: iochannel --blockdev driver=file,node-name=N,filename=IMG [--blockdev driver=raw,...]
-                 --export type=vhost-user-blk,id=ID,node-name=N,addr.type=unix,addr.path=SOCK
-                          [,writable=on|off][,num-queues=N][,logical-block-size=N]
-                 [--pidfile FILE]
-"""
+_EXPORT_OPTIONS = frozenset(("--blockdev", "--export", "--pidfile"))
 
-NOT_YET = """\
-iochannel: the console daemon (-chardev, --relay, --monitor, --web) is not available yet.
-What works today:
-  * the channel library: python -c 'import iochannel; help(iochannel)'
-  * vhost-user-blk exports, qemu-storage-daemon style:
-"""
 
-_EXPORT_OPTIONS = ("--blockdev", "--export", "--pidfile")
+def _exports_only(args: Sequence[str]) -> bool:
+    """Every option is one of the export tool's (``--opt value`` or ``--opt=value``)."""
+    options = [a.split("=", 1)[0] for a in args if a.startswith("-")]
+    return bool(options) and "--export" in options and set(options) <= _EXPORT_OPTIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if any(a.split("=", 1)[0] in _EXPORT_OPTIONS for a in args):
+    if _exports_only(args):
         from .vhost_user.cli import main as export_main
 
         return export_main(args)
-    if not args:
-        print(NOT_YET + USAGE, end="")
-        return 0
-    if args[0] in ("-h", "--help"):
-        print(USAGE, end="")
-        return 0
-    print(f"iochannel: unknown option {args[0]!r}\n{USAGE}", end="", file=sys.stderr)
-    return 2
+    from .daemon import main as daemon_main
+
+    return daemon_main(args)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,10 @@ __all__ = [
     "set_strict",
     "validate_spec",
 ]
+
+# The command backend (not in QEMU) registers its -chardev keys and its factory.
+from .command import CommandChardev
+from .registry import register_backend as _register
+
+_register(CommandChardev.type_name, CommandChardev.from_qapi)
+__all__ += ["CommandChardev"]

@@ -1,0 +1,52 @@
+"""The ``iochannel`` daemon: chardevs, relays, QMP and exports from a QEMU-style command line.
+
+* :mod:`.cli` — the command line and the TOML file, checked as one graph;
+* :mod:`.objects` — ``--object`` credentials and authorization;
+* :mod:`.relay` — two chardevs as each other's frontend;
+* :mod:`.qmp_commands` — the QMP commands and events;
+* :mod:`.daemon` — start, reload, stop, signals, pid file, daemonizing;
+* :mod:`.default` — the built-in default that runs without arguments;
+* :mod:`.stamp` — the time-stamping log writer the default uses.
+
+:func:`main` is the entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from .cli import USAGE, Config, ConfigError, parse_args, wants_help
+from .daemon import Daemon, run
+from .default import default_config
+from .relay import Relay
+
+__all__ = ["Config", "ConfigError", "Daemon", "Relay", "main", "parse_args", "run"]
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the daemon with *argv* (no arguments: the built-in default); returns the exit status."""
+    args = list(argv)
+    if wants_help(args):
+        print(USAGE, end="")
+        return 0
+    banner = ""
+    if not [a for a in args if a != "--check"]:
+        args, banner = default_config()
+        args += argv
+    if not logging.getLogger().handlers:
+        # Per-connection chatter of the library stays quiet; what the daemon
+        # and its programs do is worth a line.
+        logging.basicConfig(level=logging.WARNING, format="iochannel: %(name)s: %(message)s")
+        for name in (__name__, "iochannel.chardev.command"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        config = parse_args(args)
+    except ConfigError as exc:
+        print(f"iochannel: {exc}", file=sys.stderr)
+        return 1
+    if config.check_only:
+        print(config.describe(), end="")
+        return 0
+    return run(config, banner=banner)

@@ -1,0 +1,491 @@
+"""The daemon's configuration: QEMU-style command line and TOML file, checked as one graph.
+
+:func:`parse_args` reads the command line; ``--config FILE`` adds a TOML file
+whose entries come first.  Both end up as the same list of ``(option, text)``
+items, so a TOML table and a command-line string go through the very same
+parser:
+
+* ``-chardev``/``--chardev OPTS`` — :func:`~iochannel.chardev.parse_chardev`;
+* ``--object TYPE,id=ID,…`` — :mod:`.objects`;
+* ``--relay chardev=A,peer=B[,id=R]``;
+* ``--monitor [chardev=]ID[,mode=control]`` — a QMP monitor (qemu-storage-daemon's);
+* ``--web [ADDR]`` or ``--web hub=H,addr=HOST:PORT,rw-token=…,ro-token=…,tls-creds=ID``;
+* ``--blockdev``/``--export`` — :mod:`iochannel.vhost_user.cli`;
+* ``--pidfile FILE``, ``--daemonize``, ``--check``.
+
+In TOML every option is a top-level key; a value is a string in command-line
+syntax, a table (keys as on the command line; ``true``/``false`` become
+``on``/``off``, lists become ``key.0``, ``key.1`` …, nested tables dotted keys)
+or an array of either::
+
+    pidfile = "/run/console.pid"
+    chardev = ["socket,id=vm,path=vm.sock,server=on,wait=off"]
+    [[chardev]]
+    backend = "hub"
+    id = "viewers"
+    chardevs = ["log"]
+
+:func:`Config.check` then resolves the references (relay ends, monitor
+chardevs, hub members, TLS objects, the web console's hub) and refuses a
+chardev claimed twice.  Every error is a :class:`ConfigError` whose message
+starts with the option and its text (or the file and entry) and names the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NoReturn
+
+from .. import keyval
+from ..chardev import ChardevOptionError, parse_chardev
+from ..vhost_user.cli import UsageError
+from ..vhost_user.cli import parse_args as parse_exports
+from .objects import ObjectSpec, parse_object
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "MonitorSpec",
+    "RelaySpec",
+    "WebSpec",
+    "parse_args",
+]
+
+#: TOML keys and the command-line option each stands for.
+_TOML_KEYS = {
+    "chardev": "-chardev",
+    "object": "--object",
+    "relay": "--relay",
+    "monitor": "--monitor",
+    "web": "--web",
+    "blockdev": "--blockdev",
+    "export": "--export",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration error; the message names the option (or file entry) and the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RelaySpec:
+    id: str
+    chardev: str
+    peer: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorSpec:
+    id: str
+    chardev: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WebSpec:
+    #: The hub whose console is shown (``None``: the only hub).
+    hub: str | None
+    host: str
+    port: int
+    rw_token: str | None = None
+    ro_token: str | None = None
+    tls_creds: str | None = None
+
+
+@dataclasses.dataclass
+class Config:
+    """One parsed configuration; ids keep their order of appearance."""
+
+    chardevs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    objects: dict[str, ObjectSpec] = dataclasses.field(default_factory=dict)
+    relays: dict[str, RelaySpec] = dataclasses.field(default_factory=dict)
+    monitors: dict[str, MonitorSpec] = dataclasses.field(default_factory=dict)
+    web: WebSpec | None = None
+    #: ``--blockdev``/``--export`` arguments, in order, for the vhost-user parser.
+    storage: list[str] = dataclasses.field(default_factory=list)
+    pidfile: str | None = None
+    daemonize: bool = False
+    check_only: bool = False
+    config_file: str | None = None
+    #: The command line without ``--config``'s file contents (re-read on reload).
+    argv: list[str] = dataclasses.field(default_factory=list)
+    #: Where each chardev came from (option and text, or file and entry), for error messages.
+    origin: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    # ---- adding items ------------------------------------------------------------
+
+    def add(self, option: str, text: str, where: str) -> None:
+        """Parse one option value; *where* prefixes error messages."""
+        try:
+            if option == "-chardev":
+                self._add_chardev(parse_chardev(text), where)
+            elif option == "--object":
+                obj = parse_object(text)
+                self._unique(self.objects, obj.id)
+                self.objects[obj.id] = obj
+            elif option == "--relay":
+                relay = _relay(text, len(self.relays))
+                self._unique(self.relays, relay.id)
+                self.relays[relay.id] = relay
+            elif option == "--monitor":
+                mon = _monitor(text, len(self.monitors))
+                self._unique(self.monitors, mon.id)
+                self.monitors[mon.id] = mon
+            elif option == "--web":
+                if self.web is not None:
+                    raise ConfigError("only one web console can be configured")
+                self.web = _web(text)
+            else:
+                self.storage += [option, text]
+                return
+        except (ChardevOptionError, keyval.KeyvalError, ConfigError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def _add_chardev(self, spec: dict[str, Any], where: str) -> None:
+        ids = [spec["id"], f"{spec['id']}-base"] if spec.get("mux") else [spec["id"]]
+        for id in ids:
+            self._unique(self.chardevs, id)
+        self.chardevs[spec["id"]] = spec
+        self.origin[spec["id"]] = where
+
+    @staticmethod
+    def _unique(table: Mapping[str, object], id: str) -> None:
+        if id in table:
+            raise ConfigError(f"id '{id}' is used twice")
+
+    # ---- references -------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Resolve every reference; raise :class:`ConfigError` for the first bad one."""
+        ids = set(self.chardevs) | {f"{k}-base" for k, s in self.chardevs.items() if s.get("mux")}
+        users: dict[str, str] = {}
+
+        def claim(id: str, user: str, where: str, key: str) -> None:
+            if id not in ids:
+                raise ConfigError(f"{where}: '{key}': no chardev with id '{id}'")
+            if id in users:
+                raise ConfigError(
+                    f"{where}: '{key}': chardev '{id}' is already used by {users[id]}"
+                )
+            users[id] = user
+
+        order = {id: i for i, id in enumerate(self.chardevs)}
+
+        def member(id: str, owner: str, where: str, key: str) -> None:
+            kind = self.chardevs[owner]["backend"]["type"]
+            claim(id, f"{kind} '{owner}'", where, key)
+            # Built in order, as QEMU builds them: a hub or mux finds only earlier chardevs.
+            if order.get(id, -1) > order[owner]:
+                raise ConfigError(f"{where}: '{key}': chardev '{id}' must be defined before it")
+
+        for id, spec in self.chardevs.items():
+            where, data = self.origin[id], spec["backend"]["data"]
+            kind = spec["backend"]["type"]
+            if kind == "hub":
+                for i, m in enumerate(data["chardevs"]):
+                    member(m, id, where, f"chardevs.{i}")
+            if kind == "mux":
+                member(data["chardev"], id, where, "chardev")
+            if "mux-be-id" in spec:
+                hub = self.chardevs.get(spec["mux-be-id"])
+                if hub is None or hub["backend"]["type"] != "mux-be":
+                    raise ConfigError(
+                        f"{where}: 'mux-be-id': no mux-be chardev with id '{spec['mux-be-id']}'"
+                    )
+                users[id] = f"hub '{spec['mux-be-id']}'"
+            for key in ("tls-creds", "tls-authz"):
+                if key in data and data[key] not in self.objects:
+                    raise ConfigError(f"{where}: '{key}': no object with id '{data[key]}'")
+        for relay in self.relays.values():
+            where = f"--relay id={relay.id}"
+            claim(relay.chardev, f"relay '{relay.id}'", where, "chardev")
+            claim(relay.peer, f"relay '{relay.id}'", where, "peer")
+        for mon in self.monitors.values():
+            claim(mon.chardev, f"monitor '{mon.id}'", f"--monitor id={mon.id}", "chardev")
+        if self.web is not None:
+            self._check_web(self.web)
+        if self.storage:
+            try:
+                parse_exports(self.storage)
+            except UsageError as exc:
+                raise ConfigError(str(exc)) from None
+
+    def _check_web(self, web: WebSpec) -> None:
+        hub = self.web_hub()
+        if hub is None:
+            raise ConfigError("--web: 'hub': there is no hub to show (or more than one)")
+        if self.chardevs[hub]["backend"]["type"] not in ("hub", "mux-be"):
+            raise ConfigError(f"--web: 'hub': chardev '{hub}' is not a hub")
+        creds = self.objects.get(web.tls_creds or "")
+        if web.tls_creds is not None and (creds is None or not creds.type.startswith("tls-creds")):
+            raise ConfigError(f"--web: 'tls-creds': no TLS credentials with id '{web.tls_creds}'")
+
+    def web_hub(self) -> str | None:
+        """The id of the hub the web console shows: the configured one, else the only hub."""
+        if self.web is None:
+            return None
+        if self.web.hub is not None:
+            return self.web.hub if self.web.hub in self.chardevs else None
+        hubs = [k for k, s in self.chardevs.items() if s["backend"]["type"] in ("hub", "mux-be")]
+        return hubs[0] if len(hubs) == 1 else None
+
+    # ---- the graph ------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """The configuration as a readable graph (what ``--check`` prints)."""
+        lines = []
+        if self.objects:
+            lines.append("objects:")
+            lines += [f"  {o.id}: {o.describe()}" for o in self.objects.values()]
+        if self.chardevs:
+            lines.append("chardevs:")
+            width = max(len(k) for k in self.chardevs)
+            for id, spec in self.chardevs.items():
+                lines.append(f"  {id:<{width}}  {describe_chardev(spec)}")
+        if self.relays:
+            lines.append("relays:")
+            for r in self.relays.values():
+                lines.append(f"  {r.id}: {r.chardev} <-> {r.peer}")
+        if self.monitors:
+            lines.append("monitors:")
+            lines += [f"  {m.id}: QMP on {m.chardev}" for m in self.monitors.values()]
+        if self.web is not None:
+            w = self.web
+            lines.append(f"web: console of hub {self.web_hub()} at http://{w.host}:{w.port}/")
+        if self.storage:
+            lines.append("storage:")
+            for option, text in zip(self.storage[::2], self.storage[1::2], strict=True):
+                lines.append(f"  {option} {text}")
+        return "\n".join(lines) + "\n"
+
+
+def describe_chardev(spec: Mapping[str, Any]) -> str:
+    """One line about a chardev spec: its type and what it connects to."""
+    kind, data = spec["backend"]["type"], spec["backend"]["data"]
+    if kind == "socket":
+        addr, a = data["addr"], data["addr"]["data"]
+        if addr["type"] == "unix":
+            where = f"unix:{a['path']}"
+        elif addr["type"] == "inet":
+            where = f"tcp:{a['host']}:{a['port']}" + (f"-{a['to']}" if "to" in a else "")
+        else:
+            where = f"{addr['type']}:" + ":".join(str(v) for v in a.values())
+        flags = [k for k in ("server", "telnet", "websocket", "tn3270") if data.get(k)]
+        if data.get("connections", 1) > 1:
+            flags.append(f"connections={data['connections']}")
+        text = f"socket {where} {' '.join(flags)}".rstrip()
+    elif kind == "hub":
+        text = "hub of " + ", ".join(data["chardevs"])
+    elif kind == "command":
+        mode = "pty" if data["pty"] else "pipes"
+        text = (
+            f"command {shlex.join(data['argv'])} ({mode}{', restart' if data['restart'] else ''})"
+        )
+    elif kind == "file":
+        text = f"file {data['out']}"
+    else:
+        details = {k: v for k, v in data.items() if k != "logappend"}
+        text = f"{kind} {details}" if details else kind
+    if spec.get("mux"):
+        text += " (mux)"
+    if "mux-be-id" in spec:
+        text += f" (member of {spec['mux-be-id']})"
+    if data.get("logfile"):
+        text += f", log {data['logfile']}"
+    return text
+
+
+# ---- option values --------------------------------------------------------------------
+
+
+def _pairs(text: str, keys: Iterable[str], implied: str | None = None) -> dict[str, str]:
+    pairs = dict(keyval.split(text, implied=implied, short_booleans=False))
+    for key in pairs:
+        if key not in keys:
+            raise ConfigError(f"Invalid parameter '{key}'")
+    return pairs
+
+
+def _relay(text: str, index: int) -> RelaySpec:
+    p = _pairs(text, ("chardev", "peer", "id"))
+    for key in ("chardev", "peer"):
+        if not p.get(key):
+            raise ConfigError(f"Parameter '{key}' is missing")
+    if p["chardev"] == p["peer"]:
+        raise ConfigError("Parameter 'peer' must differ from 'chardev'")
+    return RelaySpec(p.get("id") or f"relay{index}", p["chardev"], p["peer"])
+
+
+def _monitor(text: str, index: int) -> MonitorSpec:
+    p = _pairs(text, ("chardev", "mode", "id", "pretty"), implied="chardev")
+    if not p.get("chardev"):
+        raise ConfigError("Parameter 'chardev' is missing")
+    if p.get("mode", "control") != "control":
+        raise ConfigError(f"Parameter 'mode' must be 'control' (QMP), not '{p['mode']}'")
+    if p.get("pretty", "off") != "off":
+        raise ConfigError("Parameter 'pretty' is not supported")
+    return MonitorSpec(p.get("id") or f"monitor{index}", p["chardev"])
+
+
+def _web(text: str) -> WebSpec:
+    keys = ("addr", "hub", "rw-token", "ro-token", "tls-creds")
+    p = _pairs(text, keys) if "=" in text else {"addr": text}
+    host, port = split_host_port(p.get("addr") or "127.0.0.1:8080", "addr")
+    return WebSpec(
+        p.get("hub"), host, port, p.get("rw-token"), p.get("ro-token"), p.get("tls-creds")
+    )
+
+
+def split_host_port(text: str, key: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` (localhost) or ``PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"Parameter '{key}' expects [HOST:]PORT, got '{text}'")
+    return host, int(port)
+
+
+# ---- TOML --------------------------------------------------------------------------
+
+
+def _to_text(table: Mapping[str, Any], where: str) -> str:
+    """A TOML table as command-line option text."""
+    items: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(f"{prefix}.{i}", v)
+        elif isinstance(value, bool):
+            items.append(f"{prefix}={'on' if value else 'off'}")
+        elif isinstance(value, (int, str)):
+            items.append(f"{prefix}={str(value).replace(',', ',,')}")
+        else:
+            raise ConfigError(f"{where}: '{prefix}' has an unsupported value {value!r}")
+
+    walk("", table)
+    return ",".join(items)
+
+
+def _toml_items(path: str) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
+    """The option items of a TOML file, and its scalar settings."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: {exc}") from None
+    items: list[tuple[str, str, str]] = []
+    settings: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key in ("pidfile", "daemonize"):
+            kind = str if key == "pidfile" else bool
+            if not isinstance(value, kind):
+                raise ConfigError(f"{path}: '{key}' expects a {kind.__name__}, got {value!r}")
+            settings[key] = value
+            continue
+        if key not in _TOML_KEYS:
+            raise ConfigError(
+                f"{path}: unknown key '{key}' (expected one of {', '.join(_TOML_KEYS)})"
+            )
+        if key == "web" and value is True:
+            value = ""
+        entries = value if isinstance(value, list) else [value]
+        for i, entry in enumerate(entries):
+            where = f"{path}: {key}[{i}]" if isinstance(value, list) else f"{path}: {key}"
+            if isinstance(entry, Mapping):
+                entry = _to_text(entry, where)
+            if not isinstance(entry, str):
+                raise ConfigError(f"{where}: expects a string or a table, got {entry!r}")
+            items.append((_TOML_KEYS[key], entry, where))
+    return items, settings
+
+
+# ---- the command line ------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+class _Ordered(argparse.Action):
+    """Keep every repeatable option in one list, in command-line order."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: Any, opt: Any = None
+    ) -> None:
+        ns.items.append((self.dest, value if value is not None else ""))
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="iochannel", allow_abbrev=False, add_help=False)
+    p.set_defaults(items=[])
+    for names, dest, meta in (
+        (("-chardev", "--chardev"), "-chardev", "OPTS"),
+        (("--object",), "--object", "TYPE,id=ID,..."),
+        (("--relay",), "--relay", "chardev=A,peer=B[,id=R]"),
+        (("--monitor",), "--monitor", "chardev=ID"),
+        (("--blockdev",), "--blockdev", "OPTS"),
+        (("--export",), "--export", "OPTS"),
+    ):
+        p.add_argument(*names, dest=dest, action=_Ordered, metavar=meta)
+    p.add_argument("--web", dest="--web", action=_Ordered, nargs="?", metavar="ADDR")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--pidfile", metavar="FILE")
+    p.add_argument("--daemonize", action="store_true")
+    p.add_argument("--check", action="store_true")
+    p.add_argument("-h", "--help", action="store_true")
+    return p
+
+
+USAGE = """\
+usage: iochannel [-chardev OPTS]... [--object TYPE,id=ID,...]...
+                 [--relay chardev=A,peer=B[,id=R]]... [--monitor chardev=ID]... [--web [ADDR]]
+                 [--blockdev OPTS --export OPTS]...
+                 [--config FILE] [--pidfile FILE] [--daemonize] [--check]
+       iochannel                 (no arguments: the built-in demo console)
+
+  -chardev OPTS        a chardev, in QEMU's -chardev syntax (also the 'command' backend)
+  --object OPTS        tls-creds-x509, tls-creds-psk, authz-simple or authz-list, QEMU's syntax
+  --relay OPTS         make chardevs A and B each other's frontend
+  --monitor OPTS       a QMP monitor on a chardev
+  --web [ADDR]         the web console of a hub ([HOST:]PORT, or hub=H,addr=...,rw-token=...)
+  --blockdev/--export  vhost-user-blk exports, qemu-storage-daemon's syntax
+  --config FILE        read options from a TOML file (SIGHUP reloads it)
+  --pidfile FILE       write the pid once ready; removed on exit
+  --daemonize          detach once ready
+  --check              validate, print the resulting graph, and exit
+"""
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def parse_args(argv: Sequence[str]) -> Config:
+    """The configuration of a command line (and its ``--config`` file), checked."""
+    ns = _parser().parse_args(list(argv))
+    config = Config(argv=list(argv), config_file=ns.config)
+    if ns.config is not None:
+        items, settings = _toml_items(ns.config)
+        for option, text, where in items:
+            config.add(option, text, where)
+        config.pidfile = settings.get("pidfile")
+        config.daemonize = settings.get("daemonize", False)
+    for option, text in ns.items:
+        config.add(option, text, f"{option} {text}".rstrip())
+    config.pidfile = ns.pidfile or config.pidfile
+    config.daemonize = ns.daemonize or config.daemonize
+    config.check_only = ns.check
+    config.check()
+    return config

@@ -1,0 +1,235 @@
+"""The daemon's QMP commands and events, served by every ``--monitor``.
+
+Commands (QEMU's names, arguments and replies):
+
+=========================  ==========================================================
+``chardev-add``            ``{"id", "backend"}`` → ``{}`` or ``{"pty": path}``
+``chardev-change``         ``{"id", "backend"}`` → the same
+``chardev-remove``         ``{"id"}``
+``chardev-send-break``     ``{"id"}``
+``query-chardev``          ``[{"label", "filename", "frontend-open"}]``
+``query-chardev-backends`` ``[{"name"}]``
+``ringbuf-write``          ``{"device", "data", "format"?}``
+``ringbuf-read``           ``{"device", "size", "format"?}`` → the data
+=========================  ==========================================================
+
+plus the monitor's own ``qmp_capabilities``, ``query-commands``,
+``query-version`` and ``quit``.  Our additions:
+
+* ``query-chardev-stats`` → ``[{"label", "open", "bytes-in", "bytes-out",
+  "dropped", "opens", "reconnects"}]`` (``reconnects`` counts every open after
+  the first);
+* ``query-hub-members`` ``{"hub"?}`` → ``[{"hub", "member", "mode", "limit",
+  "open", "bytes", "dropped", "disconnects", "queued"}]``;
+* ``query-relays`` → ``[{"id", "chardev", "peer", "bytes-forward",
+  "bytes-back", "dropped-forward", "dropped-back"}]``.
+
+Events, with ``data``:
+
+* ``CHARDEV_OPENED`` / ``CHARDEV_CLOSED`` ``{"id"}`` — a chardev's backend
+  opened or closed (a client connected, a program started or exited);
+* ``HUB_MEMBER_JOINED`` / ``HUB_MEMBER_LEFT`` ``{"hub", "member"}`` — a member
+  was added to or removed from a hub, or a member opened or closed (a viewer
+  came or went; a ``connections=N`` socket member opens with its first client
+  and closes after its last).
+
+Chardevs have no observer hook (their single frontend is taken), so
+:class:`EventWatcher` compares each chardev's open/close counters every
+:data:`POLL_INTERVAL` seconds: an open and close in between are both reported,
+in that order, never lost, at most that much later.
+
+Errors: a failing registry operation is a ``GenericError`` with its message, as
+QEMU's; an unknown device in ``chardev-send-break``, ``ringbuf-*`` and our
+queries is ``DeviceNotFound``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..chardev import Chardev, ChardevRegistry, HubChardev
+from ..qmp import QMPError, QMPMonitor
+from .relay import Relay
+
+__all__ = ["POLL_INTERVAL", "EventWatcher", "register_commands"]
+
+#: Seconds between checks for chardev and hub member changes.
+POLL_INTERVAL = 0.1
+
+_ID = {"id": ("str", True)}
+_BACKEND = {"id": ("str", True), "backend": ("object", True)}
+
+
+def _device(registry: ChardevRegistry, id: str) -> Chardev:
+    chr = registry.get(id)
+    if chr is None:
+        raise QMPError(f"Device '{id}' not found", "DeviceNotFound")
+    return chr
+
+
+def register_commands(
+    monitor: QMPMonitor, registry: ChardevRegistry, relays: Callable[[], Iterable[Relay]]
+) -> None:
+    """Add the daemon's commands (module docstring) to *monitor*."""
+
+    def send_break(args: dict[str, Any]) -> None:
+        _device(registry, args["id"]).send_break()
+
+    def ringbuf_write(args: dict[str, Any]) -> None:
+        _device(registry, args["device"])
+        registry.ringbuf_write(args["device"], args["data"], args.get("format", "utf8"))
+
+    def ringbuf_read(args: dict[str, Any]) -> str:
+        _device(registry, args["device"])
+        return registry.ringbuf_read(args["device"], args["size"], args.get("format", "utf8"))
+
+    def hub_members(args: dict[str, Any]) -> list[dict[str, Any]]:
+        if "hub" in args:
+            hub = _device(registry, args["hub"])
+            if not isinstance(hub, HubChardev):
+                raise QMPError(f"{args['hub']} is not a hub device")
+            hubs = [hub]
+        else:
+            hubs = [c for c in _chardevs(registry) if isinstance(c, HubChardev)]
+        return [
+            {
+                "hub": hub.id,
+                "member": m.chardev.id,
+                "mode": m.policy.mode.value,
+                "limit": m.policy.limit,
+                "open": m.chardev.be_open,
+                "bytes": m.stats.bytes,
+                "dropped": m.stats.dropped,
+                "disconnects": m.stats.disconnects,
+                "queued": m.stats.queued,
+            }
+            for hub in hubs
+            for m in hub.members
+        ]
+
+    fmt = {"format": ("str", False)}
+    for name, handler, params in (
+        ("chardev-add", registry.chardev_add, _BACKEND),
+        (
+            "chardev-change",
+            lambda a: _pty_reply(registry.change(a["id"], a["backend"])),
+            _BACKEND,
+        ),
+        ("chardev-remove", lambda a: registry.remove(a["id"]), _ID),
+        ("chardev-send-break", send_break, _ID),
+        ("query-chardev", lambda a: registry.query(), {}),
+        ("query-chardev-backends", lambda a: [{"name": n} for n in registry.backends()], {}),
+        ("ringbuf-write", ringbuf_write, {"device": ("str", True), "data": ("str", True), **fmt}),
+        ("ringbuf-read", ringbuf_read, {"device": ("str", True), "size": ("int", True), **fmt}),
+        ("query-chardev-stats", lambda a: [_stats(c) for c in _chardevs(registry)], {}),
+        ("query-hub-members", hub_members, {"hub": ("str", False)}),
+        ("query-relays", lambda a: [r.query() for r in relays()], {}),
+    ):
+        monitor.register(name, handler, params)
+
+
+def _pty_reply(chr: Chardev) -> dict[str, str]:
+    pty = getattr(chr, "pty_path", None)
+    return {"pty": pty} if isinstance(pty, str) else {}
+
+
+def _chardevs(registry: ChardevRegistry) -> list[Chardev]:
+    return [c for c in (registry.get(q["label"]) for q in registry.query()) if c is not None]
+
+
+def _stats(chr: Chardev) -> dict[str, Any]:
+    s = chr.stats
+    return {
+        "label": chr.id,
+        "open": chr.be_open,
+        "bytes-in": s.bytes_in,
+        "bytes-out": s.bytes_out,
+        "dropped": s.dropped,
+        "opens": s.opens,
+        "reconnects": max(0, s.opens - 1),
+    }
+
+
+class EventWatcher:
+    """Emits the module's events on *emit* by polling the registry (see the module docstring)."""
+
+    def __init__(
+        self,
+        registry: ChardevRegistry,
+        emit: Callable[[str, dict[str, Any]], None],
+        interval: float = POLL_INTERVAL,
+    ) -> None:
+        self.registry = registry
+        self.emit = emit
+        self.interval = interval
+        # id(chardev) → (opens, closes) already reported; hub id → member ids.
+        self._seen: dict[int, tuple[int, int]] = {}
+        self._members: dict[str, set[str]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.poll(report=False)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.poll()
+
+    def poll(self, report: bool = True) -> None:
+        """Report what changed since the last poll (with *report* false: just remember)."""
+        seen: dict[int, tuple[int, int]] = {}
+        members: dict[str, set[str]] = {}
+        for chr in _chardevs(self.registry):
+            subjects: list[tuple[Chardev, HubChardev | None]] = [(chr, None)]
+            if isinstance(chr, HubChardev):
+                ids = {m.chardev.id for m in chr.members}
+                members[chr.id] = ids
+                old = self._members.get(chr.id, set())
+                for gone in sorted(old - ids) if report else ():
+                    self.emit("HUB_MEMBER_LEFT", {"hub": chr.id, "member": gone})
+                for new in sorted(ids - old) if report else ():
+                    self.emit("HUB_MEMBER_JOINED", {"hub": chr.id, "member": new})
+                subjects += [(m.chardev, chr) for m in chr.members]
+            for subject, hub in subjects:
+                counts = (subject.stats.opens, subject.stats.closes)
+                if report:
+                    self._report(subject, hub, self._seen.get(id(subject), counts), counts)
+                seen[id(subject)] = counts
+        self._seen, self._members = seen, members
+
+    def _report(
+        self,
+        chr: Chardev,
+        hub: HubChardev | None,
+        before: tuple[int, int],
+        now: tuple[int, int],
+    ) -> None:
+        opens, closes = now[0] - before[0], now[1] - before[1]
+        # Opens and closes alternate; the state before decides which came first.
+        was_open = before[0] > before[1]
+        order = []
+        while opens or closes:
+            if was_open and closes:
+                order.append(False)
+                closes -= 1
+            elif opens:
+                order.append(True)
+                opens -= 1
+            else:
+                order.append(False)
+                closes -= 1
+            was_open = order[-1]
+        for opened in order:
+            if hub is None:
+                self.emit("CHARDEV_OPENED" if opened else "CHARDEV_CLOSED", {"id": chr.id})
+            else:
+                event = "HUB_MEMBER_JOINED" if opened else "HUB_MEMBER_LEFT"
+                self.emit(event, {"hub": hub.id, "member": chr.id})
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None

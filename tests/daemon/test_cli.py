@@ -1,0 +1,217 @@
+"""The daemon's command line and TOML file: parsing, references, errors, --check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iochannel.__main__ import main as entry
+from iochannel.crypto import AuthzList
+from iochannel.daemon import ConfigError, parse_args
+from iochannel.daemon.cli import split_host_port
+from iochannel.daemon.default import default_config
+from iochannel.daemon.objects import parse_object
+
+BASE = ["-chardev", "ringbuf,id=dev", "-chardev", "null,id=n"]
+
+
+def error(argv: list[str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_args(argv)
+    return str(info.value)
+
+
+def test_options_in_qemu_syntax() -> None:
+    config = parse_args(
+        [
+            *("-chardev", "ringbuf,id=a,size=4K"),
+            *("--chardev", "socket,id=s,path=/tmp/x,,y.sock,server=on,wait=off"),
+            *("-chardev", "hub,id=h,chardevs.0=s"),
+            *("--relay", "chardev=a,peer=h,id=r0"),
+            *("-chardev", "null,id=q"),
+            *("--monitor", "q"),
+            "--web=127.0.0.1:0",
+            *("--pidfile", "/tmp/p"),
+        ]
+    )
+    assert list(config.chardevs) == ["a", "s", "h", "q"]
+    assert config.chardevs["s"]["backend"]["data"]["addr"]["data"]["path"] == "/tmp/x,y.sock"
+    assert config.relays["r0"].chardev == "a" and config.relays["r0"].peer == "h"
+    assert config.monitors["monitor0"].chardev == "q"
+    assert config.web is not None and (config.web.host, config.web.port) == ("127.0.0.1", 0)
+    assert config.web_hub() == "h"
+    assert config.pidfile == "/tmp/p"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-chardev", "socket,id=s,port=x,host=h"], "-chardev socket,id=s,port=x,host=h: "),
+        (["-chardev", "null,id=n,bogus=1"], "Invalid parameter 'bogus'"),
+        (["-chardev", "ringbuf,id=a", "-chardev", "null,id=a"], "-chardev null,id=a: id 'a'"),
+        ([*BASE, "--relay", "chardev=dev"], "--relay chardev=dev: Parameter 'peer' is missing"),
+        ([*BASE, "--relay", "chardev=dev,peer=dev"], "'peer' must differ"),
+        ([*BASE, "--relay", "chardev=dev,peer=zz"], "'peer': no chardev with id 'zz'"),
+        ([*BASE, "--relay", "chardev=dev,peer=n,x=1"], "Invalid parameter 'x'"),
+        (
+            [*BASE, "--relay", "chardev=dev,peer=n", "--monitor", "chardev=n"],
+            "--monitor id=monitor0: 'chardev': chardev 'n' is already used by relay 'relay0'",
+        ),
+        ([*BASE, "--monitor", "chardev=n,mode=readline"], "'mode' must be 'control'"),
+        ([*BASE, "--monitor", "mode=control"], "Parameter 'chardev' is missing"),
+        ([*BASE, "--web", "localhost:http"], "--web localhost:http: Parameter 'addr'"),
+        ([*BASE, "--web"], "--web: 'hub': there is no hub"),
+        ([*BASE, "--web", "hub=dev"], "chardev 'dev' is not a hub"),
+        (["-chardev", "hub,id=h,chardevs.0=zz"], "'chardevs.0': no chardev with id 'zz'"),
+        (
+            ["-chardev", "hub,id=h,chardevs.0=n", "-chardev", "null,id=n"],
+            "-chardev hub,id=h,chardevs.0=n: 'chardevs.0': chardev 'n' must be defined before it",
+        ),
+        (
+            [
+                "-chardev",
+                "null,id=n",
+                "-chardev",
+                "hub,id=h,chardevs.0=n",
+                "--relay",
+                "chardev=n,peer=h",
+            ],
+            "'chardev': chardev 'n' is already used by hub 'h'",
+        ),
+        (
+            ["-chardev", "socket,id=s,host=h,port=1,tls-creds=t"],
+            "'tls-creds': no object with id 't'",
+        ),
+        (["--object", "tls-creds-x509,id=t"], "--object tls-creds-x509,id=t: Parameter 'dir'"),
+        (["--object", "secret,id=t,data=x"], "Invalid object type 'secret'"),
+        (["--object", "authz-list,id=a,rules.0.match=x,rules.0.policy=maybe"], "rules.0.policy"),
+        (["--object", "tls-creds-x509,id=t,dir=/d,verify-peer=maybe"], "'verify-peer'"),
+        (["--object", "tls-creds-x509,dir=/d"], "Parameter 'id' is missing"),
+        (["--object", "tls-creds-x509,id=t,dir=/d,priority=NORMAL"], "'priority'"),
+        (["--blockdev", "driver=file,node-name=f,filename=x"], "at least one export"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["-chardev"], "argument -chardev/--chardev: expected one argument"),
+        (["-chardev", "command,id=c"], "Parameter 'cmd' is missing"),
+        (["-chardev", "command,id=c,cmd='unclosed"], "'cmd' cannot be split"),
+    ],
+)
+def test_errors_name_the_option_and_key(argv: list[str], message: str) -> None:
+    assert message in error(argv)
+
+
+def test_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        """
+pidfile = "/tmp/pid"
+relay = "chardev=dev,peer=h"
+web = true
+
+[[chardev]]
+backend = "ringbuf"
+id = "dev"
+size = 4096
+
+[[monitor]]
+chardev = "q"
+
+[[chardev]]
+backend = "socket"
+id = "s"
+path = "/tmp/a,b.sock"
+server = true
+wait = false
+
+[[chardev]]
+backend = "hub"
+id = "h"
+chardevs = ["s"]
+"""
+    )
+    more = ["--config", str(path), "-chardev", "null,id=q"]
+    config = parse_args(more)
+    assert list(config.chardevs) == ["dev", "s", "h", "q"]
+    assert config.chardevs["s"]["backend"]["data"]["addr"]["data"]["path"] == "/tmp/a,b.sock"
+    assert config.chardevs["h"]["backend"]["data"]["chardevs"] == ["s"]
+    assert config.pidfile == "/tmp/pid"
+    assert config.web is not None and config.web_hub() == "h"
+    assert config.config_file == str(path) and config.argv == more
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("chardev = [1]", "c.toml: chardev[0]: expects a string or a table"),
+        ("bogus = 1", "c.toml: unknown key 'bogus'"),
+        ("pidfile = 3", "c.toml: 'pidfile' expects a str"),
+        ("chardev = [{backend = 'null', id = 'n', x = 1.5}]", "chardev[0]: 'x' has an unsupported"),
+        ("chardev = 'null,id=n,bad=1'", "c.toml: chardev: Invalid parameter 'bad'"),
+        ("chardev = [", "--config "),
+    ],
+)
+def test_toml_errors(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "c.toml").write_text(text)
+    assert message in error(["--config", str(tmp_path / "c.toml")])
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    assert f"--config {tmp_path}/none.toml: No such file" in error(
+        ["--config", str(tmp_path / "none.toml")]
+    )
+
+
+def test_check_prints_the_graph(capsys: pytest.CaptureFixture[str]) -> None:
+    argv, _ = default_config("/run/x", web=True)
+    assert entry([*argv, "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "  shell    command " in out and "(pty)" in out
+    assert "  unix     socket unix:/run/x/console.sock server connections=64" in out
+    assert "  telnet   socket tcp:127.0.0.1:5555-5600 server telnet connections=64" in out
+    assert "  viewers  hub of unix, telnet, log" in out
+    assert "relays:\n  relay0: shell <-> viewers\n" in out
+    assert "monitors:\n  monitor0: QMP on qmp\n" in out
+    assert "web: console of hub viewers at http://127.0.0.1:0/" in out
+
+
+def test_bad_usage_exits_1_with_the_message(capsys: pytest.CaptureFixture[str]) -> None:
+    assert entry(["--relay", "chardev=a,peer=b"]) == 1
+    assert "iochannel: --relay id=relay0: 'chardev': no chardev with id 'a'" in (
+        capsys.readouterr().err
+    )
+    assert entry(["--help"]) == 0
+    assert "--relay" in capsys.readouterr().out
+
+
+def test_objects() -> None:
+    authz = parse_object("authz-list,id=a,policy=allow,rules.0.match=CN=bad*,rules.0.policy=deny")
+    built = authz.build()
+    assert isinstance(built, AuthzList)
+    assert not built.is_allowed("CN=badguy") and built.is_allowed("CN=alice")
+    simple = parse_object("authz-simple,id=s,identity=CN=alice").build()
+    assert isinstance(simple, AuthzList)
+    assert simple.is_allowed("CN=alice") and not simple.is_allowed("CN=alice2")
+    with pytest.raises(ValueError, match=r"object 't'.*does not exist"):
+        parse_object("tls-creds-x509,id=t,dir=/nonexistent,endpoint=server").build()
+
+
+def test_x509_object_from_a_directory(tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    (tmp_path / "ca-cert.pem").write_bytes(ca.cert_pem.bytes())
+    (tmp_path / "server-cert.pem").write_bytes(cert.cert_chain_pems[0].bytes())
+    (tmp_path / "server-key.pem").write_bytes(cert.private_key_pem.bytes())
+    spec = parse_object(f"tls-creds-x509,id=t,dir={tmp_path},endpoint=server,verify-peer=off")
+    creds = spec.build()
+    assert creds.verify_peer is False
+    assert spec.describe() == f"tls-creds-x509 dir={tmp_path},endpoint=server,verify-peer=off"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("8080", ("127.0.0.1", 8080)), (":1", ("127.0.0.1", 1)), ("[::1]:5", ("::1", 5))],
+)
+def test_web_address(text: str, expected: tuple[str, int]) -> None:
+    assert split_host_port(text, "addr") == expected
