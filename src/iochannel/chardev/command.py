@@ -247,21 +247,24 @@ def _check_command(data: dict[str, Any]) -> None:
         )
 
 
-options._CLI_KEYS["command"] = {
-    "cmd": options._string,
-    "pty": options._bool,
-    "restart": options._bool,
-    "restart-ms": options._number,
-    "restart-max-ms": options._number,
-    "cwd": options._string,
-}
-options._CLI_BUILD["command"] = _cli_command
-options._QAPI["command"] = {
-    "argv": options._Field("strlist", options._REQUIRED),
-    "pty": options._Field("bool", True),
-    "restart": options._Field("bool", False),
-    "restart-ms": options._Field("int", 1000, minimum=1),
-    "restart-max-ms": options._Field("int", 30000, minimum=1),
-    "cwd": options._Field("str"),
-}
-options._SEMANTICS["command"] = _check_command
+options.register_options(
+    "command",
+    cli_keys={
+        "cmd": options.parse_string,
+        "pty": options.parse_bool,
+        "restart": options.parse_bool,
+        "restart-ms": options.parse_number,
+        "restart-max-ms": options.parse_number,
+        "cwd": options.parse_string,
+    },
+    cli_build=_cli_command,
+    qapi={
+        "argv": options.Field("strlist", options.REQUIRED),
+        "pty": options.Field("bool", True),
+        "restart": options.Field("bool", False),
+        "restart-ms": options.Field("int", 1000, minimum=1),
+        "restart-max-ms": options.Field("int", 30000, minimum=1),
+        "cwd": options.Field("str"),
+    },
+    check=_check_command,
+)

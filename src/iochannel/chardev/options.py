@@ -42,13 +42,19 @@ from .chardev import ChardevError, ClosedWrites, WhileClosed
 
 __all__ = [
     "BACKEND_TYPES",
+    "REQUIRED",
     "ChardevOptionError",
     "ChardevRef",
+    "Field",
     "chardev_kwargs",
+    "parse_bool",
     "parse_chardev",
     "parse_keyval",
     "parse_legacy",
+    "parse_number",
+    "parse_string",
     "qapi_address",
+    "register_options",
     "validate_spec",
 ]
 
@@ -92,7 +98,7 @@ _ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 
-def _bool(key: str, value: str) -> bool:
+def parse_bool(key: str, value: str) -> bool:
     try:
         return _BOOLS[value]
     except KeyError:
@@ -101,7 +107,7 @@ def _bool(key: str, value: str) -> bool:
         ) from None
 
 
-def _number(key: str, value: str) -> int:
+def parse_number(key: str, value: str) -> int:
     # The length check comes first: int() refuses very long digit strings.
     if not value.isascii() or not value.isdigit() or len(value) > 20 or int(value) >= 1 << 64:
         raise ChardevOptionError(f"Parameter '{key}' expects a number, got '{value}'")
@@ -123,14 +129,14 @@ def _size(key: str, value: str) -> int:
 
 
 def _port(key: str, value: str) -> str:
-    if _number(key, value) > 65535:
+    if parse_number(key, value) > 65535:
         raise ChardevOptionError(
             f"Parameter '{key}' expects a port number (0-65535), got '{value}'"
         )
     return value
 
 
-def _string(key: str, value: str) -> str:
+def parse_string(key: str, value: str) -> str:
     return value
 
 
@@ -139,59 +145,59 @@ Conv = Callable[[str, str], Any]
 # ---- the command line: keys of every backend ---------------------------------------------
 
 _COMMON_CLI: dict[str, Conv] = {
-    "mux": _bool,
-    "mux-be-id": _string,
-    "logfile": _string,
-    "logappend": _bool,
-    "closed-writes": _string,
+    "mux": parse_bool,
+    "mux-be-id": parse_string,
+    "logfile": parse_string,
+    "logappend": parse_bool,
+    "closed-writes": parse_string,
     "closed-writes-limit": _size,
-    "closed-writes-overflow": _string,
+    "closed-writes-overflow": parse_string,
 }
 
 _CLI_KEYS: dict[str, dict[str, Conv]] = {
     "null": {},
-    "file": {"path": _string, "input-path": _string, "append": _bool},
-    "pipe": {"path": _string},
-    "serial": {"path": _string},
-    "parallel": {"path": _string},
-    "pty": {"path": _string},
-    "stdio": {"signal": _bool},
+    "file": {"path": parse_string, "input-path": parse_string, "append": parse_bool},
+    "pipe": {"path": parse_string},
+    "serial": {"path": parse_string},
+    "parallel": {"path": parse_string},
+    "pty": {"path": parse_string},
+    "stdio": {"signal": parse_bool},
     "ringbuf": {"size": _size},
     "memory": {"size": _size},
-    "mux": {"chardev": _string},
-    "hub": {f"chardevs.{i}": _string for i in range(MAX_HUB)},
+    "mux": {"chardev": parse_string},
+    "hub": {f"chardevs.{i}": parse_string for i in range(MAX_HUB)},
     "mux-be": {},
     "udp": {
-        "host": _string,
+        "host": parse_string,
         "port": _port,
-        "localaddr": _string,
+        "localaddr": parse_string,
         "localport": _port,
-        "ipv4": _bool,
-        "ipv6": _bool,
+        "ipv4": parse_bool,
+        "ipv6": parse_bool,
     },
     "socket": {
-        "host": _string,
+        "host": parse_string,
         "port": _port,
-        "to": _number,
-        "ipv4": _bool,
-        "ipv6": _bool,
-        "path": _string,
-        "abstract": _bool,
-        "tight": _bool,
-        "fd": _string,
-        "server": _bool,
-        "wait": _bool,
-        "nodelay": _bool,
-        "delay": _bool,
-        "telnet": _bool,
-        "tn3270": _bool,
-        "websocket": _bool,
-        "reconnect": _number,
-        "reconnect-ms": _number,
-        "reconnect-max-ms": _number,
-        "tls-creds": _string,
-        "tls-authz": _string,
-        "connections": _number,
+        "to": parse_number,
+        "ipv4": parse_bool,
+        "ipv6": parse_bool,
+        "path": parse_string,
+        "abstract": parse_bool,
+        "tight": parse_bool,
+        "fd": parse_string,
+        "server": parse_bool,
+        "wait": parse_bool,
+        "nodelay": parse_bool,
+        "delay": parse_bool,
+        "telnet": parse_bool,
+        "tn3270": parse_bool,
+        "websocket": parse_bool,
+        "reconnect": parse_number,
+        "reconnect-ms": parse_number,
+        "reconnect-max-ms": parse_number,
+        "tls-creds": parse_string,
+        "tls-authz": parse_string,
+        "connections": parse_number,
     },
 }
 
@@ -423,79 +429,79 @@ def parse_legacy(text: str, id: str) -> dict[str, Any] | ChardevRef:
 
 # ---- QAPI specs ------------------------------------------------------------------------
 
-_REQUIRED = object()
+REQUIRED = object()
 _ABSENT = object()
 
 
 @dataclasses.dataclass(frozen=True)
-class _Field:
+class Field:
     kind: str  # "str", "bool", "int", "addr", "strlist" or "object"
     default: object = _ABSENT
     minimum: int = 0
 
 
-_COMMON: dict[str, _Field] = {
-    "logfile": _Field("str"),
-    "logappend": _Field("bool", False),
-    "closed-writes": _Field("str"),
-    "closed-writes-limit": _Field("int"),
-    "closed-writes-overflow": _Field("str"),
+_COMMON: dict[str, Field] = {
+    "logfile": Field("str"),
+    "logappend": Field("bool", False),
+    "closed-writes": Field("str"),
+    "closed-writes-limit": Field("int"),
+    "closed-writes-overflow": Field("str"),
 }
-_DEVICE = {"device": _Field("str", _REQUIRED)}
-_RINGBUF = {"size": _Field("int", 65536, minimum=1)}
+_DEVICE = {"device": Field("str", REQUIRED)}
+_RINGBUF = {"size": Field("int", 65536, minimum=1)}
 
-_QAPI: dict[str, dict[str, _Field]] = {
+_QAPI: dict[str, dict[str, Field]] = {
     "null": {},
     "file": {
-        "in": _Field("str"),
-        "out": _Field("str", _REQUIRED),
-        "append": _Field("bool", False),
+        "in": Field("str"),
+        "out": Field("str", REQUIRED),
+        "append": Field("bool", False),
     },
     "pipe": _DEVICE,
     "serial": _DEVICE,
     "parallel": _DEVICE,
-    "pty": {"path": _Field("str")},
-    "stdio": {"signal": _Field("bool", True)},
+    "pty": {"path": Field("str")},
+    "stdio": {"signal": Field("bool", True)},
     "ringbuf": _RINGBUF,
     "memory": _RINGBUF,
-    "mux": {"chardev": _Field("str", _REQUIRED)},
-    "hub": {"chardevs": _Field("strlist", _REQUIRED), "policies": _Field("object")},
-    "mux-be": {"policies": _Field("object")},
-    "udp": {"remote": _Field("addr", _REQUIRED), "local": _Field("addr")},
+    "mux": {"chardev": Field("str", REQUIRED)},
+    "hub": {"chardevs": Field("strlist", REQUIRED), "policies": Field("object")},
+    "mux-be": {"policies": Field("object")},
+    "udp": {"remote": Field("addr", REQUIRED), "local": Field("addr")},
     "socket": {
-        "addr": _Field("addr", _REQUIRED),
-        "tls-creds": _Field("str"),
-        "tls-authz": _Field("str"),
-        "server": _Field("bool", True),
-        "wait": _Field("bool", False),
-        "nodelay": _Field("bool", False),
-        "telnet": _Field("bool", False),
-        "tn3270": _Field("bool", False),
-        "websocket": _Field("bool", False),
-        "reconnect": _Field("int"),
-        "reconnect-ms": _Field("int"),
-        "reconnect-max-ms": _Field("int"),
-        "connections": _Field("int", 1, minimum=1),
+        "addr": Field("addr", REQUIRED),
+        "tls-creds": Field("str"),
+        "tls-authz": Field("str"),
+        "server": Field("bool", True),
+        "wait": Field("bool", False),
+        "nodelay": Field("bool", False),
+        "telnet": Field("bool", False),
+        "tn3270": Field("bool", False),
+        "websocket": Field("bool", False),
+        "reconnect": Field("int"),
+        "reconnect-ms": Field("int"),
+        "reconnect-max-ms": Field("int"),
+        "connections": Field("int", 1, minimum=1),
     },
 }
 
-_ADDRESSES: dict[str, dict[str, _Field]] = {
+_ADDRESSES: dict[str, dict[str, Field]] = {
     "inet": {
-        "host": _Field("str", _REQUIRED),
-        "port": _Field("str", _REQUIRED),
-        "numeric": _Field("bool"),
-        "to": _Field("int"),
-        "ipv4": _Field("bool"),
-        "ipv6": _Field("bool"),
-        "keep-alive": _Field("bool"),
+        "host": Field("str", REQUIRED),
+        "port": Field("str", REQUIRED),
+        "numeric": Field("bool"),
+        "to": Field("int"),
+        "ipv4": Field("bool"),
+        "ipv6": Field("bool"),
+        "keep-alive": Field("bool"),
     },
     "unix": {
-        "path": _Field("str", _REQUIRED),
-        "abstract": _Field("bool"),
-        "tight": _Field("bool"),
+        "path": Field("str", REQUIRED),
+        "abstract": Field("bool"),
+        "tight": Field("bool"),
     },
-    "vsock": {"cid": _Field("str", _REQUIRED), "port": _Field("str", _REQUIRED)},
-    "fd": {"str": _Field("str", _REQUIRED)},
+    "vsock": {"cid": Field("str", REQUIRED), "port": Field("str", REQUIRED)},
+    "fd": {"str": Field("str", REQUIRED)},
 }
 
 _CLOSED_WRITES = ("drop", "error", "buffer")
@@ -512,7 +518,7 @@ def _check_dict(path: str, value: object) -> Mapping[str, Any]:
     return value
 
 
-def _check_fields(path: str, value: object, fields: Mapping[str, _Field]) -> dict[str, Any]:
+def _check_fields(path: str, value: object, fields: Mapping[str, Field]) -> dict[str, Any]:
     obj = _check_dict(path, value)
     for key in obj:
         if key not in fields:
@@ -522,14 +528,14 @@ def _check_fields(path: str, value: object, fields: Mapping[str, _Field]) -> dic
         where = f"{path}.{key}"
         if key in obj:
             out[key] = _check_value(where, obj[key], field)
-        elif field.default is _REQUIRED:
+        elif field.default is REQUIRED:
             raise _missing(where)
         elif field.default is not _ABSENT:
             out[key] = field.default
     return out
 
 
-def _check_value(path: str, value: object, field: _Field) -> Any:
+def _check_value(path: str, value: object, field: Field) -> Any:
     kind = field.kind
     if kind == "str":
         if not isinstance(value, str):
@@ -665,7 +671,7 @@ def validate_spec(spec: object) -> dict[str, Any]:
         _SEMANTICS[kind](data)
     out["backend"] = {"type": kind, "data": data}
     if "mux" in top:
-        out["mux"] = _check_value("mux", top["mux"], _Field("bool"))
+        out["mux"] = _check_value("mux", top["mux"], Field("bool"))
     if "mux-be-id" in top:
         out["mux-be-id"] = _check_id("mux-be-id", top["mux-be-id"])
     if out.get("mux") and "mux-be-id" in out:
@@ -747,3 +753,25 @@ def chardev_kwargs(data: Mapping[str, Any], loop: Any) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise ChardevOptionError(f"invalid closed-writes policy: {exc}") from exc
     return kwargs
+
+
+def register_options(
+    type_name: str,
+    *,
+    cli_keys: Mapping[str, Conv],
+    cli_build: Callable[[Mapping[str, Any]], dict[str, Any]],
+    qapi: Mapping[str, Field],
+    check: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Teach the parser a backend type defined outside this module.
+
+    *cli_keys* converts each ``-chardev`` key, *cli_build* turns the converted
+    keys into the QAPI ``data`` object, *qapi* declares that object's fields
+    (type, default, bounds) and *check* validates across fields.  Both the
+    command line and QMP ``chardev-add`` then go through the same checks.
+    """
+    _CLI_KEYS[type_name] = dict(cli_keys)
+    _CLI_BUILD[type_name] = cli_build
+    _QAPI[type_name] = dict(qapi)
+    if check is not None:
+        _SEMANTICS[type_name] = check

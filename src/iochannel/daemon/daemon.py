@@ -177,7 +177,7 @@ class Daemon:
             raise ConfigError(str(exc)) from None
         for exp in exports:
             try:
-                server = vhost_cli._open(exp)
+                server = vhost_cli.open_export(exp)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"--export id={exp.name}: {exc}") from exc
             self._exports.append((server, self.loop.create_task(server.serve())))

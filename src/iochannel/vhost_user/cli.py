@@ -41,7 +41,7 @@ from ..address import Address, FdAddress, UnixAddress
 from .blk import BlkDevice, open_image
 from .server import VhostUserServer
 
-__all__ = ["UsageError", "main", "parse_keyval"]
+__all__ = ["Export", "UsageError", "main", "open_export", "parse_args", "parse_keyval"]
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _blockdev(opts: Tree, nodes: dict[str, _Node], option: str) -> _Node:
 
 
 @dataclass
-class _Export:
+class Export:
     node: _Node
     addr: Address
     writable: bool
@@ -161,7 +161,7 @@ class _Export:
     name: str
 
 
-def _export(opts: Tree, nodes: dict[str, _Node], option: str) -> _Export:
+def _export(opts: Tree, nodes: dict[str, _Node], option: str) -> Export:
     kind = _str(opts, "type", option)
     if kind != "vhost-user-blk":
         raise UsageError(f"{option}: export type '{kind}' is not supported")
@@ -183,7 +183,7 @@ def _export(opts: Tree, nodes: dict[str, _Node], option: str) -> _Export:
     _no_more(addr_opts, f"{option} addr")
     opts.pop("iothread", None)
     opts.pop("fixed-iothread", None)
-    exp = _Export(
+    exp = Export(
         node=nodes[node_name],
         addr=addr,
         writable=_bool(opts, "writable", option, False),
@@ -201,10 +201,10 @@ def _export(opts: Tree, nodes: dict[str, _Node], option: str) -> _Export:
     return exp
 
 
-def parse_args(argv: Sequence[str]) -> tuple[list[_Export], str | None]:
+def parse_args(argv: Sequence[str]) -> tuple[list[Export], str | None]:
     """Parse the command line into exports (and a pid file)."""
     nodes: dict[str, _Node] = {}
-    exports: list[_Export] = []
+    exports: list[Export] = []
     pidfile: str | None = None
     args = list(argv)
     while args:
@@ -229,7 +229,8 @@ def parse_args(argv: Sequence[str]) -> tuple[list[_Export], str | None]:
     return exports, pidfile
 
 
-def _open(exp: _Export) -> VhostUserServer:
+def open_export(exp: Export) -> VhostUserServer:
+    """Open the image of *exp* and start listening for its front-end."""
     fd, size = open_image(exp.node.filename, exp.writable)
     try:
         dev = BlkDevice(
@@ -247,12 +248,12 @@ def _open(exp: _Export) -> VhostUserServer:
         raise
 
 
-async def _serve(exports: list[_Export], pidfile: str | None) -> None:
+async def _serve(exports: list[Export], pidfile: str | None) -> None:
     servers: list[VhostUserServer] = []
     try:
         for exp in exports:
             try:
-                servers.append(_open(exp))
+                servers.append(open_export(exp))
             except (OSError, ValueError) as exc:
                 raise UsageError(f"--export id={exp.name}: {exc}") from exc
         if pidfile is not None:
