@@ -549,3 +549,10 @@ def test_long_hostile_strings_are_refused(text: str) -> None:
         parse_chardev(text)
     with pytest.raises(ChardevOptionError):
         parse_legacy(text, "c0")
+
+
+def test_hub_member_policies_on_the_command_line() -> None:
+    spec = parse_chardev("hub,id=h,chardevs.0=a,chardevs.1=b,policy.1=drop,limit.1=64k")
+    assert spec["backend"]["data"]["policies"] == {"b": {"mode": "drop", "limit": 65536}}
+    with pytest.raises(ChardevOptionError, match=r"'policy\.2' given without 'chardevs\.2'"):
+        parse_chardev("hub,id=h,chardevs.0=a,policy.2=drop")

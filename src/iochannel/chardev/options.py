@@ -165,7 +165,12 @@ _CLI_KEYS: dict[str, dict[str, Conv]] = {
     "ringbuf": {"size": _size},
     "memory": {"size": _size},
     "mux": {"chardev": parse_string},
-    "hub": {f"chardevs.{i}": parse_string for i in range(MAX_HUB)},
+    "hub": {
+        **{f"chardevs.{i}": parse_string for i in range(MAX_HUB)},
+        # Extension: each member's slow-consumer policy and its queue bound.
+        **{f"policy.{i}": parse_string for i in range(MAX_HUB)},
+        **{f"limit.{i}": _size for i in range(MAX_HUB)},
+    },
     "mux-be": {},
     "udp": {
         "host": parse_string,
@@ -235,16 +240,27 @@ def _cli_same(o: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _cli_hub(o: Mapping[str, Any]) -> dict[str, Any]:
-    members = []
+    members: list[str] = []
+    policies: dict[str, dict[str, Any]] = {}
     for i in range(MAX_HUB):
         key = f"chardevs.{i}"
         if key not in o:
             break
         members.append(o[key])
-    extra = sorted(set(o) - {f"chardevs.{i}" for i in range(len(members))})
+        policy = {
+            name: o[f"{option}.{i}"]
+            for name, option in (("mode", "policy"), ("limit", "limit"))
+            if f"{option}.{i}" in o
+        }
+        if policy:
+            policies[o[key]] = policy
+    used = {f"{k}.{i}" for k in ("chardevs", "policy", "limit") for i in range(len(members))}
+    extra = sorted(set(o) - used)
     if extra:
-        raise ChardevOptionError(f"Parameter '{extra[0]}' given without 'chardevs.{len(members)}'")
-    return {"chardevs": members}
+        kind, _, n = extra[0].partition(".")
+        missing = f"chardevs.{len(members) if kind == 'chardevs' else n}"
+        raise ChardevOptionError(f"Parameter '{extra[0]}' given without '{missing}'")
+    return {"chardevs": members, **({"policies": policies} if policies else {})}
 
 
 def _cli_udp(o: Mapping[str, Any]) -> dict[str, Any]:

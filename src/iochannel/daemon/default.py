@@ -13,7 +13,8 @@ directory)::
       -chardev socket,id=telnet,host=127.0.0.1,port=5555,to=5600,telnet=on,\\
                server=on,wait=off,connections=64 \\
       -chardev command,id=log,pty=off,cmd=python3 -m iochannel.daemon.stamp DIR/console.log \\
-      -chardev hub,id=viewers,chardevs.0=unix,chardevs.1=telnet,chardevs.2=log \\
+      -chardev hub,id=viewers,chardevs.0=unix,chardevs.1=telnet,chardevs.2=log,\\
+               policy.0=drop,policy.1=drop \\
       --relay chardev=shell,peer=viewers \\
       -chardev socket,id=qmp,path=DIR/qmp.sock,server=on,wait=off \\
       --monitor chardev=qmp \\
@@ -66,7 +67,10 @@ def default_config(
         "socket,id=telnet,host=127.0.0.1,port=5555,to=5600,telnet=on,server=on,wait=off,"
         "connections=64",
         *("-chardev", f"command,id=log,pty=off,cmd={_cmd(stamp)}"),
-        *("-chardev", "hub,id=viewers,chardevs.0=unix,chardevs.1=telnet,chardevs.2=log"),
+        *(
+            "-chardev",
+            "hub,id=viewers,chardevs.0=unix,chardevs.1=telnet,chardevs.2=log,policy.0=drop,policy.1=drop",
+        ),
         *("--relay", "chardev=shell,peer=viewers"),
         *("-chardev", f"socket,id=qmp,path={d}/qmp.sock,server=on,wait=off"),
         *("--monitor", "chardev=qmp"),
