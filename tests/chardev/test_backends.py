@@ -452,3 +452,22 @@ def test_stdio_raw_terminal_restored(signal: str) -> None:
     assert echo & termios.ECHO and not echo & termios.ICANON
     assert bool(during & termios.ISIG) == (signal == "on")
     assert after == before
+
+
+def test_file_timestamps_each_line(tmp_path: Path) -> None:
+    import re
+
+    async def main() -> None:
+        with ChardevRegistry() as reg:
+            chr = reg.add(f"file,id=log,path={tmp_path / 'log'},timestamp=on")
+            fe = Frontend(chr)
+            fe.set_handlers(lambda: 0, lambda d: None, lambda e: None)
+            for piece in (b"first li", b"ne\nsecond line\n", b"third"):
+                assert fe.write_all(piece) == len(piece)
+            fe.deinit()
+
+    asyncio.run(main())
+    lines = (tmp_path / "log").read_bytes().split(b"\n")
+    stamp = rb"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] "
+    assert [re.sub(stamp, b"", line) for line in lines] == [b"first line", b"second line", b"third"]
+    assert all(re.match(stamp, line) for line in lines)

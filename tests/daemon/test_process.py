@@ -166,13 +166,20 @@ def test_the_default_runs_a_shared_shell(tmp_path: Path) -> None:
     env = {"SHELL": "/bin/sh", "TMPDIR": str(tmp_path)}
     with daemon(env=env) as proc:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(4)]
+        lines = [proc.stdout.readline()]
+        last = "  web (ro):" if importlib.util.find_spec("iochannel.web") else "  qmp:"
+        while not lines[-1].startswith(last):
+            assert lines[-1], f"the daemon stopped printing after {lines}"
+            lines.append(proc.stdout.readline())
         assert lines[0].startswith("iochannel: a shell on a pty")
-        if importlib.util.find_spec("iochannel.web") is not None:
-            rest = [proc.stdout.readline() for _ in range(4)]
-            assert rest[2].startswith("  web (rw): http://127.0.0.1:"), rest
-        log = Path(lines[1].split("The log is ", 1)[1].strip())
-        unix = lines[3].split("UNIX-CONNECT:", 1)[1].strip()
+
+        def line(prefix: str) -> str:
+            return next(text for text in lines if text.startswith(prefix))
+
+        if last == "  web (ro):":
+            assert line("  web (rw): http://127.0.0.1:")
+        log = Path(line("The log is ").split("The log is ", 1)[1].strip())
+        unix = line("  unix:").split("UNIX-CONNECT:", 1)[1].strip()
         client = connect(Path(unix))
         client.sendall(b"echo $((6 * 7))-marker\n")
         assert b"42-marker" in read_until(client, b"42-marker")

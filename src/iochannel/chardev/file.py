@@ -1,6 +1,8 @@
 """The ``file`` backend: output to a file, optional input from another.
 
-Output is opened at start, truncated unless ``append`` is on; the optional
+Output is opened at start, truncated unless ``append`` is on; with
+``timestamp`` on (an extension), every line written gets the local wall-clock
+time ``[YYYY-MM-DD HH:MM:SS.mmm] `` in front, for console logs.  The optional
 input (``input-path``; a regular file or a fifo) is read as the frontend
 accepts it, and its end closes the chardev (CLOSED).  A regular file is
 always readable and cannot be watched by the event loop, so its input is
@@ -21,6 +23,7 @@ from ..channel import Channel
 from ..file import FileChannel
 from ..flags import Condition
 from .channel_backend import ChannelChardev
+from .timestamps import LineStamper
 
 if TYPE_CHECKING:
     from .registry import ChardevRegistry
@@ -32,9 +35,17 @@ class FileChardev(ChannelChardev):
     type_name: ClassVar[str] = "file"
 
     def __init__(
-        self, id: str, out: str, *, in_: str | None = None, append: bool = False, **kwargs: Any
+        self,
+        id: str,
+        out: str,
+        *,
+        in_: str | None = None,
+        append: bool = False,
+        timestamp: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(id, **kwargs)
+        self.stamper = LineStamper(wall=True, enabled=True) if timestamp else None
         self.out_path = out
         self.in_path = in_
         self.append = append
@@ -49,6 +60,7 @@ class FileChardev(ChannelChardev):
             data["out"],
             in_=data.get("in"),
             append=data["append"],
+            timestamp=data.get("timestamp", False),
             **registry.chardev_kwargs(data),
         )
 
@@ -78,6 +90,11 @@ class FileChardev(ChannelChardev):
         self._pump = None
         if self._in is inp and self._on_readable(inp, Condition.IN):
             self._update_read_handler()
+
+    def _chr_write(self, data: memoryview) -> int | None:
+        if self.stamper is None:
+            return super()._chr_write(data)
+        return self.stamper.write(data, super()._chr_write)
 
     def _close(self) -> None:
         if self._pump is not None:

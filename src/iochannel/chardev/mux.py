@@ -38,6 +38,7 @@ from .chardev import Chardev, ChardevBusyError, ChardevError, WatchCallback
 from .events import ChardevEvent
 from .frontend import Frontend
 from .options import chardev_kwargs
+from .timestamps import LineStamper
 
 __all__ = [
     "INPUT_BUFFER",
@@ -143,55 +144,6 @@ class MuxKeys:
         return f"0x{self.escape:02x}"
 
 
-class LineStamper:
-    """Sans-I/O per-line timestamps for output.
-
-    While :attr:`enabled`, each line starts with ``[HH:MM:SS.mmm] ``, time
-    counted from the first stamped line.  Turning stamps on takes effect at the
-    next line start, so a line already in progress is not split.  The caller
-    writes ``prefix()``, then ``data[start:segment_end(data, start)]``, and
-    reports what went out with :meth:`advance`, so a partial write leaves the
-    state exact.
-    """
-
-    __slots__ = ("_clock", "_line_start", "_start", "enabled")
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.enabled = False
-        self._clock = clock
-        self._start: float | None = None
-        self._line_start = False
-
-    def toggle(self) -> None:
-        self.enabled = not self.enabled
-        self._start = None
-        self._line_start = False
-
-    def prefix(self) -> bytes:
-        """The stamp due before the next byte (``b""`` if none); it counts as sent."""
-        if not (self.enabled and self._line_start):
-            return b""
-        self._line_start = False
-        now = self._clock()
-        if self._start is None:
-            self._start = now
-        ms = int((now - self._start) * 1000)
-        secs, ms = divmod(ms, 1000)
-        mins, secs = divmod(secs, 60)
-        hours, mins = divmod(mins, 60)
-        return b"[%02d:%02d:%02d.%03d] " % (hours, mins, secs, ms)
-
-    def segment_end(self, data: bytes, start: int) -> int:
-        """Where the segment from *start* ends: after the next newline, or at the end."""
-        end = data.find(b"\n", start) if self.enabled else -1
-        return len(data) if end < 0 else end + 1
-
-    def advance(self, sent: memoryview) -> None:
-        """*sent* (a prefix of a segment) went out."""
-        if sent:
-            self._line_start = sent[-1] == 0x0A
-
-
 QuitCallback = Callable[["MuxChardev"], None]
 
 
@@ -231,7 +183,6 @@ class MuxChardev(Chardev):
         self._port = Frontend(base)
         base.owner = self
         self._pending_in: dict[Frontend, bytearray] = {}
-        self._stamp_left = b""  # the part of a stamp a partial write left unsent
         self.filename = f"mux:{base.id}"
 
     @classmethod
@@ -387,27 +338,7 @@ class MuxChardev(Chardev):
     # ---- output: any frontend → base --------------------------------------------
 
     def _chr_write(self, data: memoryview) -> int | None:
-        if not self.stamper.enabled and not self._stamp_left:
-            return self._port.write(data)
-        raw = data.tobytes()  # searched once per line: no copy per line
-        done = 0
-        while done < len(data):
-            if not self._stamp_left:
-                self._stamp_left = self.stamper.prefix()
-            while self._stamp_left:
-                n = self._port.write(self._stamp_left)
-                if not n:
-                    return done or None
-                self._stamp_left = self._stamp_left[n:]
-            seg = data[done : self.stamper.segment_end(raw, done)]
-            n = self._port.write(seg)
-            if not n:
-                return done or None
-            self.stamper.advance(seg[:n])
-            done += n
-            if n < len(seg):
-                break
-        return done
+        return self.stamper.write(data, self._port.write)
 
     def _add_write_watch(self, callback: WatchCallback) -> Any:
         return self._port.add_watch(callback)

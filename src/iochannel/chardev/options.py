@@ -156,7 +156,12 @@ _COMMON_CLI: dict[str, Conv] = {
 
 _CLI_KEYS: dict[str, dict[str, Conv]] = {
     "null": {},
-    "file": {"path": parse_string, "input-path": parse_string, "append": parse_bool},
+    "file": {
+        "path": parse_string,
+        "input-path": parse_string,
+        "append": parse_bool,
+        "timestamp": parse_bool,  # extension: a wall-clock stamp before each line
+    },
     "pipe": {"path": parse_string},
     "serial": {"path": parse_string},
     "parallel": {"path": parse_string},
@@ -223,7 +228,11 @@ def _inet(host: str, port: str, opts: Mapping[str, Any], keys: tuple[str, ...]) 
 def _cli_file(o: Mapping[str, Any]) -> dict[str, Any]:
     if "path" not in o:
         raise _missing("path")
-    data: dict[str, Any] = {"out": o["path"], "append": o.get("append", False)}
+    data: dict[str, Any] = {
+        "out": o["path"],
+        "append": o.get("append", False),
+        "timestamp": o.get("timestamp", False),
+    }
     if "input-path" in o:
         data["in"] = o["input-path"]
     return data
@@ -472,6 +481,7 @@ _QAPI: dict[str, dict[str, Field]] = {
         "in": Field("str"),
         "out": Field("str", REQUIRED),
         "append": Field("bool", False),
+        "timestamp": Field("bool", False),
     },
     "pipe": _DEVICE,
     "serial": _DEVICE,

@@ -6,7 +6,6 @@
 * :mod:`.qmp_commands` — the QMP commands and events;
 * :mod:`.daemon` — start, reload, stop, signals, pid file, daemonizing;
 * :mod:`.default` — the built-in default that runs without arguments;
-* :mod:`.stamp` — the time-stamping log writer the default uses.
 
 :func:`main` is the entry point.
 """

@@ -12,7 +12,7 @@ directory)::
       -chardev socket,id=unix,path=DIR/console.sock,server=on,wait=off,connections=64 \\
       -chardev socket,id=telnet,host=127.0.0.1,port=5555,to=5600,telnet=on,\\
                server=on,wait=off,connections=64 \\
-      -chardev command,id=log,pty=off,cmd=python3 -m iochannel.daemon.stamp DIR/console.log \\
+      -chardev file,id=log,path=DIR/console.log,append=on,timestamp=on \\
       -chardev hub,id=viewers,chardevs.0=unix,chardevs.1=telnet,chardevs.2=log,\\
                policy.0=drop,policy.1=drop \\
       --relay chardev=shell,peer=viewers \\
@@ -30,7 +30,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
-import sys
 import tempfile
 
 __all__ = ["default_config"]
@@ -59,14 +58,13 @@ def default_config(
     d = directory or tempfile.mkdtemp(prefix="iochannel-")
     shell = os.environ.get("SHELL") or "/bin/sh"
     log = os.path.join(d, "console.log")
-    stamp = [sys.executable, "-m", "iochannel.daemon.stamp", log]
     argv = [
         *("-chardev", f"command,id=shell,cmd={_cmd([shell])}"),
         *("-chardev", f"socket,id=unix,path={d}/console.sock,server=on,wait=off,connections=64"),
         "-chardev",
         "socket,id=telnet,host=127.0.0.1,port=5555,to=5600,telnet=on,server=on,wait=off,"
         "connections=64",
-        *("-chardev", f"command,id=log,pty=off,cmd={_cmd(stamp)}"),
+        *("-chardev", f"file,id=log,path={log},append=on,timestamp=on"),
         *(
             "-chardev",
             "hub,id=viewers,chardevs.0=unix,chardevs.1=telnet,chardevs.2=log,policy.0=drop,policy.1=drop",
