@@ -325,10 +325,14 @@ def test_unix_filename(tmp_path: Path) -> None:
 
 
 def test_writes_while_disconnected() -> None:
-    async def main() -> None:
+    def free_address() -> Address:
         probe = SocketChannel.listen(InetAddress("127.0.0.1", "0"))
         addr = probe.local_address
         probe.close()
+        return addr
+
+    async def main() -> None:
+        addr = free_address()
         loop = asyncio.get_running_loop()
         chr = SocketChardev("chr", addr, reconnect_ms=20, loop=loop)
         chr.open()
@@ -339,6 +343,8 @@ def test_writes_while_disconnected() -> None:
         fe.deinit(delete=True)
 
         policy = ClosedWrites(WhileClosed.BUFFER, limit=4)
+        # Its own address: a connect the closed chardev had in flight may still arrive.
+        addr = free_address()
         buffered = SocketChardev("buf", addr, reconnect_ms=20, loop=loop, closed_writes=policy)
         buffered.open()
         fe = Frontend(buffered)
