@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..channel import Buffer
-from .events import ChardevEvent
+from .events import ChardevEvent, changed
 
 if TYPE_CHECKING:
     from .frontend import Frontend
@@ -291,6 +291,8 @@ class Chardev:
             self.stats.closes += 1
             self._hang_up_write_watches()
         self._deliver_event(event)
+        if event in (ChardevEvent.OPENED, ChardevEvent.CLOSED):
+            changed()
 
     def _deliver_event(self, event: ChardevEvent) -> None:
         for fe in tuple(self._frontends):

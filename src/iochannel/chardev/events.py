@@ -22,8 +22,15 @@ from __future__ import annotations
 import enum
 import logging
 import os
+from collections.abc import Callable
 
-__all__ = ["ChardevEvent", "LifecycleError", "LifecycleView", "set_strict"]
+__all__ = [
+    "ChardevEvent",
+    "LifecycleError",
+    "LifecycleView",
+    "observe_changes",
+    "set_strict",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,32 @@ def set_strict(on: bool) -> None:
 
 def is_strict() -> bool:
     return _strict
+
+
+_observers: list[Callable[[], None]] = []
+
+
+def observe_changes(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback()`` whenever a chardev opens or closes or a hub's members
+    change, on the thread where it happened; returns a function that stops it.
+
+    Management code (QMP events) reacts to these instead of polling.
+    """
+    _observers.append(callback)
+
+    def stop() -> None:
+        try:
+            _observers.remove(callback)
+        except ValueError:
+            pass
+
+    return stop
+
+
+def changed() -> None:
+    """Tell the observers that some chardev's state changed."""
+    for callback in tuple(_observers):
+        callback()
 
 
 class LifecycleView:

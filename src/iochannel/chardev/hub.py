@@ -49,7 +49,7 @@ from .chardev import (
     WatchCallback,
     WhileClosed,
 )
-from .events import ChardevEvent
+from .events import ChardevEvent, changed
 from .frontend import Frontend
 from .mux import ChardevLookup, MuxChardev, lookup
 from .options import chardev_kwargs
@@ -361,6 +361,7 @@ class HubChardev(Chardev):
         self._members.append(member)
         if self.opened and not self.closed:
             self._listen(member)
+        changed()
         return member
 
     def remove_member(self, chardev: Chardev) -> None:
@@ -374,6 +375,7 @@ class HubChardev(Chardev):
             chardev.owner = None
         if was_open and not any(m.port.is_open for m in self._members):
             self.be_event(ChardevEvent.CLOSED)
+        changed()
 
     @property
     def members(self) -> tuple[Member, ...]:

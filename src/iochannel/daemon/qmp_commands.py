@@ -33,14 +33,10 @@ Events, with ``data``:
   came or went; a ``connections=N`` socket member opens with its first client
   and closes after its last).
 
-Chardevs have no observer hook (their single frontend is taken), so
-:class:`EventWatcher` compares each chardev's open/close counters every
-:data:`POLL_INTERVAL` seconds: an open and close in between are both reported,
-in that order, never lost, at most that much later.
-
-Errors: a failing registry operation is a ``GenericError`` with its message, as
-QEMU's; an unknown device in ``chardev-send-break``, ``ringbuf-*`` and our
-queries is ``DeviceNotFound``.
+:class:`EventWatcher` reacts to :func:`~iochannel.chardev.events.observe_changes`
+by comparing each chardev's open/close counters and each hub's members with
+what it reported last: an open and a close in quick succession are both
+reported, in that order, and none is lost.
 """
 
 from __future__ import annotations
@@ -50,13 +46,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..chardev import Chardev, ChardevRegistry, HubChardev
+from ..chardev.events import observe_changes
 from ..qmp import QMPError, QMPMonitor
 from .relay import Relay
 
-__all__ = ["POLL_INTERVAL", "EventWatcher", "register_commands"]
+__all__ = ["EventWatcher", "register_commands"]
 
-#: Seconds between checks for chardev and hub member changes.
-POLL_INTERVAL = 0.1
 
 _ID = {"id": ("str", True)}
 _BACKEND = {"id": ("str", True), "backend": ("object", True)}
@@ -153,30 +148,34 @@ def _stats(chr: Chardev) -> dict[str, Any]:
 
 
 class EventWatcher:
-    """Emits the module's events on *emit* by polling the registry (see the module docstring)."""
+    """Emits the module's events on *emit* as the registry's chardevs change."""
 
     def __init__(
-        self,
-        registry: ChardevRegistry,
-        emit: Callable[[str, dict[str, Any]], None],
-        interval: float = POLL_INTERVAL,
+        self, registry: ChardevRegistry, emit: Callable[[str, dict[str, Any]], None]
     ) -> None:
         self.registry = registry
         self.emit = emit
-        self.interval = interval
         # id(chardev) → (opens, closes) already reported; hub id → member ids.
         self._seen: dict[int, tuple[int, int]] = {}
         self._members: dict[str, set[str]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._stop: Callable[[], None] | None = None
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         self.poll(report=False)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self._stop = observe_changes(self._changed)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            self.poll()
+    def _changed(self) -> None:
+        # Coalesce a burst of changes into one comparison on the daemon's loop.
+        if not self._scheduled and self._loop is not None and not self._loop.is_closed():
+            self._scheduled = True
+            self._loop.call_soon_threadsafe(self._poll_now)
+
+    def _poll_now(self) -> None:
+        self._scheduled = False
+        self.poll()
 
     def poll(self, report: bool = True) -> None:
         """Report what changed since the last poll (with *report* false: just remember)."""
@@ -230,6 +229,6 @@ class EventWatcher:
                 self.emit(event, {"hub": hub.id, "member": chr.id})
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        if self._stop is not None:
+            self._stop()
+            self._stop = None
