@@ -374,11 +374,10 @@ class SocketChannel(Channel):
             n, ancdata, msg_flags, _ = sock.recvmsg_into(buffers, _FD_SPACE, rflags | _CLOEXEC)
         except BlockingIOError:
             return None
-        received: list[int] = []
+        received = array.array("i")
         for level, kind, data in ancdata:
             if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
-                view = memoryview(data)
-                received.extend(view[: len(view) - len(view) % 4].cast("i"))
+                received.frombytes(data[: len(data) & ~3])
         if msg_flags & _CTRUNC:
             log.warning("%s: peer sent more than %d fds; the rest were dropped", self.name, MAX_FDS)
         if not (flags and flags & _PRESERVE):
@@ -399,7 +398,7 @@ class SocketChannel(Channel):
             if fds:
                 if len(fds) > MAX_FDS:
                     raise ValueError(f"Only {MAX_FDS} FDs can be sent, got {len(fds)}")
-                cmsg = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                cmsg = ((_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds)),)
                 return sock.sendmsg(buffers, cmsg, _NOSIGNAL)
             if flags:  # ZERO_COPY is the only write flag
                 return self._send_zero_copy(buffers)
