@@ -7,7 +7,11 @@ features) followed by a reset and a second start by Linux.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,32 +55,65 @@ def _image(tmp_path: Path) -> Path:
     return image
 
 
+@dataclass
+class Run:
+    """One guest booted against one back-end; the back-end may be restarted."""
+
+    kind: str
+    image: Path
+    sock: str
+    backend: Backend
+    guest: Guest | None = None
+
+    def restart_backend(self) -> None:
+        self.backend.kill()
+        self.backend = Backend(self.kind, self.image, self.sock)
+
+
+@contextmanager
+def booted(
+    tmp_path: Path,
+    kind: str,
+    script: str,
+    *,
+    writable: bool = True,
+    queues: int = 1,
+    **guest: Any,
+) -> Iterator[Run]:
+    """Boot a guest running *script* on a fresh image; on success it must end cleanly."""
+    image = _image(tmp_path)
+    kernel, initrd = build_initrd(tmp_path, script)
+    sock = str(tmp_path / "vub.sock")
+    backend = Backend(kind, image, sock, writable=writable, num_queues=queues)
+    run = Run(kind, image, sock, backend)
+    try:
+        run.guest = Guest(kernel, initrd, sock, num_queues=queues, **guest)
+        try:
+            yield run
+            run.guest.expect("GUEST-END")
+            assert run.guest.wait() == 0
+        finally:
+            run.guest.close()
+    finally:
+        assert run.backend.stop() == 0, run.backend.log.read_text()
+
+
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_boot_read_write_reboot(tmp_path: Path, kind: str) -> None:
-    image = _image(tmp_path)
-    kernel, initrd = build_initrd(tmp_path, BOOT_SCRIPT)
-    sock = str(tmp_path / "vub.sock")
-    backend = Backend(kind, image, sock, num_queues=2)
-    try:
-        guest = Guest(kernel, initrd, sock, num_queues=2, reboot=True)
-        try:
-            assert guest.expect(r"SIZE:(\d+)").group(1) == str(SIZE // 512)
-            assert guest.expect(r"SERIAL:(.*)").group(1) == "vhost_user_blk"
-            assert guest.expect(r"RO:(\d)").group(1) == "0"
-            assert guest.expect(r"QUEUES:\s*(\d+)").group(1) == "2"
-            assert guest.expect(r"MAGIC:(.*)").group(1) == "HOST-MAGIC-01234"
-            guest.expect("WRITE-OK")
-            assert guest.expect(r"READBACK:(.*)").group(1) == "GUEST-WROTE-THIS-0123456789"
-            guest.expect("PARALLEL-OK")
-            # The guest rebooted: SeaBIOS and Linux start the device again.
-            assert guest.expect(r"SECOND-BOOT (.*)").group(1) == "REBOOTED"
-            guest.expect("GUEST-END")
-            assert guest.wait() == 0
-        finally:
-            guest.close()
-    finally:
-        assert backend.stop() == 0, backend.log.read_text()
-    assert image.read_bytes()[8 * 512 : 8 * 512 + 27] == b"GUEST-WROTE-THIS-0123456789"
+    with booted(tmp_path, kind, BOOT_SCRIPT, queues=2, reboot=True) as run:
+        guest = run.guest
+        assert guest is not None
+        assert guest.expect(r"SIZE:(\d+)").group(1) == str(SIZE // 512)
+        assert guest.expect(r"SERIAL:(.*)").group(1) == "vhost_user_blk"
+        assert guest.expect(r"RO:(\d)").group(1) == "0"
+        assert guest.expect(r"QUEUES:\s*(\d+)").group(1) == "2"
+        assert guest.expect(r"MAGIC:(.*)").group(1) == "HOST-MAGIC-01234"
+        guest.expect("WRITE-OK")
+        assert guest.expect(r"READBACK:(.*)").group(1) == "GUEST-WROTE-THIS-0123456789"
+        guest.expect("PARALLEL-OK")
+        # The guest rebooted: SeaBIOS and Linux start the device again.
+        assert guest.expect(r"SECOND-BOOT (.*)").group(1) == "REBOOTED"
+    assert run.image.read_bytes()[8 * 512 : 8 * 512 + 27] == b"GUEST-WROTE-THIS-0123456789"
 
 
 RO_SCRIPT = r"""
@@ -93,23 +130,13 @@ fi
 
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_read_only_export(tmp_path: Path, kind: str) -> None:
-    image = _image(tmp_path)
-    kernel, initrd = build_initrd(tmp_path, RO_SCRIPT)
-    sock = str(tmp_path / "vub.sock")
-    backend = Backend(kind, image, sock, writable=False)
-    try:
-        guest = Guest(kernel, initrd, sock)
-        try:
-            assert guest.expect(r"RO:(\d)").group(1) == "1"
-            assert guest.expect(r"MAGIC:(.*)").group(1) == "HOST-MAGIC-01234"
-            assert guest.expect(r"WRITE-(\w+)").group(1) == "REFUSED"
-            guest.expect("GUEST-END")
-            assert guest.wait() == 0
-        finally:
-            guest.close()
-    finally:
-        assert backend.stop() == 0, backend.log.read_text()
-    assert image.read_bytes()[8 * 512 : 8 * 512 + 512] == bytes(512)
+    with booted(tmp_path, kind, RO_SCRIPT, writable=False) as run:
+        guest = run.guest
+        assert guest is not None
+        assert guest.expect(r"RO:(\d)").group(1) == "1"
+        assert guest.expect(r"MAGIC:(.*)").group(1) == "HOST-MAGIC-01234"
+        assert guest.expect(r"WRITE-(\w+)").group(1) == "REFUSED"
+    assert run.image.read_bytes()[8 * 512 : 8 * 512 + 512] == bytes(512)
 
 
 RECONNECT_SCRIPT = r"""
@@ -125,24 +152,13 @@ dd if=/tmp/a of=/dev/vda bs=512 seek=24 conv=sync oflag=direct 2>/dev/null && ec
 
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_backend_restart_with_reconnect(tmp_path: Path, kind: str) -> None:
-    image = _image(tmp_path)
-    kernel, initrd = build_initrd(tmp_path, RECONNECT_SCRIPT)
-    sock = str(tmp_path / "vub.sock")
-    backend = Backend(kind, image, sock)
-    try:
-        guest = Guest(kernel, initrd, sock, reconnect=1)
-        try:
-            assert guest.expect(r"PHASE1:(.*)").group(1) == "HOST-MAGIC-01234"
-            backend.kill()
-            backend = Backend(kind, image, sock)
-            with open(image, "r+b") as f:
-                f.seek(16 * 512)
-                f.write(b"GO")
-            guest.expect("PHASE2-OK")
-            guest.expect("GUEST-END")
-            assert guest.wait() == 0
-        finally:
-            guest.close()
-    finally:
-        assert backend.stop() == 0, backend.log.read_text()
-    assert image.read_bytes()[24 * 512 : 24 * 512 + 15] == b"AFTER-RECONNECT"
+    with booted(tmp_path, kind, RECONNECT_SCRIPT, reconnect=1) as run:
+        guest = run.guest
+        assert guest is not None
+        assert guest.expect(r"PHASE1:(.*)").group(1) == "HOST-MAGIC-01234"
+        run.restart_backend()
+        with open(run.image, "r+b") as f:
+            f.seek(16 * 512)
+            f.write(b"GO")
+        guest.expect("PHASE2-OK")
+    assert run.image.read_bytes()[24 * 512 : 24 * 512 + 15] == b"AFTER-RECONNECT"
