@@ -37,7 +37,9 @@ they add):
 
 Implementations override the ``_``-prefixed hooks: ``_readv``, ``_writev``,
 ``_close`` and ``_set_blocking`` are mandatory; ``_wait_fds`` and
-``_pending`` describe readiness; the rest are optional.
+``_pending`` describe readiness; the rest are optional.  A channel whose calls
+are so cheap that one Python frame shows (sockets) may override ``readv`` and
+``writev`` instead, calling ``_check_read``/``_check_write`` first.
 """
 
 from __future__ import annotations
@@ -268,13 +270,17 @@ class Channel:
         fds: list[int] | None = None,
     ) -> int | None:
         """Read into *buffers* in order: a count, ``0`` at EOF, ``None`` if it would block."""
-        if self._closed:
-            self._check_open()
-        if fds is not None and not self._features & _FD_PASS:
-            self._require(_FD_PASS, "file descriptor passing")
-        if flags and flags & _MSG_PEEK:
-            self._require(_READ_MSG_PEEK, "peek reads (MSG_PEEK)")
+        if self._closed or flags or fds is not None:
+            self._check_read(flags, fds)
         return self._readv(buffers, flags, fds)
+
+    def _check_read(self, flags: int, fds: list[int] | None) -> None:
+        """Raise if this channel cannot do a read with *flags* and *fds* now."""
+        self._check_open()
+        if fds is not None:
+            self._require(_FD_PASS, "file descriptor passing")
+        if flags & _MSG_PEEK:
+            self._require(_READ_MSG_PEEK, "peek reads (MSG_PEEK)")
 
     def writev(
         self,
@@ -284,17 +290,21 @@ class Channel:
         flags: WriteFlag = WriteFlag.NONE,
     ) -> int | None:
         """Write from *buffers*: a count (maybe partial) or ``None`` if it would block."""
-        if self._closed:
-            self._check_open()
-        if fds and not self._features & _FD_PASS:
+        if self._closed or flags or fds:
+            self._check_write(fds, flags)
+        return self._writev(buffers, fds, flags)
+
+    def _check_write(self, fds: Sequence[int], flags: int) -> None:
+        """Raise if this channel cannot do a write with *fds* and *flags* now."""
+        self._check_open()
+        if fds:
             self._require(_FD_PASS, "file descriptor passing")
-        if flags and flags & _ZERO_COPY:
+        if flags & _ZERO_COPY:
             if fds:
                 raise UnsupportedFeatureError(
                     f"{self._name}: zero-copy writes cannot carry file descriptors"
                 )
             self._require(_WRITE_ZERO_COPY, "zero-copy writes")
-        return self._writev(buffers, fds, flags)
 
     def read(self, size: int) -> bytes | None:
         """Read up to *size* bytes: ``b""`` at EOF, ``None`` if it would block."""

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 #: Most fds one write can carry (QEMU's limit, which peers size their buffers for).
 MAX_FDS = 16
 _FD_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+# SCM_RIGHTS payloads of 0..MAX_FDS fds (the kernel never sends more than fit).
+_FD_ARRAYS = [struct.Struct(f"{n}i") for n in range(MAX_FDS + 1)]
 _IN = int(Condition.IN)
 _OUT = int(Condition.OUT)
 _IN_OUT = _IN | _OUT
@@ -75,6 +77,7 @@ _CTRUNC = int(socket.MSG_CTRUNC)
 _NOSIGNAL = int(socket.MSG_NOSIGNAL)
 _MSG_PEEK = int(socket.MSG_PEEK)
 _PEEK = int(ReadFlag.MSG_PEEK)
+_FD_PASS = int(Feature.FD_PASS)
 _PRESERVE = int(ReadFlag.FD_PRESERVE_BLOCKING)
 _SHUT = {Shutdown.READ: socket.SHUT_RD, Shutdown.WRITE: socket.SHUT_WR}
 
@@ -361,9 +364,17 @@ class SocketChannel(Channel):
 
     # ---- hooks ------------------------------------------------------------
 
-    def _readv(
-        self, buffers: Sequence[Buffer], flags: ReadFlag, fds: list[int] | None
+    # readv and writev replace the base class's check-then-hook pair: one Python
+    # frame less is a tenth of the cost of an fd-passing message.
+    def readv(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        flags: ReadFlag = ReadFlag.NONE,
+        fds: list[int] | None = None,
     ) -> int | None:
+        if self._closed or flags or (fds is not None and not self._features & _FD_PASS):
+            self._check_read(flags, fds)
         sock = self._sock
         rflags = _MSG_PEEK if flags and flags & _PEEK else 0
         try:
@@ -374,10 +385,10 @@ class SocketChannel(Channel):
             n, ancdata, msg_flags, _ = sock.recvmsg_into(buffers, _FD_SPACE, rflags | _CLOEXEC)
         except BlockingIOError:
             return None
-        received = array.array("i")
+        received: list[int] = []
         for level, kind, data in ancdata:
             if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
-                received.frombytes(data[: len(data) & ~3])
+                received += _FD_ARRAYS[len(data) >> 2].unpack_from(data)
         if msg_flags & _CTRUNC:
             log.warning("%s: peer sent more than %d fds; the rest were dropped", self.name, MAX_FDS)
         if not (flags and flags & _PRESERVE):
@@ -390,9 +401,15 @@ class SocketChannel(Channel):
         fds.extend(received)
         return n
 
-    def _writev(
-        self, buffers: Sequence[Buffer], fds: Sequence[int], flags: WriteFlag
+    def writev(
+        self,
+        buffers: Sequence[Buffer],
+        *,
+        fds: Sequence[int] = (),
+        flags: WriteFlag = WriteFlag.NONE,
     ) -> int | None:
+        if self._closed or flags or (fds and not self._features & _FD_PASS):
+            self._check_write(fds, flags)
         sock = self._sock
         try:
             if fds:
