@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import os
 import warnings
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import (
@@ -415,15 +415,20 @@ class Channel:
             result: T = stop.value
             return result
 
-    async def _arun(self, steps: _Steps[T]) -> T:
-        self._async_mode()
+    def _arun(self, steps: _Steps[T]) -> Awaitable[T]:
+        """Start *steps* at once; return an awaitable of its result.
+
+        Not a coroutine itself: awaiting the returned wait directly saves a
+        frame on every resume of a ping-pong loop.
+        """
+        if self._blocking:
+            self.set_blocking(False)
         try:
             cond = next(steps)
         except StopIteration as stop:
-            done: T = stop.value
-            return done
-        result: T = await self._get_waits().run_async(self, cond, steps)
-        return result
+            return _result(stop.value)
+        waits = self._waits or self._get_waits()
+        return waits.run_async(self, cond, steps)
 
     def readv_all_eof(
         self,
@@ -729,6 +734,10 @@ class Channel:
 
 
 _ERR_HUP = int(Condition.ERR | Condition.HUP)
+
+
+async def _result(value: T) -> T:
+    return value
 
 
 def _retry(call: Callable[[], T | None], cond: Condition) -> _Steps[T]:

@@ -55,7 +55,8 @@ _IN = int(Condition.IN)
 _OUT = int(Condition.OUT)
 # poll(2) reports these whatever was asked for; a waiter always wants to know.
 _ERR_HUP = int(Condition.ERR | Condition.HUP)
-_ALWAYS = _ERR_HUP | select.POLLNVAL
+_NVAL = select.POLLNVAL
+_ALWAYS = _ERR_HUP | _NVAL
 
 FdSpec = tuple[tuple[int, int], ...]
 _Subscriber = Callable[[int], None]
@@ -209,29 +210,35 @@ class AsyncOp:
     happens when the loop reports readiness and a stale report (one queued
     before the data was consumed) costs a failed non-blocking call instead
     of a task switch.
+
+    An op that finished successfully is *parked*: it stays subscribed and the
+    channel's next wait on the same loop reuses it, so a request/response loop
+    subscribes once.  A parked op that fires unsubscribes itself (the fd is
+    level-triggered); it holds no reference to its channel, so an unclosed
+    channel can still be collected.
     """
 
     __slots__ = ("channel", "cond", "fut", "hub", "loop", "steps", "subscribed", "waits")
 
-    def __init__(
-        self,
-        channel: Channel,
-        waits: Waits,
-        loop: asyncio.AbstractEventLoop,
-        steps: Generator[Condition, None, Any] | None,
-    ) -> None:
-        self.channel = channel
+    def __init__(self, waits: Waits, loop: asyncio.AbstractEventLoop) -> None:
         self.waits = waits
         self.loop = loop
         self.hub = _hub(loop)
-        self.steps = steps
+        self.channel: Channel | None = None
+        self.steps: Generator[Condition, None, Any] | None = None
         self.cond = Condition.NONE
         self.subscribed: FdSpec = ()
-        self.fut: asyncio.Future[Any] = loop.create_future()
+        self.fut: asyncio.Future[Any] | None = None
+
+    def start(self, channel: Channel, steps: Generator[Condition, None, Any] | None) -> None:
+        self.channel = channel
+        self.steps = steps
+        self.fut = self.loop.create_future()
 
     def arm(self, cond: Condition) -> None:
         """Wait for *cond*; advance at once while the channel reports it pending."""
         ch = self.channel
+        assert ch is not None
         while True:
             self.cond = cond
             if self.steps is None or not ch._pending(cond):
@@ -246,15 +253,14 @@ class AsyncOp:
                 return
         fds = ch._wait_fds(cond)
         if fds != self.subscribed:
-            self._subscribe(fds)
+            self._subscribe(fds, ch._io_owner())
 
-    def _subscribe(self, fds: FdSpec) -> None:
+    def _subscribe(self, fds: FdSpec, owner: object = None) -> None:
         hub = self.hub
         for fd, events in self.subscribed:
             for ev in (_IN, _OUT):
                 if events & ev:
                     hub.unsubscribe(fd, ev, self)
-        owner = self.channel._io_owner()
         for fd, events in fds:
             for ev in (_IN, _OUT):
                 if events & ev:
@@ -262,36 +268,50 @@ class AsyncOp:
         self.subscribed = fds
 
     def __call__(self, revents: int) -> None:
-        if self.fut.done():
+        fut = self.fut
+        if self.channel is None:  # parked: nobody waits, stop the reports
+            if self.subscribed:
+                self._subscribe(())
             return
-        if revents & select.POLLNVAL:
+        assert fut is not None
+        if fut.done():
+            return
+        steps = self.steps
+        if revents & _NVAL:
             self.finish(None, ChannelClosedError(f"{self.channel.name}: channel closed"))
-        elif self.steps is None:
+        elif steps is None:
             self.finish(revents & (self.cond | _ERR_HUP) | self.channel._pending(self.cond), None)
         else:
-            self.advance()
-
-    def advance(self) -> None:
-        assert self.steps is not None
-        try:
-            cond = self.steps.send(None)
-        except StopIteration as stop:
-            self.finish(stop.value, None)
-        except BaseException as exc:
-            self.finish(None, exc)
-        else:
-            self.arm(cond)
+            try:
+                cond = steps.send(None)
+            except StopIteration as stop:
+                self.finish(stop.value, None)
+            except BaseException as exc:
+                self.finish(None, exc)
+            else:
+                self.arm(cond)
 
     def finish(self, result: Any, exc: BaseException | None) -> None:
-        if self.subscribed:
+        waits = self.waits
+        waits.remove_op(self)
+        self.steps = None
+        if exc is None and not waits.closed:
+            self.channel = None
+            parked = waits.parked[0 if int(self.cond) & _IN else 1]
+            if not parked:
+                parked.append(self)
+            elif self.subscribed:
+                self._subscribe(())
+        elif self.subscribed:
             self._subscribe(())
-        self.waits.remove_op(self)
-        if self.fut.done():
+        fut = self.fut
+        assert fut is not None
+        if fut.done():
             return
         if exc is None:
-            self.fut.set_result(result)
+            fut.set_result(result)
         else:
-            self.fut.set_exception(exc)
+            fut.set_exception(exc)
 
     def wake(self, exc: BaseException | None) -> None:
         """Thread-safe: retry an operation, end a plain wait, or fail with *exc*."""
@@ -304,22 +324,27 @@ class AsyncOp:
                 pass
 
     def _on_wake(self, exc: BaseException | None) -> None:
-        if self.fut.done():
+        # A wake can reach an op that finished meanwhile, even one reused by
+        # the next wait: like a wake sent while nothing waited, it ends that one.
+        fut = self.fut
+        if self.channel is None or fut is None or fut.done():
             return
         if exc is not None:
             self.finish(None, exc)
         elif self.steps is None:
             self.finish(0, None)
         else:
-            self.advance()
+            self(0)  # retry the operation
 
     def abandon(self) -> None:
         """The awaiting task was cancelled: stop and release the generator."""
         if self.subscribed:
             self._subscribe(())
         self.waits.remove_op(self)
-        if self.steps is not None:
-            self.steps.close()
+        steps, self.steps = self.steps, None
+        self.channel = None
+        if steps is not None:
+            steps.close()
 
 
 class Watch:
@@ -427,7 +452,7 @@ class Watch:
         if self._subscribed:
             ready |= _poll_events(self._subscribed)
         # HUP and ERR are reported whatever was asked, as poll(2) does.
-        ready &= self._cond | (_ALWAYS & ~select.POLLNVAL)
+        ready &= self._cond | (_ALWAYS & ~_NVAL)
         if not ready:
             self._arm()
             return
@@ -442,11 +467,22 @@ class Watch:
 class Waits:
     """Per-channel registry of pending waits and watches (created on first use)."""
 
-    __slots__ = ("async_ops", "blocking", "closed", "lock", "pending_wakes", "wake_fds", "watches")
+    __slots__ = (
+        "async_ops",
+        "blocking",
+        "closed",
+        "lock",
+        "parked",
+        "pending_wakes",
+        "wake_fds",
+        "watches",
+    )
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.async_ops: list[AsyncOp] = []
+        # At most one parked op per direction (reading, writing); see AsyncOp.
+        self.parked: tuple[list[AsyncOp], list[AsyncOp]] = ([], [])
         self.watches: list[Watch] = []
         # direction (IN or OUT) -> [eventfd, number of blocking waiters]
         self.wake_fds: dict[int, list[int]] = {}
@@ -516,18 +552,35 @@ class Waits:
             with self.lock:
                 if self._take_wake(cond):
                     return 0
-        op = AsyncOp(channel, self, asyncio.get_running_loop(), steps)
+        op = self._take_parked(asyncio.get_running_loop(), cond)
+        op.start(channel, steps)
+        fut = op.fut
+        assert fut is not None
         # list.append is atomic; close() sets ``closed`` before it snapshots the list.
         self.async_ops.append(op)
         if self.closed:
-            self.remove_op(op)
+            op.abandon()
             raise ChannelClosedError(f"{channel.name}: channel is closed")
         op.arm(cond)
         try:
-            return await op.fut
+            return await fut
         except asyncio.CancelledError:
-            op.abandon()
+            if op.fut is fut:  # not finished and reused by a later wait meanwhile
+                op.abandon()
             raise
+
+    def _take_parked(self, loop: asyncio.AbstractEventLoop, cond: Condition) -> AsyncOp:
+        parked = self.parked[0 if int(cond) & _IN else 1]
+        if parked:
+            try:
+                op = parked.pop()  # atomic: waits on two threads never share an op
+            except IndexError:
+                pass
+            else:
+                if op.loop is loop:
+                    return op
+                # Parked on another loop: leave it; it unsubscribes when it fires.
+        return AsyncOp(self, loop)
 
     def remove_op(self, op: AsyncOp) -> None:
         try:
@@ -575,6 +628,8 @@ class Waits:
             ops = list(self.async_ops)
             watches = list(self.watches)
             self.watches.clear()
+            for parked in self.parked:
+                parked.clear()  # the channel's close drops their fds from every hub
         for op in ops:
             op.wake(ChannelClosedError(f"{name}: channel closed while waiting"))
         return watches
