@@ -197,3 +197,73 @@ def test_wake_read_before_the_wait_is_not_lost() -> None:
     asyncio.run(main())
     ch.close()
     peer.close()
+
+
+async def _read_after_waiting(ch: SocketChannel, peer: SocketChannel, data: bytes) -> None:
+    read = asyncio.ensure_future(ch.aread_all(len(data)))
+    await asyncio.sleep(0.01)  # the read is now waiting on the loop
+    peer.write_all(data)
+    assert await read == data
+
+
+def test_loop_goes_quiet_when_nobody_waits() -> None:
+    """After a read, data arriving with no wait pending stops being watched (no busy loop)."""
+    ch, peer = SocketChannel.pair()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await _read_after_waiting(ch, peer, b"a")
+        peer.write_all(b"b")  # level-triggered: readable until read, yet nobody waits
+        await asyncio.sleep(0.05)
+        with pytest.raises(KeyError):  # no longer registered: the loop does not spin on it
+            loop._selector.get_key(ch.fileno())  # type: ignore[attr-defined]
+        assert await ch.aread_all(1) == b"b"
+
+    asyncio.run(main())
+    ch.close()
+    peer.close()
+
+
+def test_alternating_loops_keep_reading() -> None:
+    """Reads that alternate between two loops in two threads each see their own bytes."""
+    ch, peer = SocketChannel.pair()
+    ch.set_blocking(False)
+
+    async def read_one(expect: bytes) -> None:
+        assert await ch.aread_all(len(expect)) == expect
+
+    for i in range(20):
+        data = i.to_bytes(2, "big")
+        t = _in_loop_thread(
+            asyncio.new_event_loop if i % 2 else uvloop.new_event_loop, read_one(data)
+        )
+        peer.write_all(data)
+        t.join()
+        assert not t.errors  # type: ignore[attr-defined]
+    ch.close()
+    peer.close()
+
+
+def test_unclosed_channel_used_async_is_collected() -> None:
+    """A channel dropped without close() after async use is finalised (fd closed, warning)."""
+    import gc
+    import os
+    import weakref
+
+    async def main() -> weakref.ref[SocketChannel]:
+        ch, peer = SocketChannel.pair()
+        await _read_after_waiting(ch, peer, b"x")
+        await ch.awrite_all(b"y")
+        assert peer.read_all(1) == b"y"
+        peer.close()
+        fd = ch.fileno()
+        ref = weakref.ref(ch)
+        del ch
+        gc.collect()
+        assert ref() is None, "parked waits must not keep the channel alive"
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        return ref
+
+    with pytest.warns(ResourceWarning, match="unclosed channel"):
+        asyncio.run(main())

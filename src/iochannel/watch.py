@@ -66,7 +66,9 @@ class _Entry:
     __slots__ = ("owner", "subs")
 
     def __init__(self, owner: object) -> None:
-        self.owner = owner
+        # Weak: an entry outlives its subscribers until the fd fires again, and
+        # must not keep an unclosed channel from being collected meanwhile.
+        self.owner = weakref.ref(owner)
         self.subs: list[_Subscriber] = []
 
 
@@ -89,7 +91,7 @@ class _LoopHub:
     def subscribe(self, fd: int, event: int, owner: object, sub: _Subscriber) -> None:
         key = (fd, event)
         entry = self.entries.get(key)
-        if entry is not None and entry.owner is not owner:
+        if entry is not None and entry.owner() is not owner:
             # The fd number was closed and reused by another channel.
             self._remove(key)
             entry = None
