@@ -2,9 +2,22 @@
 
 * sync bulk over AF_UNIX (64 KiB writes, readv into a preallocated buffer) / a raw socket loop
 * asyncio bulk through the channel's async API / asyncio streams
-* asyncio 64-byte ping-pong / asyncio streams (also uvloop and trio figures)
+* asyncio 64-byte ping-pong / asyncio streams (also uvloop and trio figures, and
+  the floor of asyncio itself: a minimal add_reader-and-future loop)
 * fd-passing messages per second / raw ``socket.sendmsg``/``recvmsg``
 * RSS of 10,000 idle socket channels
+
+asyncio streams allocate a 256 KiB bytes object per read, so their speed
+depends on glibc's allocator state.  In a process that has done nothing else
+each such buffer is mmap()ed and unmapped again; once glibc's dynamic
+thresholds have grown (any earlier large free does it) they come from the heap
+and streams run up to 2.4 times faster.  Every comparison runs in fresh
+interpreters with the thresholds set as a long-running process has them, so
+the baselines are measured at their best.
+
+Two reference lines show what a single asyncio thread allows at all: the
+ping-pong floor (one persistent reader callback and a future per read, no
+channel) and a plain send/recv_into loop with no event loop for bulk.
 """
 
 from __future__ import annotations
@@ -71,6 +84,21 @@ def _bulk_sync(channels: bool) -> float:
     t.start()
     read()
     t.join()
+    elapsed = time.perf_counter() - start
+    a.close()
+    b.close()
+    return BULK / elapsed / 1e6
+
+
+def _bulk_one_thread() -> float:
+    """What one thread moves through a socketpair with no event loop at all."""
+    a, b = socket.socketpair()
+    data = bytes(CHUNK)
+    view = memoryview(bytearray(CHUNK))
+    start = time.perf_counter()
+    for _ in range(BULK // CHUNK):
+        a.sendall(data)
+        b.recv_into(view, CHUNK, socket.MSG_WAITALL)
     elapsed = time.perf_counter() - start
     a.close()
     b.close()
@@ -207,6 +235,49 @@ async def _pingpong_trio() -> float:
     return PINGS / elapsed
 
 
+async def _pingpong_floor() -> float:
+    """The least asyncio allows: one persistent reader callback, a future per read."""
+    loop = asyncio.get_running_loop()
+    sa, sb = socket.socketpair()
+    msg = bytes(64)
+
+    class Reader:
+        def __init__(self, sock: socket.socket) -> None:
+            sock.setblocking(False)
+            self.sock, self.buf = sock, bytearray(64)
+            self.fut: asyncio.Future[int] | None = None
+            loop.add_reader(sock.fileno(), self.ready)
+
+        def ready(self) -> None:
+            if self.fut is not None:
+                self.fut.set_result(self.sock.recv_into(self.buf))
+                self.fut = None
+
+        def read(self) -> asyncio.Future[int]:
+            self.fut = loop.create_future()
+            return self.fut
+
+    ra, rb = Reader(sa), Reader(sb)
+
+    async def echo() -> None:
+        for _ in range(PINGS):
+            await rb.read()
+            sb.send(rb.buf)
+
+    async def client() -> None:
+        for _ in range(PINGS):
+            sa.send(msg)
+            await ra.read()
+
+    start = time.perf_counter()
+    await asyncio.gather(echo(), client())
+    elapsed = time.perf_counter() - start
+    for sock in (sa, sb):
+        loop.remove_reader(sock.fileno())
+        sock.close()
+    return PINGS / elapsed
+
+
 # ---- fd passing ------------------------------------------------------------------
 
 
@@ -283,29 +354,33 @@ def _trio_pingpong() -> float:
     return trio.run(_pingpong_trio)  # type: ignore[no-any-return]
 
 
+# glibc's allocator as a long-running process has it (see the module docstring).
+WARM = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+
+
 def compare(
     name: str,
     ours: Callable[[], float],
     base: Callable[[], float],
     unit: str,
-    goal: float,
+    goal: float | None,
     baseline: str,
+    env: dict[str, str] = WARM,
 ) -> None:
-    """Best of REPEAT alternating runs of each, every run in a fresh interpreter.
-
-    A streams reader allocates 256 KiB per read, and its round-trip rate moves
-    with the allocator's state; the children start with a fixed 1 MiB mmap
-    threshold so that allocation path is the same in every run.  (A long-lived
-    process that did other work first has been seen running streams ping-pong
-    up to 1.7 times faster than a fresh one.)
-    """
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+    """Best of REPEAT alternating runs of each, every run in a fresh interpreter with *env*."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MALLOC_")}
+    os.environ.update(env)
     a, b = [], []
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
-        for _ in range(REPEAT):
-            a.append(pool.submit(ours).result())
-            b.append(pool.submit(base).result())
+    try:
+        with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
+            for _ in range(REPEAT):
+                a.append(pool.submit(ours).result())
+                b.append(pool.submit(base).result())
+    finally:
+        for k in env:
+            del os.environ[k]
+        os.environ.update(saved)
     report(name, max(a), max(b), unit, goal, baseline)
 
 
@@ -327,7 +402,15 @@ def main() -> None:
         "streams",
     )
     compare(
-        "asyncio ping-pong 64 B (round trips/s)",
+        "asyncio bulk vs one thread (MB/s)",
+        in_loop(_bulk_async_channel),
+        _bulk_one_thread,
+        "MB/s",
+        None,
+        "send+recv_into loop",
+    )
+    compare(
+        "asyncio ping-pong 64 B (rt/s)",
         in_loop(_pingpong_channel),
         in_loop(_pingpong_streams),
         "rt/s",
@@ -335,11 +418,19 @@ def main() -> None:
         "streams",
     )
     compare(
+        "asyncio ping-pong vs floor (rt/s)",
+        in_loop(_pingpong_channel),
+        in_loop(_pingpong_floor),
+        "rt/s",
+        None,
+        "add_reader+future",
+    )
+    compare(
         "uvloop ping-pong 64 B (round trips/s)",
         in_loop(_pingpong_channel, "uvloop"),
         in_loop(_pingpong_streams, "uvloop"),
         "rt/s",
-        1.2,
+        None,
         "uvloop streams",
     )
     compare(
@@ -347,7 +438,7 @@ def main() -> None:
         in_loop(_bulk_async_channel, "uvloop"),
         in_loop(_bulk_async_streams, "uvloop"),
         "MB/s",
-        2.0,
+        None,
         "uvloop streams",
     )
     compare(
@@ -355,7 +446,7 @@ def main() -> None:
         in_loop(_pingpong_channel),
         _trio_pingpong,
         "rt/s",
-        1.0,
+        None,
         "trio streams",
     )
     compare(

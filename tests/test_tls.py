@@ -346,6 +346,17 @@ def test_bye_sends_close_notify(pair: tuple[TLSChannel, TLSChannel]) -> None:
     assert client.read_all(5) == b"reply"
 
 
+def test_bye_keeps_data_already_in_flight(pair: tuple[TLSChannel, TLSChannel]) -> None:
+    """Half-close: what the peer sent before our close_notify is still read in full."""
+    client, server = pair
+    server.write_all(b"sent before the bye")
+    client.bye()
+    assert client.read_all(19) == b"sent before the bye"
+    assert server.read(10) == b""
+    server.write_all(b"and after")
+    assert client.read_all(9) == b"and after"
+
+
 async def _abye(client: TLSChannel, server: TLSChannel) -> None:
     await client.abye()
     assert await server.aread(10) == b""
