@@ -105,6 +105,7 @@ class WebsockChannel(LayerChannel):
         "_origins",
         "_path",
         "_proto",
+        "_replies",
         "_request",
         "_rq",
         "_side",
@@ -147,6 +148,8 @@ class WebsockChannel(LayerChannel):
         self._eof = False
         self._error: BaseException | None = None
         self._text_message = False
+        # The protocol queued a reply (pong, close) that is not collected yet.
+        self._replies = False
 
     @classmethod
     def server(
@@ -197,6 +200,7 @@ class WebsockChannel(LayerChannel):
         )
 
     def _collect_output(self) -> None:
+        self._replies = False
         if self._proto is not None:
             for data in self._proto.data_to_send():
                 if data:  # b"" asks for a TCP half-close; closing the layer does that
@@ -278,9 +282,11 @@ class WebsockChannel(LayerChannel):
                 proto.receive_data(cast(bytes, data))
             for frame in proto.events_received():
                 if isinstance(frame, Frame) and not self._take(proto, frame):
+                    self._replies = True
                     return
             if proto.parser_exc is not None and self._error is None:
                 self._fail_from_protocol()
+                self._replies = True
 
     def _take(self, proto: Protocol, frame: Frame) -> bool:
         """Deliver one frame; ``False`` once the connection failed."""
@@ -294,7 +300,9 @@ class WebsockChannel(LayerChannel):
                 return False
             if frame.data:
                 self._rq.append(memoryview(frame.data))
-        elif opcode is Opcode.CLOSE:
+        else:
+            self._replies = True  # a ping's pong or a close's reply
+        if opcode is Opcode.CLOSE:
             self._eof = True
             close = proto.close_rcvd
             if close is not None and close.code not in _CLEAN_CLOSE:
@@ -337,13 +345,18 @@ class WebsockChannel(LayerChannel):
             if self._eof:
                 return 0
             # Pongs and close frames wait in the queue too: stop reading while it is full.
-            if not self._flush_if_free() and self._wq_size >= _READ_PAUSE:
+            if (
+                (self._wq or self._replies)
+                and not self._flush_if_free()
+                and self._wq_size >= _READ_PAUSE
+            ):
                 return None
             buf, n = self._read_master()
             if n is None:
                 return None
             self._receive(buf[:n] if n else None)
-            self._flush_replies()
+            if self._wq or self._replies:
+                self._flush_replies()
         return self._copy_out(buffers)
 
     def _flush_replies(self) -> None:
