@@ -1,6 +1,7 @@
 """Channel core benchmarks, each measured side by side with its baseline in one run.
 
-* sync bulk over AF_UNIX (64 KiB writes, readv into a preallocated buffer) / a raw socket loop
+* sync bulk over AF_UNIX (64 KiB writes, readv into a preallocated buffer) / a raw socket loop,
+  writer and reader pinned to two CPUs
 * asyncio bulk through the channel's async API / asyncio streams
 * asyncio 64-byte ping-pong / asyncio streams (also uvloop and trio figures, and
   the floor of asyncio itself: a minimal add_reader-and-future loop)
@@ -45,10 +46,24 @@ CHUNK = 64 * 1024
 BULK = 512 * 1024 * 1024
 PINGS = 20000
 FD_MSGS = 20000
-REPEAT = 3
+REPEAT = 5
 
 
 # ---- sync bulk ------------------------------------------------------------------
+
+
+_CPUS = sorted(os.sched_getaffinity(0))
+
+
+def _on_cpu(index: int) -> None:
+    """Pin the calling thread to one CPU.
+
+    Left alone, the scheduler sometimes runs writer and reader on one CPU and
+    sometimes on two, and a run's figure moves by a third; pinned, both sides
+    of a comparison run alike.  Every run is a fresh process, so nothing leaks.
+    """
+    if len(_CPUS) > 1:
+        os.sched_setaffinity(0, {_CPUS[index % len(_CPUS)]})
 
 
 def _bulk_sync(channels: bool) -> float:
@@ -79,7 +94,12 @@ def _bulk_sync(channels: bool) -> float:
             while left:
                 left -= b.recv_into(view)
 
-    t = threading.Thread(target=write)
+    def pinned_write() -> None:
+        _on_cpu(0)
+        write()
+
+    _on_cpu(1)
+    t = threading.Thread(target=pinned_write)
     start = time.perf_counter()
     t.start()
     read()
