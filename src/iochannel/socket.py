@@ -385,7 +385,7 @@ class SocketChannel(Channel):
             n, ancdata, msg_flags, _ = sock.recvmsg_into(buffers, _FD_SPACE, rflags | _CLOEXEC)
         except BlockingIOError:
             return None
-        received: list[int] = []
+        received: tuple[int, ...] = ()
         for level, kind, data in ancdata:
             if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
                 received += _FD_ARRAYS[len(data) >> 2].unpack_from(data)
@@ -398,7 +398,7 @@ class SocketChannel(Channel):
             except OSError:
                 close_fds(received)
                 raise
-        fds.extend(received)
+        fds += received
         return n
 
     def writev(
