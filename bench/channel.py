@@ -31,14 +31,13 @@ import multiprocessing
 import os
 import resource
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import trio
 import uvloop
-from _common import report  # type: ignore[import-not-found]
+from _common import measure, report  # type: ignore[import-not-found]
 
 from iochannel import SocketChannel
 
@@ -99,15 +98,11 @@ def _bulk_sync(channels: bool) -> float:
         write()
 
     _on_cpu(1)
-    t = threading.Thread(target=pinned_write)
-    start = time.perf_counter()
-    t.start()
-    read()
-    t.join()
-    elapsed = time.perf_counter() - start
-    a.close()
-    b.close()
-    return BULK / elapsed / 1e6
+    try:
+        return measure(pinned_write, read, BULK)[0]
+    finally:
+        a.close()
+        b.close()
 
 
 def _bulk_one_thread() -> float:

@@ -203,6 +203,18 @@ def _poll_events(fds: FdSpec) -> int:
     return ready
 
 
+def _move(hub: _LoopHub, old: FdSpec, new: FdSpec, owner: object, sub: _Subscriber) -> None:
+    """Move *sub*'s subscriptions on *hub* from the fds of *old* to those of *new*."""
+    for fd, events in old:
+        for ev in (_IN, _OUT):
+            if events & ev:
+                hub.unsubscribe(fd, ev, sub)
+    for fd, events in new:
+        for ev in (_IN, _OUT):
+            if events & ev:
+                hub.subscribe(fd, ev, owner, sub)
+
+
 class AsyncOp:
     """One pending async wait or operation on a channel, driven from loop callbacks.
 
@@ -257,23 +269,19 @@ class AsyncOp:
         if fds != self.subscribed:
             self._subscribe(fds, ch._io_owner())
 
-    def _subscribe(self, fds: FdSpec, owner: object = None) -> None:
-        hub = self.hub
-        for fd, events in self.subscribed:
-            for ev in (_IN, _OUT):
-                if events & ev:
-                    hub.unsubscribe(fd, ev, self)
-        for fd, events in fds:
-            for ev in (_IN, _OUT):
-                if events & ev:
-                    hub.subscribe(fd, ev, owner, self)
+    def _subscribe(self, fds: FdSpec, owner: object) -> None:
+        _move(self.hub, self.subscribed, fds, owner, self)
         self.subscribed = fds
+
+    def _unsubscribe(self) -> None:
+        if self.subscribed:
+            _move(self.hub, self.subscribed, (), None, self)
+            self.subscribed = ()
 
     def __call__(self, revents: int) -> None:
         fut = self.fut
         if self.channel is None:  # parked: nobody waits, stop the reports
-            if self.subscribed:
-                self._subscribe(())
+            self._unsubscribe()
             return
         assert fut is not None
         if fut.done():
@@ -297,15 +305,12 @@ class AsyncOp:
         waits = self.waits
         waits.remove_op(self)
         self.steps = None
-        if exc is None and not waits.closed:
-            self.channel = None
-            parked = waits.parked[0 if int(self.cond) & _IN else 1]
-            if not parked:
-                parked.append(self)
-            elif self.subscribed:
-                self._subscribe(())
-        elif self.subscribed:
-            self._subscribe(())
+        self.channel = None
+        parked = waits.parked[0 if int(self.cond) & _IN else 1]
+        if exc is None and not waits.closed and not parked:
+            parked.append(self)  # still subscribed: the next wait reuses it
+        else:
+            self._unsubscribe()
         fut = self.fut
         assert fut is not None
         if fut.done():
@@ -340,8 +345,7 @@ class AsyncOp:
 
     def abandon(self) -> None:
         """The awaiting task was cancelled: stop and release the generator."""
-        if self.subscribed:
-            self._subscribe(())
+        self._unsubscribe()
         self.waits.remove_op(self)
         steps, self.steps = self.steps, None
         self.channel = None
@@ -428,16 +432,7 @@ class Watch:
     def _resubscribe(self, fds: FdSpec) -> None:
         if fds == self._subscribed:
             return
-        hub = _hub(self._loop)
-        owner = self._channel._io_owner()
-        for fd, events in self._subscribed:
-            for ev in (_IN, _OUT):
-                if events & ev:
-                    hub.unsubscribe(fd, ev, self._on_fd)
-        for fd, events in fds:
-            for ev in (_IN, _OUT):
-                if events & ev:
-                    hub.subscribe(fd, ev, owner, self._on_fd)
+        _move(_hub(self._loop), self._subscribed, fds, self._channel._io_owner(), self._on_fd)
         self._subscribed = fds
 
     def _on_fd(self, revents: int) -> None:
