@@ -124,6 +124,14 @@ def run_handshakes(
     return errors.get("client"), errors.get("server")
 
 
+def send_across(src: Channel, dst: Channel, data: bytes) -> None:
+    """Write *data* to *src* from a thread while *dst* reads it; check it arrives whole."""
+    writer = threading.Thread(target=src.write_all, args=(data,))
+    writer.start()
+    assert dst.read_all(len(data)) == data
+    writer.join()
+
+
 def shaken_pair(
     creds: Creds, masters: tuple[Channel, Channel] | None = None
 ) -> tuple[Channel, Channel]:
@@ -153,10 +161,7 @@ def test_basic_with_acl_nonblocking_and_blocking_transfer(creds: Creds) -> None:
         for blocking in (False, True):
             client.set_blocking(blocking)
             server.set_blocking(blocking)
-            writer = threading.Thread(target=client.write_all, args=(data,))
-            writer.start()
-            assert server.read_all(len(data)) == data
-            writer.join()
+            send_across(client, server, data)
     finally:
         client.close()
         server.close()
@@ -227,10 +232,7 @@ def test_tls_over_command_channel(creds: Creds, tmp_path: object) -> None:
     try:
         assert run_handshakes(client, server) == (None, None)
         data = os.urandom(300_000)
-        writer = threading.Thread(target=client.write_all, args=(data,))
-        writer.start()
-        assert server.read_all(len(data)) == data
-        writer.join()
+        send_across(client, server, data)
         server.write_all(b"pong")
         assert client.read_all(4) == b"pong"
         client.bye()
@@ -484,10 +486,7 @@ def test_tls_over_a_pty(creds: Creds) -> None:
     try:
         assert run_handshakes(client, server) == (None, None)
         data = os.urandom(100_000)
-        writer = threading.Thread(target=client.write_all, args=(data,))
-        writer.start()
-        assert server.read_all(len(data)) == data
-        writer.join()
+        send_across(client, server, data)
         server.write_all(b"over a tty")
         assert client.read_all(10) == b"over a tty"
     finally:

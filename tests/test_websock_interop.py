@@ -15,7 +15,7 @@ from iochannel.testing import check_two_way_channel
 from iochannel.tls import TLSChannel
 from iochannel.websock import WebsockChannel
 
-from .test_tls import Creds, make_creds
+from .test_tls import Creds, make_creds, send_across
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +104,7 @@ def test_wss_end_to_end(creds: Creds) -> None:
     client, server = wss_pair(creds)
     try:
         data = os.urandom(1 << 20)
-        writer = threading.Thread(target=client.write_all, args=(data,))
-        writer.start()
-        assert server.read_all(len(data)) == data
-        writer.join()
+        send_across(client, server, data)
         server.write_all(b"secure")
         assert client.read_all(6) == b"secure"
         client.close()
