@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -105,37 +106,39 @@ def _accept(listener: SocketChannel) -> SocketChannel:
     return conn
 
 
-def test_server_against_openssl_s_client(creds: Creds, tmp_path: object) -> None:
+@contextlib.contextmanager
+def _s_client_session(
+    creds: Creds, tmp_path: object, allow: str
+) -> Iterator[tuple[TLSChannel, CommandChannel]]:
+    """A TLS server (its authz list allowing *allow*) with `openssl s_client` connected."""
     openssl = require_tool("openssl")
     path = os.path.join(str(tmp_path), "server.sock")
     with SocketChannel.listen(UnixAddress(path)) as listener:
         s_client = _s_client(openssl, creds, path)
         try:
             server = TLSChannel.server(
-                _accept(listener), creds.server_creds(), authz=AuthzList(["C=UK,CN=qemu*"])
+                _accept(listener), creds.server_creds(), authz=AuthzList([allow])
             )
             with server:
-                server.handshake()
-                assert server.peer_dn() == "C=UK,CN=qemu"
-                s_client.write_all(b"ping\n")
-                assert server.read_all(5) == b"ping\n"
-                server.write_all(b"pong\n")
-                assert s_client.read_all(5) == b"pong\n"
-                server.bye()
+                yield server, s_client
         finally:
             s_client.close()
+
+
+def test_server_against_openssl_s_client(creds: Creds, tmp_path: object) -> None:
+    with _s_client_session(creds, tmp_path, "C=UK,CN=qemu*") as (server, s_client):
+        server.handshake()
+        assert server.peer_dn() == "C=UK,CN=qemu"
+        s_client.write_all(b"ping\n")
+        assert server.read_all(5) == b"ping\n"
+        server.write_all(b"pong\n")
+        assert s_client.read_all(5) == b"pong\n"
+        server.bye()
 
 
 def test_server_denies_openssl_s_client_by_acl(creds: Creds, tmp_path: object) -> None:
-    openssl = require_tool("openssl")
-    path = os.path.join(str(tmp_path), "server.sock")
-    with SocketChannel.listen(UnixAddress(path)) as listener:
-        s_client = _s_client(openssl, creds, path)
-        try:
-            server = TLSChannel.server(
-                _accept(listener), creds.server_creds(), authz=AuthzList(["C=UK,CN=other"])
-            )
-            with server, pytest.raises(TLSError, match="authz check for C=UK,CN=qemu is denied"):
-                server.handshake()
-        finally:
-            s_client.close()
+    with (
+        _s_client_session(creds, tmp_path, "C=UK,CN=other") as (server, _s_client),
+        pytest.raises(TLSError, match="authz check for C=UK,CN=qemu is denied"),
+    ):
+        server.handshake()
