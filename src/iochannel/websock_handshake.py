@@ -143,6 +143,19 @@ def parse_head(head: bytes) -> tuple[str, Headers]:
     return start, headers
 
 
+def parse_request_head(head: bytes) -> tuple[str, str, str, Headers]:
+    """:func:`parse_head` for a request: ``(method, target, version, headers)``.
+
+    Raises ``ValueError`` naming what is malformed.
+    """
+    start, headers = parse_head(head)
+    parts = start.split(" ")
+    if len(parts) != 3:
+        raise ValueError(f"malformed request line {start[:60]!r}")
+    method, target, version = parts
+    return method, target, version, headers
+
+
 def _tokens(headers: Headers, name: str) -> list[str]:
     return [t.strip().lower() for v in headers.get(name, ()) for t in v.split(",") if t.strip()]
 
@@ -164,13 +177,9 @@ def server_response(
     Raises :class:`HandshakeError` carrying the error answer (see the module doc).
     """
     try:
-        start, headers = parse_head(head)
+        method, target, version, headers = parse_request_head(head)
     except ValueError as exc:
         raise _http_error(400, str(exc)) from None
-    parts = start.split(" ")
-    if len(parts) != 3:
-        raise _http_error(400, f"malformed request line {start[:60]!r}")
-    method, target, version = parts
     if method != "GET":
         raise _http_error(400, f"method must be GET, not {method[:20]!r}")
     if version != "HTTP/1.1":

@@ -32,7 +32,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 
-from ..websock_handshake import MAX_HEAD, MAX_HEADERS, parse_head
+from ..websock_handshake import MAX_HEAD, MAX_HEADERS, parse_request_head
 
 __all__ = ["MAX_HEAD", "HttpError", "Request", "parse_request", "response", "too_large"]
 
@@ -95,13 +95,9 @@ def parse_request(head: bytes) -> Request:
     if head.count(b"\r\n") - 2 > MAX_HEADERS:
         raise HttpError(431, f"more than {MAX_HEADERS} header fields")
     try:
-        start, headers = parse_head(head)
+        method, target, version, headers = parse_request_head(head)
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
-    parts = start.split(" ")
-    if len(parts) != 3:
-        raise HttpError(400, f"malformed request line {start[:60]!r}")
-    method, target, version = parts
     if not _TOKEN.fullmatch(method):
         raise HttpError(400, f"malformed method {method[:20]!r}")
     if version != "HTTP/1.1":
