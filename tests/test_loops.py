@@ -267,3 +267,69 @@ def test_unclosed_channel_used_async_is_collected() -> None:
 
     with pytest.warns(ResourceWarning, match="unclosed channel"):
         asyncio.run(main())
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop])
+def test_cancelled_read_takes_no_bytes(new_loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    """A read cancelled while it waits (here by a timeout) leaves later bytes to the next read."""
+    ch, peer = SocketChannel.pair()
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ch.aread_all(2), 0.02)
+        # The cancelled read no longer counts as waiting: a wake is kept for the next wait.
+        ch.wake_read()
+        assert await asyncio.wait_for(ch.wait_async(Condition.IN), 10) == Condition.NONE
+        peer.write_all(b"ab")
+        assert await ch.aread_all(2) == b"ab"
+        # Cancelled again while the wait is parked for reuse: still nothing lost.
+        reader = asyncio.ensure_future(ch.aread_all(1))
+        await asyncio.sleep(0.01)
+        reader.cancel("stop")
+        with pytest.raises(asyncio.CancelledError, match="stop"):
+            await reader
+        peer.write_all(b"c")
+        assert await ch.aread_all(1) == b"c"
+
+    loop = new_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    ch.close()
+    peer.close()
+
+
+def test_reader_resumed_by_readiness_sees_other_tasks_run() -> None:
+    """A read finished by readiness resumes its task at once, yet tasks stay independent.
+
+    Two echo pairs on one loop, each task waiting in turn: every exchange
+    completes, in order, with no task resumed inside another.
+    """
+
+    async def pair_exchange(tag: bytes) -> list[bytes]:
+        a, b = SocketChannel.pair()
+        seen: list[bytes] = []
+
+        async def echo() -> None:
+            for _ in range(50):
+                buf = await b.aread_all(3)
+                assert asyncio.current_task() is echo_task
+                await b.awrite_all(buf)
+
+        echo_task = asyncio.ensure_future(echo())
+        for i in range(50):
+            msg = tag + i.to_bytes(2, "big")
+            await a.awrite_all(msg)
+            seen.append(await a.aread_all(3))
+        await echo_task
+        a.close()
+        b.close()
+        return seen
+
+    async def main() -> None:
+        x, y = await asyncio.gather(pair_exchange(b"x"), pair_exchange(b"y"))
+        assert x == [b"x" + i.to_bytes(2, "big") for i in range(50)]
+        assert y == [b"y" + i.to_bytes(2, "big") for i in range(50)]
+
+    asyncio.run(main())

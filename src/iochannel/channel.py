@@ -48,7 +48,7 @@ import asyncio
 import os
 import warnings
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .errors import (
     ChannelClosedError,
@@ -57,7 +57,7 @@ from .errors import (
     UnsupportedFeatureError,
 )
 from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
-from .watch import FdSpec, Waits, Watch, WatchCallback, add_watch
+from .watch import FdSpec, Waits, Watch, WatchCallback, add_watch, ready
 
 if TYPE_CHECKING:
     from typing import Self
@@ -92,10 +92,13 @@ def close_fds(fds: Sequence[int]) -> None:
             pass
 
 
-def _nbytes(buffer: Buffer) -> int:
-    if isinstance(buffer, (bytes, bytearray)):
-        return len(buffer)
+def _view_nbytes(buffer: Buffer) -> int:
     return memoryview(buffer).nbytes
+
+
+# Size in bytes of a buffer: ``_NBYTES.get(type(b), _view_nbytes)(b)`` costs no
+# Python frame for the common types, which shows on per-message paths.
+_NBYTES: dict[type, Callable[[Any], int]] = {bytes: len, bytearray: len}
 
 
 def _views(buffers: Sequence[Buffer]) -> list[memoryview]:
@@ -239,6 +242,11 @@ class Channel:
         """The channel owning the fds of :meth:`_wait_fds` (layers delegate)."""
         return self
 
+    #: True where readiness is the fds' alone: :meth:`_pending` is always
+    #: empty and :meth:`_wait_fds` depends on the condition only, so an async
+    #: wait that is reused for the same condition need not ask again.
+    _fixed_readiness: ClassVar[bool] = False
+
     def _shutdown(self, how: Shutdown) -> None:
         raise NotImplementedError
 
@@ -329,7 +337,7 @@ class Channel:
         n: int | None = -1
         if fds is None and len(buffers) == 1:
             # Fast path: one buffer that fills in one call needs no cursor.
-            size = _nbytes(buffers[0])
+            size = _NBYTES.get(type(buffers[0]), _view_nbytes)(buffers[0])
             waits = self._read_waits
             if waits & 7:
                 # Recent reads found nothing: wait before trying (a failed
@@ -384,7 +392,7 @@ class Channel:
         n: int | None = 0
         if not fds and len(buffers) == 1:
             # Fast path: one buffer usually goes out in one call.
-            size = _nbytes(buffers[0])
+            size = _NBYTES.get(type(buffers[0]), _view_nbytes)(buffers[0])
             while (n := self.writev(buffers, flags=flags)) is None:
                 yield Condition.OUT
             if n == size:
@@ -426,7 +434,7 @@ class Channel:
         try:
             cond = next(steps)
         except StopIteration as stop:
-            return _result(stop.value)
+            return ready(stop.value)
         waits = self._waits or self._get_waits()
         return waits.run_async(self, cond, steps)
 
@@ -483,7 +491,7 @@ class Channel:
         machinery when a single call does the job is measurable.
         """
         n = self.writev((data,))
-        if n == _nbytes(data):
+        if n == _NBYTES.get(type(data), _view_nbytes)(data):
             return None
         return memoryview(data).cast("B")[n:] if n else data
 
@@ -564,7 +572,8 @@ class Channel:
 
     async def awrite_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
         if not fds:
-            self._async_mode()
+            if self._blocking:
+                self.set_blocking(False)
             rest = self._write_once(data)
             if rest is None:
                 return
@@ -734,10 +743,6 @@ class Channel:
 
 
 _ERR_HUP = int(Condition.ERR | Condition.HUP)
-
-
-async def _result(value: T) -> T:
-    return value
 
 
 def _retry(call: Callable[[], T | None], cond: Condition) -> _Steps[T]:

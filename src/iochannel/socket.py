@@ -92,6 +92,7 @@ class SocketChannel(Channel):
     """A channel over a :class:`socket.socket` (see the module docstring)."""
 
     __slots__ = ("_fd", "_sock", "_specs", "_unlink", "_zc_copied", "_zc_queued", "_zc_sent")
+    _fixed_readiness = True
 
     def __init__(self, sock: socket.socket, *, name: str = "") -> None:
         features = Feature.SHUTDOWN

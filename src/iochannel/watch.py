@@ -22,7 +22,8 @@ number of subscribers (a TLS channel and the socket beneath it, a watch and a
 wait).  A hub entry stays registered after its last subscriber leaves and is
 dropped the next time it fires with nobody listening; a request/response
 pattern that waits again right after each read therefore makes no epoll_ctl
-calls at all.
+calls at all.  The awaiting task waits on the operation itself, a minimal
+future that resumes it from the fd callback: one loop iteration per message.
 
 *Watches* are persistent callbacks on a loop, fired while the condition holds
 (level-triggered, like GLib sources) until the callback returns ``False`` or
@@ -33,12 +34,13 @@ wait with :class:`~iochannel.ChannelClosedError`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import select
 import threading
 import weakref
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ChannelClosedError
 from .flags import Condition
@@ -59,7 +61,12 @@ _NVAL = select.POLLNVAL
 _ALWAYS = _ERR_HUP | _NVAL
 
 FdSpec = tuple[tuple[int, int], ...]
+
+# AsyncOp states: not in use (or parked), awaited, finished with its result not yet taken.
+_IDLE, _PENDING, _DONE = 0, 1, 2
+_current_task = asyncio.current_task
 _Subscriber = Callable[[int], None]
+T = TypeVar("T")
 
 
 class _Entry:
@@ -119,8 +126,12 @@ class _LoopHub:
         if not entry.subs:
             self._remove(key)
             return
-        for sub in tuple(entry.subs):
-            sub(key[1])
+        subs = entry.subs
+        if len(subs) == 1:
+            subs[0](key[1])
+        else:
+            for sub in tuple(subs):
+                sub(key[1])
 
     def _remove(self, key: tuple[int, int]) -> None:
         if self.entries.pop(key, None) is None:
@@ -225,34 +236,63 @@ class AsyncOp:
     before the data was consumed) costs a failed non-blocking call instead
     of a task switch.
 
-    An op that finished successfully is *parked*: it stays subscribed and the
-    channel's next wait on the same loop reuses it, so a request/response loop
-    subscribes once.  A parked op that fires unsubscribes itself (the fd is
-    level-triggered); it holds no reference to its channel, so an unclosed
-    channel can still be collected.
+    The op is itself what the awaiting task waits on: it speaks the part of
+    the future protocol that :class:`asyncio.Task` uses.  When a loop callback
+    (outside any task) finishes it, the task is resumed there and then rather
+    than through ``call_soon``, so a request/response exchange costs one loop
+    iteration per message where a future costs two.  Inside a task, or when
+    cancelled, the wake-up is scheduled as a future's would be.
+
+    Once its result has been taken the op is *parked*: it stays subscribed
+    and the channel's next wait on the same loop reuses it, so a
+    request/response loop subscribes once.  A parked op that fires
+    unsubscribes itself (the fd is level-triggered); it holds no reference to
+    its channel, so an unclosed channel can still be collected.
     """
 
-    __slots__ = ("channel", "cond", "fut", "hub", "loop", "steps", "subscribed", "waits")
+    __slots__ = (
+        "_asyncio_future_blocking",
+        "_callback",
+        "_context",
+        "_error",
+        "_state",
+        "_value",
+        "channel",
+        "cond",
+        "fixed",
+        "hub",
+        "loop",
+        "steps",
+        "subscribed",
+        "waits",
+    )
 
-    def __init__(self, waits: Waits, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, waits: Waits, loop: asyncio.AbstractEventLoop, fixed: bool) -> None:
         self.waits = waits
         self.loop = loop
+        # See Channel._fixed_readiness.
+        self.fixed = fixed
         self.hub = _hub(loop)
         self.channel: Channel | None = None
         self.steps: Generator[Condition, None, Any] | None = None
         self.cond = Condition.NONE
         self.subscribed: FdSpec = ()
-        self.fut: asyncio.Future[Any] | None = None
-
-    def start(self, channel: Channel, steps: Generator[Condition, None, Any] | None) -> None:
-        self.channel = channel
-        self.steps = steps
-        self.fut = self.loop.create_future()
+        self._state = _IDLE
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._callback: Callable[[AsyncOp], object] | None = None
+        self._context: contextvars.Context | None = None
+        self._asyncio_future_blocking = False
 
     def arm(self, cond: Condition) -> None:
         """Wait for *cond*; advance at once while the channel reports it pending."""
         ch = self.channel
         assert ch is not None
+        if self.fixed:
+            if cond != self.cond or not self.subscribed:
+                self.cond = cond
+                self._subscribe(ch._wait_fds(cond), ch)
+            return
         while True:
             self.cond = cond
             if self.steps is None or not ch._pending(cond):
@@ -279,12 +319,8 @@ class AsyncOp:
             self.subscribed = ()
 
     def __call__(self, revents: int) -> None:
-        fut = self.fut
-        if self.channel is None:  # parked: nobody waits, stop the reports
+        if self.channel is None:  # idle or parked: nobody waits, stop the reports
             self._unsubscribe()
-            return
-        assert fut is not None
-        if fut.done():
             return
         steps = self.steps
         if revents & _NVAL:
@@ -301,24 +337,27 @@ class AsyncOp:
             else:
                 self.arm(cond)
 
-    def finish(self, result: Any, exc: BaseException | None) -> None:
-        waits = self.waits
-        waits.remove_op(self)
+    def finish(self, value: Any, error: BaseException | None) -> None:
+        try:
+            self.waits.async_ops.remove(self)
+        except ValueError:
+            pass
         self.steps = None
         self.channel = None
-        parked = waits.parked[0 if int(self.cond) & _IN else 1]
-        if exc is None and not waits.closed and not parked:
-            parked.append(self)  # still subscribed: the next wait reuses it
-        else:
-            self._unsubscribe()
-        fut = self.fut
-        assert fut is not None
-        if fut.done():
+        self._value = value
+        self._error = error
+        self._state = _DONE
+        callback = self._callback
+        if callback is None:  # not awaited yet: ``__await__`` finds it done
             return
-        if exc is None:
-            fut.set_result(result)
+        self._callback = None
+        context = self._context
+        assert context is not None
+        # Last: the resumed task may reuse this op for its next wait.
+        if _current_task(self.loop) is None:
+            context.run(callback, self)
         else:
-            fut.set_exception(exc)
+            self.loop.call_soon(callback, self, context=context)
 
     def wake(self, exc: BaseException | None) -> None:
         """Thread-safe: retry an operation, end a plain wait, or fail with *exc*."""
@@ -333,8 +372,7 @@ class AsyncOp:
     def _on_wake(self, exc: BaseException | None) -> None:
         # A wake can reach an op that finished meanwhile, even one reused by
         # the next wait: like a wake sent while nothing waited, it ends that one.
-        fut = self.fut
-        if self.channel is None or fut is None or fut.done():
+        if self.channel is None or self._state != _PENDING:
             return
         if exc is not None:
             self.finish(None, exc)
@@ -344,13 +382,86 @@ class AsyncOp:
             self(0)  # retry the operation
 
     def abandon(self) -> None:
-        """The awaiting task was cancelled: stop and release the generator."""
+        """Stop waiting and release the generator; the op is not reused."""
         self._unsubscribe()
         self.waits.remove_op(self)
         steps, self.steps = self.steps, None
         self.channel = None
+        self._state = _IDLE
         if steps is not None:
             steps.close()
+
+    # ---- awaiting: the part of the future protocol asyncio.Task uses ----
+
+    def __await__(self) -> Generator[AsyncOp, None, Any]:
+        try:
+            if self._state == _PENDING:
+                self._asyncio_future_blocking = True
+                yield self
+        finally:
+            # Done (or, if something was thrown in, still pending): hand over
+            # the result, then park the op for the next wait or drop it.
+            value, error = self._value, self._error
+            self._value = self._error = None
+            waits = self.waits
+            parked = waits.parked[0 if int(self.cond) & _IN else 1]
+            if self._state == _PENDING:
+                self.abandon()
+            elif error is None and not waits.closed and not parked:
+                self._state = _IDLE
+                parked.append(self)  # still subscribed: the next wait reuses it
+            else:
+                self._state = _IDLE
+                self._unsubscribe()
+        if error is not None:
+            raise error
+        return value
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.loop
+
+    def done(self) -> bool:
+        return self._state != _PENDING
+
+    def cancelled(self) -> bool:
+        return self._state == _DONE and isinstance(self._error, asyncio.CancelledError)
+
+    def result(self) -> Any:
+        if self._state == _DONE and self._error is not None:
+            raise self._error
+        return self._value
+
+    def add_done_callback(
+        self, callback: Callable[[AsyncOp], object], *, context: contextvars.Context | None = None
+    ) -> None:
+        if context is None:
+            context = contextvars.copy_context()
+        if self._state == _PENDING:
+            self._callback, self._context = callback, context
+        else:
+            self.loop.call_soon(callback, self, context=context)
+
+    def remove_done_callback(self, callback: Callable[[AsyncOp], object]) -> int:
+        if self._callback is None or self._callback != callback:
+            return 0
+        self._callback = self._context = None
+        return 1
+
+    def cancel(self, msg: object = None) -> bool:
+        if self._state != _PENDING:
+            return False
+        self.abandon()
+        callback, context = self._callback, self._context
+        self._callback = self._context = None
+        self._value, self._error = None, asyncio.CancelledError(msg)
+        self._state = _DONE
+        if callback is not None:
+            self.loop.call_soon(callback, self, context=context)
+        return True
+
+    def __repr__(self) -> str:
+        state = ("idle", "pending", "done")[self._state]
+        return f"<AsyncOp {state} {self.cond!r} on {self.channel.name if self.channel else None}>"
 
 
 class Watch:
@@ -541,43 +652,40 @@ class Waits:
 
     # ---- asyncio --------------------------------------------------------
 
-    async def run_async(
+    def run_async(
         self, channel: Channel, cond: Condition, steps: Generator[Condition, None, Any] | None
-    ) -> Any:
-        """Wait for *cond* on the running loop, then drive *steps* (see :class:`AsyncOp`)."""
+    ) -> Awaitable[Any]:
+        """Wait for *cond* on the running loop, then drive *steps* (see :class:`AsyncOp`).
+
+        Call from a coroutine and await the result at once.
+        """
         if self.pending_wakes and steps is None:
             with self.lock:
                 if self._take_wake(cond):
-                    return 0
-        op = self._take_parked(asyncio.get_running_loop(), cond)
-        op.start(channel, steps)
-        fut = op.fut
-        assert fut is not None
-        # list.append is atomic; close() sets ``closed`` before it snapshots the list.
-        self.async_ops.append(op)
-        if self.closed:
-            op.abandon()
-            raise ChannelClosedError(f"{channel.name}: channel is closed")
-        op.arm(cond)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if op.fut is fut:  # not finished and reused by a later wait meanwhile
-                op.abandon()
-            raise
-
-    def _take_parked(self, loop: asyncio.AbstractEventLoop, cond: Condition) -> AsyncOp:
+                    return ready(0)
+        loop = asyncio.get_running_loop()
         parked = self.parked[0 if int(cond) & _IN else 1]
+        op = None
         if parked:
             try:
                 op = parked.pop()  # atomic: waits on two threads never share an op
             except IndexError:
                 pass
             else:
-                if op.loop is loop:
-                    return op
-                # Parked on another loop: leave it; it unsubscribes when it fires.
-        return AsyncOp(self, loop)
+                if op.loop is not loop:
+                    op = None  # parked on another loop: it unsubscribes when it fires
+        if op is None:
+            op = AsyncOp(self, loop, channel._fixed_readiness)
+        op.channel = channel
+        op.steps = steps
+        op._state = _PENDING
+        # list.append is atomic; close() sets ``closed`` before it snapshots the list.
+        self.async_ops.append(op)
+        if self.closed:
+            op.abandon()
+            raise ChannelClosedError(f"{channel.name}: channel is closed")
+        op.arm(cond)
+        return op
 
     def remove_op(self, op: AsyncOp) -> None:
         try:
@@ -630,6 +738,11 @@ class Waits:
         for op in ops:
             op.wake(ChannelClosedError(f"{name}: channel closed while waiting"))
         return watches
+
+
+async def ready(value: T) -> T:
+    """An awaitable of a result that needed no wait."""
+    return value
 
 
 def add_watch(
