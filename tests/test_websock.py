@@ -400,29 +400,47 @@ def test_peer_close_with_error_status(server_raw: tuple[WebsockChannel, socket.s
     assert recv_frame(b)[1] == struct.pack("!H", 1011) + b"server melted"
 
 
+def _accept_client(b: socket.socket, after: bytes = b"") -> None:
+    """Answer a client's handshake on the raw socket *b*, then send *after*."""
+    from iochannel.websock_handshake import accept_key
+
+    head = recv_head(b).decode()
+    key = next(
+        line.split(": ", 1)[1]
+        for line in head.split("\r\n")
+        if line.lower().startswith("sec-websocket-key")
+    )
+    b.sendall(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+        + accept_key(key).encode()
+        + b"\r\n\r\n"
+        + after
+    )
+
+
+@pytest.fixture
+def client_raw() -> Iterator[tuple[WebsockChannel, socket.socket]]:
+    """A shaken client channel and the raw server socket talking to it."""
+    a, b = socket.socketpair()
+    client = WebsockChannel.client(SocketChannel(a))
+    try:
+        t = threading.Thread(target=_accept_client, args=(b,))
+        t.start()
+        client.handshake()
+        t.join()
+        yield client, b
+    finally:
+        client.close()
+        b.close()
+
+
 def test_client_refuses_masked_server_frames() -> None:
     a, b = socket.socketpair()
     client = WebsockChannel.client(SocketChannel(a))
     try:
-
-        def serve() -> None:
-            head = recv_head(b).decode()
-            key = next(
-                line.split(": ", 1)[1]
-                for line in head.split("\r\n")
-                if line.lower().startswith("sec-websocket-key")
-            )
-            from iochannel.websock_handshake import accept_key
-
-            b.sendall(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                + accept_key(key).encode()
-                + b"\r\n\r\n"
-                + frame(0x2, b"masked")
-            )
-
-        t = threading.Thread(target=serve)
+        # The bad frame comes in the same segment as the handshake answer.
+        t = threading.Thread(target=_accept_client, args=(b, frame(0x2, b"masked")))
         t.start()
         client.handshake()
         t.join()
@@ -431,6 +449,78 @@ def test_client_refuses_masked_server_frames() -> None:
     finally:
         client.close()
         b.close()
+
+
+# ---- frames split anywhere --------------------------------------------------------
+
+
+def _read_in_pieces(ch: WebsockChannel, sock: socket.socket, pieces: list[bytes]) -> bytes:
+    """Send *pieces* one by one, each read to the end before the next: segment = piece."""
+    ch.set_blocking(False)
+    got = bytearray()
+    for piece in pieces:
+        sock.sendall(piece)
+        while data := ch.read(1 << 20):
+            got += data
+    return bytes(got)
+
+
+def _stream_frames(mask: bytes | None) -> tuple[bytes, bytes]:
+    """Frames of every kind the stream uses, and the bytes they carry."""
+    big = bytes(i % 251 for i in range(300))  # 16-bit length
+    wire = (
+        frame(0x2, big, mask=mask)
+        + frame(0x1, b"text ", fin=False, mask=mask)
+        + frame(0xA, b"pong", mask=mask)  # unsolicited: ignored, even between fragments
+        + frame(0x0, b"in fragments", mask=mask)
+        + frame(0x2, b"", mask=mask)
+        + frame(0x2, b"tail", mask=mask)
+    )
+    return wire, big + b"text in fragments" + b"tail"
+
+
+def test_frames_split_at_every_point_read_the_same(
+    server_raw: tuple[WebsockChannel, socket.socket],
+) -> None:
+    server, b = server_raw
+    wire, data = _stream_frames(MASK)
+    wire += frame(0x9, b"ping")
+    for cut in range(1, len(wire)):
+        assert _read_in_pieces(server, b, [wire[:cut], wire[cut:]]) == data, cut
+        assert recv_frame(b) == (0x8A, b"ping")
+    one_byte_each = [wire[i : i + 1] for i in range(len(wire))]
+    assert _read_in_pieces(server, b, one_byte_each) == data
+    assert recv_frame(b) == (0x8A, b"ping")
+
+
+def test_unmasked_frames_split_at_every_point_read_the_same(
+    client_raw: tuple[WebsockChannel, socket.socket],
+) -> None:
+    client, b = client_raw
+    wire, data = _stream_frames(None)
+    for cut in range(1, len(wire)):
+        assert _read_in_pieces(client, b, [wire[:cut], wire[cut:]]) == data, cut
+
+
+def test_long_frame_across_many_segments(
+    server_raw: tuple[WebsockChannel, socket.socket],
+) -> None:
+    server, b = server_raw
+    payload = os.urandom(200_000)  # 64-bit length, 200 KB in segments of odd sizes
+    wire = frame(0x2, payload)
+    pieces = [wire[i : i + 4093] for i in range(0, len(wire), 4093)]
+    assert _read_in_pieces(server, b, pieces) == payload
+
+
+def test_eof_inside_a_payload(server_raw: tuple[WebsockChannel, socket.socket]) -> None:
+    """Payload bytes are stream bytes: they are read as they come, then the EOF is an error."""
+    server, b = server_raw
+    b.sendall(frame(0x2, b"x" * 300)[:104])  # 4 header, 4 mask, 96 payload bytes
+    b.shutdown(socket.SHUT_WR)
+    assert server.read_all(96) == b"x" * 96
+    with pytest.raises(WebsockError, match="1006") as info:
+        server.read(10)
+    assert "without a WebSocket close frame" in str(info.value)
 
 
 # ---- memory stays bounded ----------------------------------------------------------------

@@ -1,14 +1,17 @@
 """WebSocket (RFC 6455) as a layer over any channel: :class:`WebsockChannel`.
 
 The channel carries a byte stream in binary frames, server or client side.
-The opening handshake is :mod:`iochannel.websock_handshake`; framing after it
-is the sans-I/O :class:`websockets.protocol.Protocol`, which checks masking
-(1002), opcodes and reserved bits (1002), control frame size and
-fragmentation (1002), the message size limit (1009, checked from the declared
-length before any payload is buffered), answers pings with a pong echoing the
-payload and echoes the peer's close status.  Outgoing data frames are built
-here, so a write costs one masking pass (client) or no copy at all (server)
-when the master takes the bytes at once.
+The opening handshake is :mod:`iochannel.websock_handshake`.  After it, the
+layer splits incoming bytes into frames: a data frame that is a whole message
+and breaks no rule is unmasked straight into the read queue as its bytes
+arrive; every other frame goes whole to the sans-I/O
+:class:`websockets.protocol.Protocol`, which checks masking (1002), opcodes
+and reserved bits (1002), control frame size and fragmentation (1002), the
+message size limit (1009, checked from the declared length before any
+payload is buffered), answers pings with a pong echoing the payload and
+echoes the peer's close status.  Outgoing data frames are built here, so a
+write costs one masking pass (client) or no copy at all (server) when the
+master takes the bytes at once.
 
 Reads return the payload of data frames — text frames too, unless
 ``accept_text=False`` (then 1003).  A close frame with status 1000, 1001 or
@@ -66,6 +69,10 @@ _READ_PAUSE = _WRITE_CHUNK + 16 + 64 * 1024
 # Handshake reads are small: the head is bounded anyway, and bytes read past
 # its end are handed to the frame decoder.
 _HEAD_CHUNK = 4096
+# A frame header: 2 bytes, up to 8 of extended length, 4 of mask.
+_MAX_HEADER = 14
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
 _CLEAN_CLOSE = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, 1005})
 
 _log = logging.getLogger(__name__)
@@ -96,12 +103,17 @@ class WebsockChannel(LayerChannel):
 
     __slots__ = (
         "_accept_text",
+        "_carry",
         "_eof",
         "_error",
+        "_fragmented",
         "_hin",
         "_hs_failure",
         "_key",
+        "_left",
+        "_mask",
         "_max_message",
+        "_offset",
         "_origins",
         "_path",
         "_proto",
@@ -148,6 +160,15 @@ class WebsockChannel(LayerChannel):
         self._eof = False
         self._error: BaseException | None = None
         self._text_message = False
+        # Frame splitting (see _receive): a partial header carried to the next
+        # segment, the payload bytes left in the current frame, that frame's
+        # mask (None: it goes to the protocol) and position in the mask, and
+        # whether a fragmented message is under way.
+        self._carry = bytearray()
+        self._left = 0
+        self._mask: bytes | None = None
+        self._offset = 0
+        self._fragmented = False
         # The protocol queued a reply (pong, close) that is not collected yet.
         self._replies = False
 
@@ -271,22 +292,110 @@ class WebsockChannel(LayerChannel):
     # ---- input -------------------------------------------------------------------
 
     def _receive(self, data: Buffer | None) -> None:
-        """Feed the protocol (``None`` = master EOF) and collect what it decoded."""
+        """Split master bytes into frames (``None`` = master EOF) and deliver them.
+
+        Whole-message data frames (the stream itself) are unmasked straight
+        into the read queue, as they arrive.  Every other frame — control
+        frames, fragments, and any frame that breaks a rule (reserved bits or
+        opcodes, masking, size) — goes whole to the ``websockets`` protocol,
+        which checks it, answers it and fails the connection with the right
+        code; it therefore always sees a stream of complete frames.
+        """
         proto = self._proto
         assert proto is not None
         with self._engine:
             if data is None:
-                proto.receive_eof()
-            else:
-                # The reader appends the bytes at once, so a view of our buffer is safe.
-                proto.receive_data(cast(bytes, data))
-            for frame in proto.events_received():
-                if isinstance(frame, Frame) and not self._take(proto, frame):
-                    self._replies = True
-                    return
-            if proto.parser_exc is not None and self._error is None:
-                self._fail_from_protocol()
+                # Inside a frame, the protocol reports EOF as it would itself.
+                if self._carry:
+                    self._feed(proto, self._carry)
+                if self._error is None:
+                    proto.receive_eof()
+                    self._drain_events(proto)
+                return
+            view = memoryview(data).cast("B")
+            pos, end = 0, len(view)
+            while pos < end and self._error is None:
+                left = self._left
+                if left:
+                    n = min(left, end - pos)
+                    self._payload(proto, view[pos : pos + n])
+                    self._left = left - n
+                    pos += n
+                elif proto.state is not State.OPEN:
+                    self._feed(proto, view[pos:])  # closing: the protocol has the last word
+                    break
+                else:
+                    pos = self._header(proto, view, pos)
+
+    def _header(self, proto: Protocol, view: memoryview, pos: int) -> int:
+        """Parse the frame header at *pos* (or what is carried over): where its payload starts."""
+        carry = self._carry
+        head = bytes(carry) + bytes(view[pos : pos + _MAX_HEADER - len(carry)])
+        need = 2
+        if len(head) >= 2:
+            b0, b1 = head[0], head[1]
+            length = b1 & 0x7F
+            need += (0, 2, 8)[(length >= 126) + (length == 127)] + (4 if b1 & 0x80 else 0)
+        if len(head) < need:
+            carry += view[pos:]  # less than a header: the rest of the segment
+            return len(view)
+        used = need - len(carry)
+        carry.clear()
+        if length == 126:
+            length = _U16.unpack_from(head, 2)[0]
+        elif length == 127:
+            length = _U64.unpack_from(head, 2)[0]
+        opcode = b0 & 0x0F
+        fin = b0 & 0x80
+        fragmented = self._fragmented
+        if opcode == 0:
+            if fin:
+                self._fragmented = False
+        elif opcode < 3:
+            self._fragmented = not fin
+            if (
+                fin
+                and not fragmented
+                and not b0 & 0x70
+                and bool(b1 & 0x80) is (self._side is Side.SERVER)
+                and length <= self._max_message
+                and (opcode == 2 or self._accept_text)
+            ):
+                self._mask = head[need - 4 : need] if b1 & 0x80 else b""
+                self._offset = 0
+                self._left = length
+                return pos + used
+        self._mask = None
+        self._feed(proto, head[:need])
+        self._left = length if self._error is None else 0
+        return pos + used
+
+    def _payload(self, proto: Protocol, chunk: memoryview) -> None:
+        mask = self._mask
+        if mask is None:
+            self._feed(proto, chunk)
+        elif mask:
+            # Masking continues across segments: start the key where the last part ended.
+            k = self._offset & 3
+            self._rq.append(memoryview(apply_mask(chunk, mask[k:] + mask[:k])))
+            self._offset += len(chunk)
+        else:
+            # Reads of the master wait until the queue is empty, so a view of its buffer is safe.
+            self._rq.append(chunk)
+
+    def _feed(self, proto: Protocol, data: Buffer) -> None:
+        # The protocol copies the bytes at once, so a view of our buffer is safe.
+        proto.receive_data(cast(bytes, data))
+        self._drain_events(proto)
+
+    def _drain_events(self, proto: Protocol) -> None:
+        for frame in proto.events_received():
+            if isinstance(frame, Frame) and not self._take(proto, frame):
                 self._replies = True
+                return
+        if proto.parser_exc is not None and self._error is None:
+            self._fail_from_protocol()
+            self._replies = True
 
     def _take(self, proto: Protocol, frame: Frame) -> bool:
         """Deliver one frame; ``False`` once the connection failed."""
