@@ -7,6 +7,7 @@ test's choice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
@@ -419,13 +420,13 @@ def _accept_client(b: socket.socket, after: bytes = b"") -> None:
     )
 
 
-@pytest.fixture
-def client_raw() -> Iterator[tuple[WebsockChannel, socket.socket]]:
-    """A shaken client channel and the raw server socket talking to it."""
+@contextlib.contextmanager
+def _shaken_client(after: bytes = b"") -> Iterator[tuple[WebsockChannel, socket.socket]]:
+    """A client channel past its handshake, the raw server socket, and *after* sent to it."""
     a, b = socket.socketpair()
     client = WebsockChannel.client(SocketChannel(a))
     try:
-        t = threading.Thread(target=_accept_client, args=(b,))
+        t = threading.Thread(target=_accept_client, args=(b, after))
         t.start()
         client.handshake()
         t.join()
@@ -435,20 +436,19 @@ def client_raw() -> Iterator[tuple[WebsockChannel, socket.socket]]:
         b.close()
 
 
+@pytest.fixture
+def client_raw() -> Iterator[tuple[WebsockChannel, socket.socket]]:
+    with _shaken_client() as pair:
+        yield pair
+
+
 def test_client_refuses_masked_server_frames() -> None:
-    a, b = socket.socketpair()
-    client = WebsockChannel.client(SocketChannel(a))
-    try:
-        # The bad frame comes in the same segment as the handshake answer.
-        t = threading.Thread(target=_accept_client, args=(b, frame(0x2, b"masked")))
-        t.start()
-        client.handshake()
-        t.join()
-        with pytest.raises(WebsockError, match="1002"):
-            client.read(10)
-    finally:
-        client.close()
-        b.close()
+    # The bad frame comes in the same segment as the handshake answer.
+    with (
+        _shaken_client(frame(0x2, b"masked")) as (client, _raw),
+        pytest.raises(WebsockError, match="1002"),
+    ):
+        client.read(10)
 
 
 # ---- frames split anywhere --------------------------------------------------------
