@@ -34,7 +34,6 @@ from __future__ import annotations
 import re
 import ssl
 from collections.abc import Sequence
-from typing import cast
 
 from .channel import Buffer, Channel
 from .crypto.authz import AuthzDeniedError, AuthzList
@@ -225,7 +224,7 @@ class TLSChannel(LayerChannel):
                 while view:
                     try:
                         # With a buffer, read() returns a count (typeshed says bytes).
-                        n = cast(int, ssl_read(len(view), view))
+                        n: int = ssl_read(len(view), view)  # type: ignore[assignment]
                     except ssl.SSLWantReadError:
                         views[i] = view
                         return total, True
