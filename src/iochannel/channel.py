@@ -48,6 +48,7 @@ import asyncio
 import os
 import warnings
 from collections.abc import Awaitable, Callable, Generator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .errors import (
@@ -501,8 +502,9 @@ class Channel:
         if self._blocking:
             self.set_blocking(False)
 
-    async def _aone(self, call: Callable[[], T | None], cond: Condition) -> T:
-        return await self._arun(_retry(call, cond))
+    def _aone(self, call: Callable[[], T | None], cond: Condition) -> Awaitable[T]:
+        """An awaitable of the first result of *call* that is not ``None``, waiting for *cond*."""
+        return self._arun(_retry(call, cond))
 
     async def areadv(
         self,
@@ -512,10 +514,10 @@ class Channel:
         fds: list[int] | None = None,
     ) -> int:
         """:meth:`readv` that waits instead of returning ``None``."""
-        return await self._aone(lambda: self.readv(buffers, flags=flags, fds=fds), Condition.IN)
+        return await self._aone(partial(self.readv, buffers, flags=flags, fds=fds), Condition.IN)
 
     async def areadinto(self, buffer: Buffer) -> int:
-        return await self.areadv((buffer,))
+        return await self._aone(partial(self.readv, (buffer,)), Condition.IN)
 
     async def aread(self, size: int) -> bytes:
         """Read up to *size* bytes, at least one; ``b""`` at EOF."""
@@ -532,7 +534,7 @@ class Channel:
         flags: WriteFlag = WriteFlag.NONE,
     ) -> int:
         """:meth:`writev` that waits instead of returning ``None``."""
-        return await self._aone(lambda: self.writev(buffers, fds=fds, flags=flags), Condition.OUT)
+        return await self._aone(partial(self.writev, buffers, fds=fds, flags=flags), Condition.OUT)
 
     async def awrite(self, data: Buffer) -> int:
         return await self.awritev((data,))
