@@ -426,6 +426,14 @@ class SocketChannel(Channel):
         except BlockingIOError:
             return None
 
+    def write_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
+        if self._blocking and not fds and not self._closed:
+            # One C call: sendall loops over partial writes with the GIL released,
+            # which is what a blocking bulk writer spends its time on.
+            self._sock.sendall(data, _NOSIGNAL)
+        else:
+            super().write_all(data, fds=fds)
+
     def _send_zero_copy(self, buffers: Sequence[Buffer]) -> int:
         for attempt in (0, 1):
             try:
