@@ -392,6 +392,7 @@ class AsyncOp:
             steps.close()
 
     # ---- awaiting: the part of the future protocol asyncio.Task uses ----
+    # (_asyncio_future_blocking, get_loop, add_done_callback, result, cancel)
 
     def __await__(self) -> Generator[AsyncOp, None, Any]:
         try:
@@ -420,13 +421,8 @@ class AsyncOp:
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self.loop
 
-    def done(self) -> bool:
-        return self._state != _PENDING
-
-    def cancelled(self) -> bool:
-        return self._state == _DONE and isinstance(self._error, asyncio.CancelledError)
-
     def result(self) -> Any:
+        # The task's wake-up calls this and throws what it raises into the coroutine.
         if self._state == _DONE and self._error is not None:
             raise self._error
         return self._value
@@ -434,18 +430,9 @@ class AsyncOp:
     def add_done_callback(
         self, callback: Callable[[AsyncOp], object], *, context: contextvars.Context | None = None
     ) -> None:
-        if context is None:
-            context = contextvars.copy_context()
-        if self._state == _PENDING:
-            self._callback, self._context = callback, context
-        else:
-            self.loop.call_soon(callback, self, context=context)
-
-    def remove_done_callback(self, callback: Callable[[AsyncOp], object]) -> int:
-        if self._callback is None or self._callback != callback:
-            return 0
-        self._callback = self._context = None
-        return 1
+        # The task registers right after the op yielded itself, so it is pending.
+        self._callback = callback
+        self._context = context if context is not None else contextvars.copy_context()
 
     def cancel(self, msg: object = None) -> bool:
         if self._state != _PENDING:
