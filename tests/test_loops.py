@@ -333,3 +333,37 @@ def test_reader_resumed_by_readiness_sees_other_tasks_run() -> None:
         assert y == [b"y" + i.to_bytes(2, "big") for i in range(50)]
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["close", "wake_read"])
+def test_waiters_never_run_inside_the_call_that_ends_their_wait(how: str) -> None:
+    """close() or wake_read() from a plain loop callback returns before the waiting task resumes."""
+    ch, peer = SocketChannel.pair()
+    events: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def reader() -> None:
+            try:
+                await ch.wait_async(Condition.IN)
+            except ChannelClosedError:
+                pass
+            events.append("reader resumed")
+
+        task = asyncio.ensure_future(reader())
+        await asyncio.sleep(0.01)  # the read is now waiting on the loop
+
+        def end_wait() -> None:
+            getattr(ch, how)()
+            events.append(f"{how} returned")
+
+        loop.call_soon(end_wait)
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        ch.close()
+        peer.close()
+    assert events == [f"{how} returned", "reader resumed"]

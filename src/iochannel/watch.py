@@ -82,12 +82,15 @@ class _Entry:
 class _LoopHub:
     """Fans fd readiness on one loop out to many subscribers (see module doc)."""
 
-    __slots__ = ("__weakref__", "_loop", "entries")
+    __slots__ = ("__weakref__", "_loop", "entries", "firing")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Weak, so that a finished loop (and its fds) is freed with its hub.
         self._loop = weakref.ref(loop)
         self.entries: dict[tuple[int, int], _Entry] = {}
+        #: True while the loop runs a readiness callback of this hub: no caller
+        #: of ours is on the stack, so a finished wait may resume its task here.
+        self.firing = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -127,11 +130,15 @@ class _LoopHub:
             self._remove(key)
             return
         subs = entry.subs
-        if len(subs) == 1:
-            subs[0](key[1])
-        else:
-            for sub in tuple(subs):
-                sub(key[1])
+        self.firing = True
+        try:
+            if len(subs) == 1:
+                subs[0](key[1])
+            else:
+                for sub in tuple(subs):
+                    sub(key[1])
+        finally:
+            self.firing = False
 
     def _remove(self, key: tuple[int, int]) -> None:
         if self.entries.pop(key, None) is None:
@@ -237,11 +244,13 @@ class AsyncOp:
     of a task switch.
 
     The op is itself what the awaiting task waits on: it speaks the part of
-    the future protocol that :class:`asyncio.Task` uses.  When a loop callback
-    (outside any task) finishes it, the task is resumed there and then rather
-    than through ``call_soon``, so a request/response exchange costs one loop
-    iteration per message where a future costs two.  Inside a task, or when
-    cancelled, the wake-up is scheduled as a future's would be.
+    the future protocol that :class:`asyncio.Task` uses.  When the hub's
+    readiness callback finishes it outside any task, the task is resumed
+    there and then rather than through ``call_soon``, so a request/response
+    exchange costs one loop iteration per message where a future costs two.
+    Finished any other way (``close``, ``wake_read``, inside a task) or
+    cancelled, the wake-up is scheduled as a future's would be: a task never
+    runs inside a call that somebody else made.
 
     Once its result has been taken the op is *parked*: it stays subscribed
     and the channel's next wait on the same loop reuses it, so a
@@ -354,7 +363,7 @@ class AsyncOp:
         context = self._context
         assert context is not None
         # Last: the resumed task may reuse this op for its next wait.
-        if _current_task(self.loop) is None:
+        if self.hub.firing and _current_task(self.loop) is None:
             context.run(callback, self)
         else:
             self.loop.call_soon(callback, self, context=context)
