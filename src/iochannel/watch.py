@@ -64,7 +64,6 @@ FdSpec = tuple[tuple[int, int], ...]
 
 # AsyncOp states: not in use (or parked), awaited, finished with its result not yet taken.
 _IDLE, _PENDING, _DONE = 0, 1, 2
-_current_task = asyncio.current_task
 _Subscriber = Callable[[int], None]
 T = TypeVar("T")
 
@@ -88,8 +87,9 @@ class _LoopHub:
         # Weak, so that a finished loop (and its fds) is freed with its hub.
         self._loop = weakref.ref(loop)
         self.entries: dict[tuple[int, int], _Entry] = {}
-        #: True while the loop runs a readiness callback of this hub: no caller
-        #: of ours is on the stack, so a finished wait may resume its task here.
+        #: True while the loop runs a readiness callback of this hub, outside
+        #: any task and with no caller of ours on the stack: a wait it finishes
+        #: may resume its task right there (see AsyncOp).
         self.firing = False
 
     @property
@@ -363,8 +363,14 @@ class AsyncOp:
         context = self._context
         assert context is not None
         # Last: the resumed task may reuse this op for its next wait.
-        if self.hub.firing and _current_task(self.loop) is None:
-            context.run(callback, self)
+        hub = self.hub
+        if hub.firing:
+            # What the task does runs inside a task: waits it ends are scheduled.
+            hub.firing = False
+            try:
+                context.run(callback, self)
+            finally:
+                hub.firing = True
         else:
             self.loop.call_soon(callback, self, context=context)
 
