@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from websockets.frames import Opcode
+from websockets.protocol import Protocol, Side
 
 from iochannel import SocketChannel
 from iochannel.websock import HandshakeError, WebsockChannel, WebsockError
@@ -77,6 +79,79 @@ def test_random_frames_end_cleanly(wire: list[bytes], tail: bytes) -> None:
                 pass
         except WebsockError as exc:
             assert 1000 <= exc.code < 5000
+    finally:
+        server.close()
+        b.close()
+
+
+def _reference(wire: bytes, max_message: int) -> tuple[bytes, int | None]:
+    """What the ``websockets`` protocol alone makes of *wire*: data, and the failure code."""
+    proto = Protocol(Side.SERVER, max_size=max_message)
+    proto.receive_data(wire)
+    kinds = (Opcode.CONT, Opcode.TEXT, Opcode.BINARY)
+    data = b"".join(f.data for f in proto.events_received() if f.opcode in kinds)
+    if proto.parser_exc is not None:
+        assert proto.close_sent is not None
+        return data, proto.close_sent.code
+    close = proto.close_rcvd
+    if close is not None and close.code not in (1000, 1001, 1005):
+        return data, close.code  # the layer reports a peer's error status too
+    return data, None
+
+
+# Mostly well-formed traffic, so that runs of data frames take the fast path.
+stream_frames = st.lists(
+    st.builds(
+        lambda op, payload, fin, masked: frame(op, payload, fin=fin, mask=MASK if masked else None),
+        st.sampled_from([0, 0, 1, 2, 2, 2, 8, 9, 10]),
+        st.binary(max_size=300),
+        st.booleans(),
+        st.sampled_from([True] * 9 + [False]),
+    ),
+    max_size=8,
+)
+
+
+@settings(_settings, max_examples=500)
+@given(
+    st.one_of(frames, stream_frames),
+    st.lists(st.integers(1, 64), max_size=12),
+    st.sampled_from([1, 100, 1 << 20]),
+)
+# A message starting inside a fragmented one; a split mask; a frame over the limit.
+@example([frame(2, b"a", fin=False), frame(2, b"b")], [], 1 << 20)
+@example([frame(2, b"0123456789"), frame(9, b"p"), frame(2, b"x" * 150)], [3, 4, 9], 100)
+def test_frames_split_anywhere_read_as_the_protocol_alone_reads_them(
+    wire: list[bytes], cuts: list[int], max_message: int
+) -> None:
+    """The layer's own frame splitting (fast path for whole data messages) agrees with
+    ``websockets`` fed everything at once: the same bytes, then the same close code."""
+    data = b"".join(wire)
+    expected, code = _reference(data, max_message)
+    pieces, pos = [], 0
+    for cut in cuts:
+        pieces.append(data[pos : pos + cut])
+        pos += cut
+    pieces.append(data[pos:])
+    a, b = socket.socketpair()
+    server = WebsockChannel.server(SocketChannel(a), max_message=max_message)
+    got = bytearray()
+    try:
+        b.sendall(request())
+        server.handshake()
+        recv_head(b)
+        server.set_blocking(False)
+        failed = None
+        try:
+            for piece in pieces:
+                b.sendall(piece)
+                while chunk := server.read(1 << 16):
+                    got += chunk
+        except WebsockError as exc:
+            failed = exc.code
+        # Close frames read as EOF (b""); anything after them is discarded by both.
+        assert bytes(got) == expected
+        assert failed == code
     finally:
         server.close()
         b.close()
