@@ -107,6 +107,13 @@ def _bulk_sync(channels: bool) -> float:
         b.close()
 
 
+async def _per_second(count: float, *work: Awaitable[object]) -> float:
+    """*count* divided by the seconds that *work*, run together, takes."""
+    start = time.perf_counter()
+    await asyncio.gather(*work)
+    return count / (time.perf_counter() - start)
+
+
 async def _bulk_floor() -> float:
     """The least asyncio allows for bulk: persistent fd callbacks, no coroutines, no channel."""
     loop = asyncio.get_running_loop()
@@ -139,14 +146,12 @@ async def _bulk_floor() -> float:
         loop.remove_reader(b.fileno())
         done.set_result(None)
 
-    start = time.perf_counter()
     loop.add_writer(a.fileno(), on_writable)
     loop.add_reader(b.fileno(), on_readable)
-    await done
-    elapsed = time.perf_counter() - start
+    rate = await _per_second(BULK / 1e6, done)
     a.close()
     b.close()
-    return BULK / elapsed / 1e6
+    return rate
 
 
 # ---- asyncio bulk ----------------------------------------------------------------
@@ -166,12 +171,10 @@ async def _bulk_async_channel() -> float:
         while left:
             left -= await b.areadinto(buf)
 
-    start = time.perf_counter()
-    await asyncio.gather(write(), read())
-    elapsed = time.perf_counter() - start
+    rate = await _per_second(BULK / 1e6, write(), read())
     a.close()
     b.close()
-    return BULK / elapsed / 1e6
+    return rate
 
 
 async def _bulk_async_streams() -> float:
@@ -190,12 +193,10 @@ async def _bulk_async_streams() -> float:
         while left:
             left -= len(await rb.read(CHUNK))
 
-    start = time.perf_counter()
-    await asyncio.gather(write(), read())
-    elapsed = time.perf_counter() - start
+    rate = await _per_second(BULK / 1e6, write(), read())
     for w in (wa, wb):
         w.close()
-    return BULK / elapsed / 1e6
+    return rate
 
 
 # ---- ping-pong -------------------------------------------------------------------
@@ -216,12 +217,10 @@ async def _pingpong_channel() -> float:
             await a.awrite_all(msg)
             await a.areadv_all((abuf,))
 
-    start = time.perf_counter()
-    await asyncio.gather(echo(), client())
-    elapsed = time.perf_counter() - start
+    rate = await _per_second(PINGS, echo(), client())
     a.close()
     b.close()
-    return PINGS / elapsed
+    return rate
 
 
 async def _pingpong_streams() -> float:
@@ -241,12 +240,10 @@ async def _pingpong_streams() -> float:
             await wa.drain()
             await ra.readexactly(64)
 
-    start = time.perf_counter()
-    await asyncio.gather(echo(), client())
-    elapsed = time.perf_counter() - start
+    rate = await _per_second(PINGS, echo(), client())
     for w in (wa, wb):
         w.close()
-    return PINGS / elapsed
+    return rate
 
 
 async def _pingpong_trio() -> float:
@@ -313,13 +310,11 @@ async def _pingpong_floor() -> float:
             sa.send(msg)
             await ra.read()
 
-    start = time.perf_counter()
-    await asyncio.gather(echo(), client())
-    elapsed = time.perf_counter() - start
+    rate = await _per_second(PINGS, echo(), client())
     for sock in (sa, sb):
         loop.remove_reader(sock.fileno())
         sock.close()
-    return PINGS / elapsed
+    return rate
 
 
 # ---- fd passing ------------------------------------------------------------------
