@@ -308,6 +308,7 @@ class WebsockChannel(LayerChannel):
                 # Inside a frame, the protocol reports EOF as it would itself.
                 if self._carry:
                     self._feed(proto, self._carry)
+                    self._carry.clear()
                 if self._error is None:
                     proto.receive_eof()
                     self._drain_events(proto)
