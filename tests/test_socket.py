@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 import tempfile
+import threading
 
 import pytest
 
@@ -372,3 +373,81 @@ def test_listener_finalizer_unlinks_its_path(tmp_path: os.PathLike[str]) -> None
         gc.collect()
     assert not os.path.exists(path), "a collected listener must unlink the path it created"
     assert any(issubclass(w.category, ResourceWarning) for w in caught)
+
+
+def _open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def test_async_readv_all_keeps_fds_across_waits_and_closes_them_when_cancelled() -> None:
+    """fds that came with the first byte of a message are the reader's only once it completes.
+
+    The message arrives in two parts with a wait between them: completed, the
+    fds are handed over; cancelled in between, they are closed, not leaked.
+    """
+    a, b = SocketChannel.pair()
+    r, w = os.pipe()
+
+    async def main() -> None:
+        before = _open_fds()
+        got: list[int] = []
+        a.writev((b"x",), fds=(r, w))
+        reader = asyncio.ensure_future(b.areadv_all((bytearray(3),), fds=got))
+        await asyncio.sleep(0.02)
+        assert not reader.done() and got == []
+        assert len(_open_fds() - before) == 2  # held by the pending read
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert got == [] and _open_fds() == before
+
+        a.writev((b"y",), fds=(r,))
+        buf = bytearray(2)
+        reader = asyncio.ensure_future(b.areadv_all((buf,), fds=got))
+        await asyncio.sleep(0.02)
+        await a.awrite_all(b"z")
+        await reader
+        assert buf == b"yz" and len(got) == 1
+        assert os.path.sameopenfile(got[0], r)
+        os.close(got[0])
+
+    try:
+        asyncio.run(main())
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        a.close()
+        b.close()
+
+
+def test_blocking_readv_all_closes_fds_held_when_the_channel_closes() -> None:
+    """A blocking exact read that holds fds mid-message closes them when close() ends its wait."""
+
+    a, b = SocketChannel.pair()
+    r, w = os.pipe()
+    before = _open_fds()
+    errors: list[BaseException] = []
+    got: list[int] = []
+
+    def read() -> None:
+        try:
+            b.readv_all((bytearray(4),), fds=got)
+        except BaseException as exc:
+            errors.append(exc)
+
+    a.writev((b"ab",), fds=(w,))
+    b.set_blocking(False)  # partial data, then a wait the close must end
+    t = threading.Thread(target=read)
+    t.start()
+    for _ in range(200):
+        if len(_open_fds() - before) >= 2:  # the fd received and the wait's eventfd
+            break
+        threading.Event().wait(0.01)
+    b.close()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], ChannelClosedError), errors
+    assert got == [] and len(_open_fds()) == len(before) - 1  # b's socket went
+    for fd in (r, w):
+        os.close(fd)
+    a.close()

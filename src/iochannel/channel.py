@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import os
 import warnings
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -58,7 +58,7 @@ from .errors import (
     UnsupportedFeatureError,
 )
 from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
-from .watch import FdSpec, Waits, Watch, WatchCallback, add_watch, ready
+from .watch import Continuation, FdSpec, Waits, Watch, WatchCallback, add_watch, ready
 
 if TYPE_CHECKING:
     from typing import Self
@@ -71,9 +71,7 @@ __all__ = ["Buffer", "Channel"]
 
 T = TypeVar("T")
 
-# One step of an exact-transfer loop: the condition to wait for before retrying.
-_Steps = Generator[Condition, None, T]
-
+_IN = Condition.IN
 _FD_PASS = int(Feature.FD_PASS)
 _READ_MSG_PEEK = int(Feature.READ_MSG_PEEK)
 _WRITE_ZERO_COPY = int(Feature.WRITE_ZERO_COPY)
@@ -330,114 +328,86 @@ class Channel:
     def write(self, data: Buffer) -> int | None:
         return self.writev((data,))
 
-    # ---- exact transfers (one generator core for sync and async) -------
+    # ---- exact transfers (one set of calls for sync and async) ---------
+    #
+    # Each is a call that returns ``None`` while the channel would block, its
+    # result once done, or a Continuation holding the progress made (see
+    # :mod:`iochannel.watch`): ``_run`` makes it with blocking waits in
+    # between, ``_arun`` on the running loop.
 
-    def _readv_all_steps(
+    def _read_exact(
         self, buffers: Sequence[Buffer], fds: list[int] | None, flags: ReadFlag
-    ) -> _Steps[bool]:
-        n: int | None = -1
+    ) -> bool | Continuation | None:
+        """One attempt at filling *buffers* (see :meth:`readv_all_eof`)."""
+        n: int | None = 0
         if fds is None and len(buffers) == 1:
             # Fast path: one buffer that fills in one call needs no cursor.
-            size = _NBYTES.get(type(buffers[0]), _view_nbytes)(buffers[0])
-            waits = self._read_waits
-            if waits & 7:
-                # Recent reads found nothing: wait before trying (a failed
-                # non-blocking read costs an exception); every 8th read probes.
-                self._read_waits = waits + 1
-                yield Condition.IN
-            elif waits:
-                self._read_waits = 0
-            while (n := self.readv(buffers, flags=flags)) is None:
+            n = self.readv(buffers, flags=flags)
+            if n is None:
                 self._read_waits = 1
-                yield Condition.IN
-            if n == size and n:
+                return None
+            if n == _NBYTES.get(type(buffers[0]), _view_nbytes)(buffers[0]):
                 return True
-        cursor = _Cursor(_views(buffers))
-        expected = sum(len(v) for v in cursor.views)
-        got = 0
-        received: list[int] = []
-        want_fds = fds is not None
-        try:
-            if n == 0 and expected:
-                return False  # the fast path met end of stream
-            if n is not None and n > 0:
-                got = n
-                cursor.advance(n)
-            while not cursor.done:
-                before = len(received)
-                n = self.readv(cursor.remaining(), flags=flags, fds=received if want_fds else None)
-                if n is None:
-                    yield Condition.IN
-                    continue
-                # fds ride with the first bytes only; the kernel drops later ones.
-                want_fds = want_fds and not received
-                if n == 0:
-                    if len(received) > before:
-                        continue  # fds without data are not end of stream
-                    if not got and not received:
-                        return False
-                    raise IncompleteReadError(got, expected, self._name)
-                want_fds = False
-                got += n
-                cursor.advance(n)
-        except BaseException:
-            close_fds(received)
-            raise
-        if fds is not None:
-            fds.extend(received)
-        return True
+            return self._after_short_read(buffers, flags, n)
+        result: bool | Continuation | None = _ReadRest(self, buffers, fds, flags, 0).first()
+        return result
 
-    def _writev_all_steps(
+    def _after_short_read(
+        self, buffers: Sequence[Buffer], flags: ReadFlag, n: int
+    ) -> bool | Continuation:
+        """After a first read of *n* bytes, fewer than fill the single buffer: EOF or the rest."""
+        if n == 0:
+            return False
+        result: bool | Continuation = _ReadRest(self, buffers, None, flags, n).first()
+        return result
+
+    def _write_exact(
         self, buffers: Sequence[Buffer], fds: Sequence[int], flags: WriteFlag
-    ) -> _Steps[None]:
+    ) -> bool | Continuation | None:
+        """One attempt at writing all of *buffers* (see :meth:`writev_all`)."""
         n: int | None = 0
         if not fds and len(buffers) == 1:
             # Fast path: one buffer usually goes out in one call.
-            size = _NBYTES.get(type(buffers[0]), _view_nbytes)(buffers[0])
-            while (n := self.writev(buffers, flags=flags)) is None:
-                yield Condition.OUT
-            if n == size:
-                return
-        cursor = _Cursor(_views(buffers))
-        if n:
-            cursor.advance(n)
-        if fds and cursor.done:
-            raise ValueError(
-                f"{self._name}: file descriptors need at least one byte to travel with"
-            )
-        while not cursor.done:
-            n = self.writev(cursor.remaining(), fds=fds, flags=flags)
+            n = self.writev(buffers, flags=flags)
             if n is None:
-                yield Condition.OUT
-                continue
-            if n:
-                fds = ()
-            cursor.advance(n)
+                return None
+            if n == _NBYTES.get(type(buffers[0]), _view_nbytes)(buffers[0]):
+                return True
+        result: bool | Continuation | None = _WriteRest(self, buffers, fds, flags, n or 0).first()
+        return result
 
-    def _run(self, steps: _Steps[T]) -> T:
+    def _run(self, call: Callable[[], T | Continuation | None], cond: Condition) -> T:
+        """Make *call* until it is done, blocking for *cond* while it would block."""
         try:
-            cond = next(steps)
             while True:
-                self.wait(cond)
-                cond = steps.send(None)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
+                result = call()
+                if result is None:
+                    self.wait(cond)
+                elif isinstance(result, Continuation):
+                    call = result
+                    self.wait(cond)
+                else:
+                    return result
+        except BaseException:
+            if isinstance(call, Continuation):
+                call.close()
+            raise
 
-    def _arun(self, steps: _Steps[T]) -> Awaitable[T]:
-        """Start *steps* at once; return an awaitable of its result.
+    def _arun(self, call: Callable[[], T | Continuation | None], cond: Condition) -> Awaitable[T]:
+        """Make *call* now, then whenever *cond* holds, until done.
 
         Not a coroutine itself: awaiting the returned wait directly saves a
         frame on every resume of a ping-pong loop.
         """
         if self._blocking:
             self.set_blocking(False)
-        try:
-            cond = next(steps)
-        except StopIteration as stop:
-            return ready(stop.value)
+        result = call()
+        if result is not None:
+            if not isinstance(result, Continuation):
+                return ready(result)
+            call = result
         waits = self._waits or self._get_waits()
-        return waits.run_async(self, cond, steps)
+        return waits.run_async(self, cond, call)
 
     def readv_all_eof(
         self,
@@ -450,7 +420,7 @@ class Channel:
 
         Raises :class:`IncompleteReadError` if the stream ends part-way.
         """
-        return self._run(self._readv_all_steps(buffers, fds, flags))
+        return self._run(partial(self._read_exact, buffers, fds, flags), Condition.IN)
 
     def readv_all(
         self,
@@ -477,7 +447,7 @@ class Channel:
         flags: WriteFlag = WriteFlag.NONE,
     ) -> None:
         """Write every byte of *buffers*; *fds* go with the first byte sent."""
-        self._run(self._writev_all_steps(buffers, fds, flags))
+        self._run(partial(self._write_exact, buffers, fds, flags), Condition.OUT)
 
     def write_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
         """Write every byte of *data* (with *fds*, see :meth:`writev_all`)."""
@@ -488,8 +458,8 @@ class Channel:
     def _write_once(self, data: Buffer) -> Buffer | None:
         """One direct write: ``None`` if it took everything, else what is left.
 
-        Writers call the ``*write_all`` forms in tight loops; skipping the step
-        machinery when a single call does the job is measurable.
+        Writers call the ``*write_all`` forms in tight loops; skipping the
+        call machinery when a single write does the job is measurable.
         """
         n = self.writev((data,))
         if n == _NBYTES.get(type(data), _view_nbytes)(data):
@@ -502,10 +472,6 @@ class Channel:
         if self._blocking:
             self.set_blocking(False)
 
-    def _aone(self, call: Callable[[], T | None], cond: Condition) -> Awaitable[T]:
-        """An awaitable of the first result of *call* that is not ``None``, waiting for *cond*."""
-        return self._arun(_retry(call, cond))
-
     async def areadv(
         self,
         buffers: Sequence[Buffer],
@@ -514,10 +480,10 @@ class Channel:
         fds: list[int] | None = None,
     ) -> int:
         """:meth:`readv` that waits instead of returning ``None``."""
-        return await self._aone(partial(self.readv, buffers, flags=flags, fds=fds), Condition.IN)
+        return await self._arun(partial(self.readv, buffers, flags=flags, fds=fds), Condition.IN)
 
     async def areadinto(self, buffer: Buffer) -> int:
-        return await self._aone(partial(self.readv, (buffer,)), Condition.IN)
+        return await self._arun(partial(self.readv, (buffer,)), Condition.IN)
 
     async def aread(self, size: int) -> bytes:
         """Read up to *size* bytes, at least one; ``b""`` at EOF."""
@@ -534,10 +500,23 @@ class Channel:
         flags: WriteFlag = WriteFlag.NONE,
     ) -> int:
         """:meth:`writev` that waits instead of returning ``None``."""
-        return await self._aone(partial(self.writev, buffers, fds=fds, flags=flags), Condition.OUT)
+        return await self._arun(partial(self.writev, buffers, fds=fds, flags=flags), Condition.OUT)
 
     async def awrite(self, data: Buffer) -> int:
         return await self.awritev((data,))
+
+    def _aread_exact(
+        self, buffers: Sequence[Buffer], fds: list[int] | None, flags: ReadFlag
+    ) -> Awaitable[bool]:
+        call = partial(self._read_exact, buffers, fds, flags)
+        waits = self._read_waits
+        if waits & 31 and not self._blocking:
+            # Recent reads found nothing: wait before trying (a failed
+            # non-blocking read costs an exception); every 32nd read probes.
+            self._read_waits = waits + 1
+            return (self._waits or self._get_waits()).run_async(self, _IN, call)
+        self._read_waits = 0
+        return self._arun(call, _IN)
 
     async def areadv_all_eof(
         self,
@@ -546,7 +525,7 @@ class Channel:
         fds: list[int] | None = None,
         flags: ReadFlag = ReadFlag.NONE,
     ) -> bool:
-        return await self._arun(self._readv_all_steps(buffers, fds, flags))
+        return await self._aread_exact(buffers, fds, flags)
 
     async def areadv_all(
         self,
@@ -555,7 +534,7 @@ class Channel:
         fds: list[int] | None = None,
         flags: ReadFlag = ReadFlag.NONE,
     ) -> None:
-        if not await self._arun(self._readv_all_steps(buffers, fds, flags)):
+        if not await self._aread_exact(buffers, fds, flags):
             raise ChannelEOFError(f"{self._name}: end of stream before any data was read")
 
     async def aread_all(self, size: int) -> bytes:
@@ -570,17 +549,18 @@ class Channel:
         fds: Sequence[int] = (),
         flags: WriteFlag = WriteFlag.NONE,
     ) -> None:
-        await self._arun(self._writev_all_steps(buffers, fds, flags))
+        await self._arun(partial(self._write_exact, buffers, fds, flags), Condition.OUT)
 
     async def awrite_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
-        if not fds:
-            if self._blocking:
-                self.set_blocking(False)
-            rest = self._write_once(data)
-            if rest is None:
-                return
-            data = rest
-        await self._arun(self._writev_all_steps((data,), fds, WriteFlag.NONE))
+        if fds:
+            await self.awritev_all((data,), fds=fds)
+            return
+        if self._blocking:
+            self.set_blocking(False)
+        # Inline: the first write usually takes everything (one frame less per message).
+        n = self.writev((data,))
+        if n != _NBYTES.get(type(data), _view_nbytes)(data):
+            await self._arun(_WriteRest(self, (data,), (), WriteFlag.NONE, n or 0), Condition.OUT)
 
     # ---- waiting -------------------------------------------------------
 
@@ -744,12 +724,93 @@ class Channel:
                 pass
 
 
-_ERR_HUP = int(Condition.ERR | Condition.HUP)
+class _ReadRest(Continuation):
+    """A ``readv_all`` past its first call: fills the rest of the buffers."""
+
+    __slots__ = ("channel", "cursor", "expected", "fds", "flags", "got", "received", "want_fds")
+
+    def __init__(
+        self,
+        channel: Channel,
+        buffers: Sequence[Buffer],
+        fds: list[int] | None,
+        flags: ReadFlag,
+        got: int,
+    ) -> None:
+        self.channel = channel
+        self.cursor = _Cursor(_views(buffers))
+        self.expected = sum(len(v) for v in self.cursor.views)
+        self.cursor.advance(got)
+        self.got = got
+        self.fds = fds
+        self.flags = flags
+        self.received: list[int] = []
+        self.want_fds = fds is not None
+
+    def __call__(self) -> bool | None:
+        ch, cursor, received = self.channel, self.cursor, self.received
+        try:
+            while not cursor.done:
+                before = len(received)
+                n = ch.readv(
+                    cursor.remaining(), flags=self.flags, fds=received if self.want_fds else None
+                )
+                if n is None:
+                    return None
+                # fds ride with the first bytes only; the kernel drops later ones.
+                self.want_fds = self.want_fds and not received
+                if n == 0:
+                    if len(received) > before:
+                        continue  # fds without data are not end of stream
+                    if not self.got and not received:
+                        return False
+                    raise IncompleteReadError(self.got, self.expected, ch.name)
+                self.want_fds = False
+                self.got += n
+                cursor.advance(n)
+        except BaseException:
+            self.close()
+            raise
+        if self.fds is not None:
+            self.fds.extend(received)
+            received.clear()
+        return True
+
+    def close(self) -> None:
+        close_fds(self.received)
+        self.received.clear()
 
 
-def _retry(call: Callable[[], T | None], cond: Condition) -> _Steps[T]:
-    while True:
-        result = call()
-        if result is not None:
-            return result
-        yield cond
+class _WriteRest(Continuation):
+    """A ``writev_all`` past its first call: writes the rest of the buffers."""
+
+    __slots__ = ("channel", "cursor", "fds", "flags")
+
+    def __init__(
+        self,
+        channel: Channel,
+        buffers: Sequence[Buffer],
+        fds: Sequence[int],
+        flags: WriteFlag,
+        sent: int,
+    ) -> None:
+        self.channel = channel
+        self.cursor = _Cursor(_views(buffers))
+        self.cursor.advance(sent)
+        if fds and self.cursor.done:
+            raise ValueError(
+                f"{channel.name}: file descriptors need at least one byte to travel with"
+            )
+        self.fds = fds
+        self.flags = flags
+
+    def __call__(self) -> bool | None:
+        ch, cursor = self.channel, self.cursor
+        while not cursor.done:
+            n = ch.writev(cursor.remaining(), fds=self.fds, flags=self.flags)
+            if n is None:
+                return None
+            if n:
+                self.fds = ()
+            cursor.advance(n)
+        return True

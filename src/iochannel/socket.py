@@ -43,10 +43,10 @@ from .address import (
     from_sockaddr,
     resolve,
 )
-from .channel import Buffer, Channel, close_fds
+from .channel import _NBYTES, Buffer, Channel, _view_nbytes, close_fds
 from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
 from .task import Task
-from .watch import FdSpec, forget_fd
+from .watch import Continuation, FdSpec, forget_fd
 
 __all__ = ["MAX_FDS", "SocketChannel"]
 
@@ -333,7 +333,7 @@ class SocketChannel(Channel):
 
     async def aaccept(self) -> SocketChannel:
         """Wait for and accept one client on the running loop."""
-        return await self._aone(self.accept, Condition.IN)
+        return await self._arun(self.accept, Condition.IN)
 
     # ---- introspection ---------------------------------------------------
 
@@ -425,6 +425,24 @@ class SocketChannel(Channel):
             return sock.sendmsg(buffers, (), _NOSIGNAL)
         except BlockingIOError:
             return None
+
+    # readv_all's first call, one frame shorter: the socket call is made here
+    # rather than through readv (a few percent of an asyncio ping-pong).
+
+    def _read_exact(
+        self, buffers: Sequence[Buffer], fds: list[int] | None, flags: ReadFlag
+    ) -> bool | Continuation | None:
+        if fds is not None or flags or len(buffers) != 1 or self._closed:
+            return super()._read_exact(buffers, fds, flags)
+        buffer = buffers[0]
+        try:
+            n = self._sock.recv_into(buffer)
+        except BlockingIOError:
+            self._read_waits = 1
+            return None
+        if n == _NBYTES.get(type(buffer), _view_nbytes)(buffer):
+            return True
+        return self._after_short_read(buffers, flags, n)
 
     def write_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
         if self._blocking and not fds and not self._closed:

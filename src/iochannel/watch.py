@@ -25,6 +25,11 @@ pattern that waits again right after each read therefore makes no epoll_ctl
 calls at all.  The awaiting task waits on the operation itself, a minimal
 future that resumes it from the fd callback: one loop iteration per message.
 
+An *operation* is a plain call that returns ``None`` while the channel would
+block and its result once done; one that made progress and must keep state
+until it can go on returns a :class:`Continuation` instead (see
+:class:`AsyncOp`).
+
 *Watches* are persistent callbacks on a loop, fired while the condition holds
 (level-triggered, like GLib sources) until the callback returns ``False`` or
 the watch is cancelled.  Closing a channel cancels every watch and ends every
@@ -48,7 +53,7 @@ from .flags import Condition
 if TYPE_CHECKING:
     from .channel import Channel
 
-__all__ = ["Waits", "Watch", "WatchCallback", "add_watch", "forget_fd"]
+__all__ = ["Continuation", "Waits", "Watch", "WatchCallback", "add_watch", "forget_fd"]
 
 #: ``callback(channel, condition) -> keep`` — return ``False`` to remove the watch.
 WatchCallback = Callable[["Channel", Condition], bool]
@@ -68,29 +73,63 @@ _Subscriber = Callable[[int], None]
 T = TypeVar("T")
 
 
-class _Entry:
-    __slots__ = ("owner", "subs")
+class Continuation:
+    """A stateful operation: what a call returns when it moved some bytes but would now block.
 
-    def __init__(self, owner: object) -> None:
+    The wait goes on calling the continuation instead (``None`` while it
+    would block, then the result); :meth:`close` releases what it holds if
+    the operation is given up (cancelled, or the channel closed).
+    """
+
+    __slots__ = ()
+
+    def __call__(self) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def first(self) -> Any:
+        """Make the first call: its result, or this continuation if it would block."""
+        result = self()
+        return self if result is None else result
+
+
+class _Entry:
+    """One fd and direction registered with the loop, and its subscribers."""
+
+    __slots__ = ("event", "hub", "key", "owner", "subs")
+
+    def __init__(self, hub: _LoopHub, key: tuple[int, int], owner: object) -> None:
+        self.hub = hub
+        self.key = key
+        self.event = key[1]
         # Weak: an entry outlives its subscribers until the fd fires again, and
         # must not keep an unclosed channel from being collected meanwhile.
         self.owner = weakref.ref(owner)
         self.subs: list[_Subscriber] = []
 
+    def fire(self) -> None:
+        """The loop's readiness callback (removing the entry cancels it)."""
+        subs = self.subs
+        if len(subs) == 1:
+            subs[0](self.event)
+        elif not subs:
+            self.hub._remove(self.key)
+        else:
+            for sub in tuple(subs):
+                sub(self.event)
+
 
 class _LoopHub:
     """Fans fd readiness on one loop out to many subscribers (see module doc)."""
 
-    __slots__ = ("__weakref__", "_loop", "entries", "firing")
+    __slots__ = ("__weakref__", "_loop", "entries")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Weak, so that a finished loop (and its fds) is freed with its hub.
         self._loop = weakref.ref(loop)
         self.entries: dict[tuple[int, int], _Entry] = {}
-        #: True while the loop runs a readiness callback of this hub, outside
-        #: any task and with no caller of ours on the stack: a wait it finishes
-        #: may resume its task right there (see AsyncOp).
-        self.firing = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -106,12 +145,12 @@ class _LoopHub:
             self._remove(key)
             entry = None
         if entry is None:
-            entry = _Entry(owner)
+            entry = _Entry(self, key, owner)
             self.entries[key] = entry
             if event == _IN:
-                self.loop.add_reader(fd, self._fire, key)
+                self.loop.add_reader(fd, entry.fire)
             else:
-                self.loop.add_writer(fd, self._fire, key)
+                self.loop.add_writer(fd, entry.fire)
         entry.subs.append(sub)
 
     def unsubscribe(self, fd: int, event: int, sub: _Subscriber) -> None:
@@ -121,24 +160,6 @@ class _LoopHub:
                 entry.subs.remove(sub)
             except ValueError:
                 pass
-
-    def _fire(self, key: tuple[int, int]) -> None:
-        entry = self.entries.get(key)
-        if entry is None:
-            return
-        if not entry.subs:
-            self._remove(key)
-            return
-        subs = entry.subs
-        self.firing = True
-        try:
-            if len(subs) == 1:
-                subs[0](key[1])
-            else:
-                for sub in tuple(subs):
-                    sub(key[1])
-        finally:
-            self.firing = False
 
     def _remove(self, key: tuple[int, int]) -> None:
         if self.entries.pop(key, None) is None:
@@ -236,27 +257,27 @@ def _move(hub: _LoopHub, old: FdSpec, new: FdSpec, owner: object, sub: _Subscrib
 class AsyncOp:
     """One pending async wait or operation on a channel, driven from loop callbacks.
 
-    A plain wait (``steps`` is ``None``) finishes with the readiness reported.
-    An operation is a generator that yields the condition it needs and
-    returns its result: it is advanced *inside* the hub callback, so the I/O
+    A plain wait (``call`` is ``None``) finishes with the readiness reported.
+    An operation's ``call`` is made *inside* the hub callback, so the I/O
     happens when the loop reports readiness and a stale report (one queued
     before the data was consumed) costs a failed non-blocking call instead
     of a task switch.
 
     The op is itself what the awaiting task waits on: it speaks the part of
-    the future protocol that :class:`asyncio.Task` uses.  When the hub's
-    readiness callback finishes it outside any task, the task is resumed
-    there and then rather than through ``call_soon``, so a request/response
-    exchange costs one loop iteration per message where a future costs two.
-    Finished any other way (``close``, ``wake_read``, inside a task) or
-    cancelled, the wake-up is scheduled as a future's would be: a task never
-    runs inside a call that somebody else made.
+    the future protocol that :class:`asyncio.Task` uses.  When a readiness
+    callback of the loop finishes it, the task is resumed there and then
+    rather than through ``call_soon``, so a request/response exchange costs
+    one loop iteration per message where a future costs two.  Finished any
+    other way (``close``, ``wake_read``, inside a task) or cancelled, the
+    wake-up is scheduled as a future's would be: a task never runs inside a
+    call that somebody else made.
 
-    Once its result has been taken the op is *parked*: it stays subscribed
-    and the channel's next wait on the same loop reuses it, so a
-    request/response loop subscribes once.  A parked op that fires
-    unsubscribes itself (the fd is level-triggered); it holds no reference to
-    its channel, so an unclosed channel can still be collected.
+    Once its result has been taken the op is *parked*: it stays subscribed,
+    and registered with the channel's waits, and the channel's next wait on
+    the same loop in the same direction reuses it, so a request/response loop
+    subscribes once.  A parked op that fires unsubscribes itself (the fd is
+    level-triggered); it holds no reference to its channel, so an unclosed
+    channel can still be collected.
     """
 
     __slots__ = (
@@ -266,24 +287,29 @@ class AsyncOp:
         "_error",
         "_state",
         "_value",
+        "call",
         "channel",
         "cond",
         "fixed",
         "hub",
         "loop",
-        "steps",
+        "slot",
         "subscribed",
         "waits",
     )
 
-    def __init__(self, waits: Waits, loop: asyncio.AbstractEventLoop, fixed: bool) -> None:
+    def __init__(
+        self, waits: Waits, loop: asyncio.AbstractEventLoop, fixed: bool, slot: list[AsyncOp]
+    ) -> None:
         self.waits = waits
         self.loop = loop
         # See Channel._fixed_readiness.
         self.fixed = fixed
+        #: The list of ``waits.parked`` this op parks in (its direction).
+        self.slot = slot
         self.hub = _hub(loop)
         self.channel: Channel | None = None
-        self.steps: Generator[Condition, None, Any] | None = None
+        self.call: Callable[[], Any] | None = None
         self.cond = Condition.NONE
         self.subscribed: FdSpec = ()
         self._state = _IDLE
@@ -294,7 +320,7 @@ class AsyncOp:
         self._asyncio_future_blocking = False
 
     def arm(self, cond: Condition) -> None:
-        """Wait for *cond*; advance at once while the channel reports it pending."""
+        """Wait for *cond*; try the call at once if the channel reports it pending."""
         ch = self.channel
         assert ch is not None
         if self.fixed:
@@ -302,21 +328,13 @@ class AsyncOp:
                 self.cond = cond
                 self._subscribe(ch._wait_fds(cond), ch)
             return
-        while True:
-            self.cond = cond
-            if self.steps is None or not ch._pending(cond):
-                break
-            try:
-                cond = self.steps.send(None)
-            except StopIteration as stop:
-                self.finish(stop.value, None)
-                return
-            except BaseException as exc:
-                self.finish(None, exc)
-                return
-        fds = ch._wait_fds(cond)
-        if fds != self.subscribed:
-            self._subscribe(fds, ch._io_owner())
+        self.cond = cond
+        if self.call is not None and ch._pending(cond):
+            self(0)  # re-arms if the call would still block
+        else:
+            fds = ch._wait_fds(cond)
+            if fds != self.subscribed:
+                self._subscribe(fds, ch._io_owner())
 
     def _subscribe(self, fds: FdSpec, owner: object) -> None:
         _move(self.hub, self.subscribed, fds, owner, self)
@@ -328,30 +346,37 @@ class AsyncOp:
             self.subscribed = ()
 
     def __call__(self, revents: int) -> None:
-        if self.channel is None:  # idle or parked: nobody waits, stop the reports
+        """Readiness *revents* from the hub, or ``0`` to retry the call now."""
+        ch = self.channel
+        if ch is None:  # idle or parked: nobody waits, stop the reports
             self._unsubscribe()
             return
-        steps = self.steps
+        call = self.call
         if revents & _NVAL:
-            self.finish(None, ChannelClosedError(f"{self.channel.name}: channel closed"))
-        elif steps is None:
-            self.finish(revents & (self.cond | _ERR_HUP) | self.channel._pending(self.cond), None)
-        else:
-            try:
-                cond = steps.send(None)
-            except StopIteration as stop:
-                self.finish(stop.value, None)
-            except BaseException as exc:
-                self.finish(None, exc)
-            else:
-                self.arm(cond)
-
-    def finish(self, value: Any, error: BaseException | None) -> None:
+            self.finish(None, ChannelClosedError(f"{ch.name}: channel closed"), False)
+            return
+        # Only the loop's readiness callback passes revents: nothing of ours
+        # is on the stack and no task runs, so the task may resume right here.
+        direct = revents != 0
+        if call is None:
+            self.finish(revents & (self.cond | _ERR_HUP) | ch._pending(self.cond), None, direct)
+            return
         try:
-            self.waits.async_ops.remove(self)
-        except ValueError:
-            pass
-        self.steps = None
+            result = call()
+        except BaseException as exc:
+            self.finish(None, exc, direct)
+            return
+        if result is None or isinstance(result, Continuation):
+            if result is not None:
+                self.call = result
+            if not self.fixed:
+                self.arm(self.cond)
+        else:
+            self.finish(result, None, direct)
+
+    def finish(self, value: Any, error: BaseException | None, direct: bool) -> None:
+        """End the wait; resume the task in place if *direct*, else schedule it."""
+        self.call = None
         self.channel = None
         self._value = value
         self._error = error
@@ -363,14 +388,8 @@ class AsyncOp:
         context = self._context
         assert context is not None
         # Last: the resumed task may reuse this op for its next wait.
-        hub = self.hub
-        if hub.firing:
-            # What the task does runs inside a task: waits it ends are scheduled.
-            hub.firing = False
-            try:
-                context.run(callback, self)
-            finally:
-                hub.firing = True
+        if direct:
+            context.run(callback, self)
         else:
             self.loop.call_soon(callback, self, context=context)
 
@@ -390,21 +409,21 @@ class AsyncOp:
         if self.channel is None or self._state != _PENDING:
             return
         if exc is not None:
-            self.finish(None, exc)
-        elif self.steps is None:
-            self.finish(0, None)
+            self.finish(None, exc, False)
+        elif self.call is None:
+            self.finish(0, None, False)
         else:
             self(0)  # retry the operation
 
     def abandon(self) -> None:
-        """Stop waiting and release the generator; the op is not reused."""
+        """Stop waiting and release the call's state; the op is not reused."""
         self._unsubscribe()
         self.waits.remove_op(self)
-        steps, self.steps = self.steps, None
+        call, self.call = self.call, None
         self.channel = None
         self._state = _IDLE
-        if steps is not None:
-            steps.close()
+        if isinstance(call, Continuation):
+            call.close()
 
     # ---- awaiting: the part of the future protocol asyncio.Task uses ----
     # (_asyncio_future_blocking, get_loop, add_done_callback, result, cancel)
@@ -419,16 +438,11 @@ class AsyncOp:
             # the result, then park the op for the next wait or drop it.
             value, error = self._value, self._error
             self._value = self._error = None
-            waits = self.waits
-            parked = waits.parked[0 if int(self.cond) & _IN else 1]
-            if self._state == _PENDING:
-                self.abandon()
-            elif error is None and not waits.closed and not parked:
+            if self._state == _DONE and error is None and not self.slot and not self.waits.closed:
                 self._state = _IDLE
-                parked.append(self)  # still subscribed: the next wait reuses it
+                self.slot.append(self)  # still subscribed: the next wait reuses it
             else:
-                self._state = _IDLE
-                self._unsubscribe()
+                self.abandon()
         if error is not None:
             raise error
         return value
@@ -655,13 +669,13 @@ class Waits:
     # ---- asyncio --------------------------------------------------------
 
     def run_async(
-        self, channel: Channel, cond: Condition, steps: Generator[Condition, None, Any] | None
+        self, channel: Channel, cond: Condition, call: Callable[[], Any] | None
     ) -> Awaitable[Any]:
-        """Wait for *cond* on the running loop, then drive *steps* (see :class:`AsyncOp`).
+        """Wait for *cond* on the running loop, then make *call* (see :class:`AsyncOp`).
 
         Call from a coroutine and await the result at once.
         """
-        if self.pending_wakes and steps is None:
+        if self.pending_wakes and call is None:
             with self.lock:
                 if self._take_wake(cond):
                     return ready(0)
@@ -675,18 +689,22 @@ class Waits:
                 pass
             else:
                 if op.loop is not loop:
+                    self.remove_op(op)
                     op = None  # parked on another loop: it unsubscribes when it fires
         if op is None:
-            op = AsyncOp(self, loop, channel._fixed_readiness)
+            op = AsyncOp(self, loop, channel._fixed_readiness, parked)
+            op._state = _PENDING
+            # list.append is atomic; close() sets ``closed`` before it snapshots the list.
+            self.async_ops.append(op)
+        else:
+            op._state = _PENDING  # a parked op is registered already
         op.channel = channel
-        op.steps = steps
-        op._state = _PENDING
-        # list.append is atomic; close() sets ``closed`` before it snapshots the list.
-        self.async_ops.append(op)
+        op.call = call
         if self.closed:
             op.abandon()
             raise ChannelClosedError(f"{channel.name}: channel is closed")
-        op.arm(cond)
+        if not (op.fixed and op.subscribed and cond == op.cond):
+            op.arm(cond)  # else a reused op is subscribed for this condition already
         return op
 
     def remove_op(self, op: AsyncOp) -> None:
@@ -709,7 +727,7 @@ class Waits:
             if blocked:
                 assert slot is not None
                 os.eventfd_write(slot[0], 1)
-            ops = [op for op in self.async_ops if op.cond & direction]
+            ops = [op for op in self.async_ops if op._state == _PENDING and op.cond & direction]
             if not blocked and not ops:
                 self.pending_wakes |= direction
         for op in ops:
