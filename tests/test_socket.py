@@ -451,3 +451,26 @@ def test_blocking_readv_all_closes_fds_held_when_the_channel_closes() -> None:
     for fd in (r, w):
         os.close(fd)
     a.close()
+
+
+def test_async_read_after_a_short_read_returns_bytes_already_there() -> None:
+    """A short read makes the next async read wait first; bytes already queued still come."""
+    a, b = SocketChannel.pair()
+
+    async def main() -> None:
+        a.write_all(b"abc")
+        buf = bytearray(10)
+        assert await b.areadinto(buf) == 3
+        a.write_all(b"defgh")  # queued before the next read starts
+        assert await asyncio.wait_for(b.areadinto(buf), 10) == 5
+        assert buf[:5] == b"defgh"
+        a.write_all(b"ij")
+        assert await asyncio.wait_for(b.areadv((buf, bytearray(4))), 10) == 2
+        a.close()
+        assert await asyncio.wait_for(b.areadinto(buf), 10) == 0  # EOF after a short read
+
+    try:
+        asyncio.run(main())
+    finally:
+        a.close()
+        b.close()

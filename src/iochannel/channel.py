@@ -72,6 +72,7 @@ __all__ = ["Buffer", "Channel"]
 T = TypeVar("T")
 
 _IN = Condition.IN
+_OUT = Condition.OUT
 _FD_PASS = int(Feature.FD_PASS)
 _READ_MSG_PEEK = int(Feature.READ_MSG_PEEK)
 _WRITE_ZERO_COPY = int(Feature.WRITE_ZERO_COPY)
@@ -160,6 +161,9 @@ class Channel:
         self._closed = False
         self._blocking = True
         self._waits: Waits | None = None
+        # Async reads lately found nothing to read: the next one waits before
+        # trying, since a failed non-blocking read costs an exception (see
+        # areadv and _aread_exact).
         self._read_waits = 0
 
     # ---- identity and features ----------------------------------------
@@ -406,8 +410,11 @@ class Channel:
             if not isinstance(result, Continuation):
                 return ready(result)
             call = result
-        waits = self._waits or self._get_waits()
-        return waits.run_async(self, cond, call)
+        return self._await(call, cond)
+
+    def _await(self, call: Callable[[], T | Continuation | None], cond: Condition) -> Awaitable[T]:
+        """Make *call* whenever *cond* holds until it is done (the channel is non-blocking)."""
+        return (self._waits or self._get_waits()).run_async(self, cond, call)
 
     def readv_all_eof(
         self,
@@ -480,10 +487,26 @@ class Channel:
         fds: list[int] | None = None,
     ) -> int:
         """:meth:`readv` that waits instead of returning ``None``."""
-        return await self._arun(partial(self.readv, buffers, flags=flags, fds=fds), Condition.IN)
+        # The first try inline, as in areadinto and awritev: bulk transfers
+        # mostly find the channel ready, and a helper frame per call shows there.
+        # After a short read the channel is most likely drained: wait first.
+        if self._blocking:
+            self.set_blocking(False)
+        n = None if self._read_waits else self.readv(buffers, flags=flags, fds=fds)
+        if n is None:
+            n = await self._await(partial(self.readv, buffers, flags=flags, fds=fds), _IN)
+        size = _NBYTES.get(type(buffers[0]), _view_nbytes)(buffers[0]) if len(buffers) == 1 else 0
+        self._read_waits = n < size
+        return n
 
     async def areadinto(self, buffer: Buffer) -> int:
-        return await self._arun(partial(self.readv, (buffer,)), Condition.IN)
+        if self._blocking:
+            self.set_blocking(False)
+        n = None if self._read_waits else self.readv((buffer,))
+        if n is None:
+            n = await self._await(partial(self.readv, (buffer,)), _IN)
+        self._read_waits = n < _NBYTES.get(type(buffer), _view_nbytes)(buffer)
+        return n
 
     async def aread(self, size: int) -> bytes:
         """Read up to *size* bytes, at least one; ``b""`` at EOF."""
@@ -500,7 +523,12 @@ class Channel:
         flags: WriteFlag = WriteFlag.NONE,
     ) -> int:
         """:meth:`writev` that waits instead of returning ``None``."""
-        return await self._arun(partial(self.writev, buffers, fds=fds, flags=flags), Condition.OUT)
+        if self._blocking:
+            self.set_blocking(False)
+        n = self.writev(buffers, fds=fds, flags=flags)
+        if n is None:
+            n = await self._await(partial(self.writev, buffers, fds=fds, flags=flags), _OUT)
+        return n
 
     async def awrite(self, data: Buffer) -> int:
         return await self.awritev((data,))
@@ -560,7 +588,8 @@ class Channel:
         # Inline: the first write usually takes everything (one frame less per message).
         n = self.writev((data,))
         if n != _NBYTES.get(type(data), _view_nbytes)(data):
-            await self._arun(_WriteRest(self, (data,), (), WriteFlag.NONE, n or 0), Condition.OUT)
+            # The socket buffer is full: wait before trying the rest.
+            await self._await(_WriteRest(self, (data,), (), WriteFlag.NONE, n or 0), _OUT)
 
     # ---- waiting -------------------------------------------------------
 
