@@ -588,7 +588,7 @@ class Channel:
         # Inline: the first write usually takes everything (one frame less per message).
         n = self.writev((data,))
         if n != _NBYTES.get(type(data), _view_nbytes)(data):
-            # The socket buffer is full: wait before trying the rest.
+            # A short write: the channel is full, so wait before trying the rest.
             await self._await(_WriteRest(self, (data,), (), WriteFlag.NONE, n or 0), _OUT)
 
     # ---- waiting -------------------------------------------------------
