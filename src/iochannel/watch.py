@@ -750,7 +750,9 @@ class Waits:
                     os.eventfd_write(fd, 1)
             if self.blocking == 0:
                 self._close_wake_fds()
-            ops = list(self.async_ops)
+            # Parked ops wait for nothing; one a wait is taking now is
+            # pending already, or sees ``closed`` right after (run_async).
+            ops = [op for op in self.async_ops if op._state == _PENDING]
             watches = list(self.watches)
             self.watches.clear()
             for parked in self.parked:
