@@ -323,13 +323,8 @@ class AsyncOp:
         """Wait for *cond*; try the call at once if the channel reports it pending."""
         ch = self.channel
         assert ch is not None
-        if self.fixed:
-            if cond != self.cond or not self.subscribed:
-                self.cond = cond
-                self._subscribe(ch._wait_fds(cond), ch)
-            return
         self.cond = cond
-        if self.call is not None and ch._pending(cond):
+        if not self.fixed and self.call is not None and ch._pending(cond):
             self(0)  # re-arms if the call would still block
         else:
             fds = ch._wait_fds(cond)
@@ -703,8 +698,10 @@ class Waits:
         if self.closed:
             op.abandon()
             raise ChannelClosedError(f"{channel.name}: channel is closed")
+        # A reused op of a fixed-readiness channel that is subscribed for
+        # this condition already needs no arming (see Channel._fixed_readiness).
         if not (op.fixed and op.subscribed and cond == op.cond):
-            op.arm(cond)  # else a reused op is subscribed for this condition already
+            op.arm(cond)
         return op
 
     def remove_op(self, op: AsyncOp) -> None:
