@@ -177,10 +177,18 @@ async def _bulk_async_channel() -> float:
     return rate
 
 
-async def _bulk_async_streams() -> float:
+async def _streams_pair() -> tuple[
+    asyncio.StreamReader, asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamWriter
+]:
+    """asyncio streams on the two ends of a socketpair."""
     sa, sb = socket.socketpair()
-    _ra, wa = await asyncio.open_connection(sock=sa)
+    ra, wa = await asyncio.open_connection(sock=sa)
     rb, wb = await asyncio.open_connection(sock=sb)
+    return ra, wa, rb, wb
+
+
+async def _bulk_async_streams() -> float:
+    _ra, wa, rb, wb = await _streams_pair()
     data = bytes(CHUNK)
 
     async def write() -> None:
@@ -224,9 +232,7 @@ async def _pingpong_channel() -> float:
 
 
 async def _pingpong_streams() -> float:
-    sa, sb = socket.socketpair()
-    ra, wa = await asyncio.open_connection(sock=sa)
-    rb, wb = await asyncio.open_connection(sock=sb)
+    ra, wa, rb, wb = await _streams_pair()
     msg = bytes(64)
 
     async def echo() -> None:

@@ -13,6 +13,7 @@ the reader in the main thread:
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Iterable
 
 from _common import (  # type: ignore[import-not-found]
     CHUNK,
@@ -38,60 +39,69 @@ def _layer() -> Rates:
     return layer_bulk(WebsockChannel.client(a), WebsockChannel.server(b), BULK)
 
 
-def _websockets_loop() -> Rates:
+def _sansio_loop(
+    bulk: int, encode: Callable[[bytes], Iterable[bytes]], decode: Callable[[bytearray], int]
+) -> Rates:
+    """A bare sans-I/O loop on raw sockets.
+
+    *encode* turns a chunk into wire bytes; *decode* feeds wire bytes and
+    returns the payload bytes that came out.
+    """
     a, b = socket.socketpair()
-    sender, receiver = Protocol(Side.CLIENT, max_size=None), Protocol(Side.SERVER, max_size=None)
-    data = bytes(CHUNK)
-    buf = bytearray(256 * 1024)
-    view = memoryview(buf)
-
-    def write() -> None:
-        for _ in range(BULK // CHUNK):
-            sender.send_binary(data)
-            for chunk in sender.data_to_send():
-                a.sendall(chunk)
-
-    def read() -> None:
-        left = BULK
-        while left:
-            n = b.recv_into(view)
-            receiver.receive_data(buf[:n])
-            for event in receiver.events_received():
-                assert isinstance(event, Frame)
-                left -= len(event.data)
-
-    try:
-        return measure(write, read, BULK)
-    finally:
-        a.close()
-        b.close()
-
-
-def _wsproto_loop(bulk: int) -> Rates:
-    a, b = socket.socketpair()
-    sender, receiver = Connection(ConnectionType.CLIENT), Connection(ConnectionType.SERVER)
     data = bytes(CHUNK)
     buf = bytearray(256 * 1024)
     view = memoryview(buf)
 
     def write() -> None:
         for _ in range(bulk // CHUNK):
-            a.sendall(sender.send(BytesMessage(data=data)))
+            for chunk in encode(data):
+                a.sendall(chunk)
 
     def read() -> None:
         left = bulk
         while left:
-            n = b.recv_into(view)
-            receiver.receive_data(buf[:n])
-            for event in receiver.events():
-                assert isinstance(event, BytesMessage)
-                left -= len(event.data)
+            left -= decode(buf[: b.recv_into(view)])
 
     try:
         return measure(write, read, bulk)
     finally:
         a.close()
         b.close()
+
+
+def _websockets_loop() -> Rates:
+    sender, receiver = Protocol(Side.CLIENT, max_size=None), Protocol(Side.SERVER, max_size=None)
+
+    def encode(data: bytes) -> list[bytes]:
+        sender.send_binary(data)
+        return sender.data_to_send()
+
+    def decode(wire: bytearray) -> int:
+        receiver.receive_data(wire)
+        n = 0
+        for event in receiver.events_received():
+            assert isinstance(event, Frame)
+            n += len(event.data)
+        return n
+
+    return _sansio_loop(BULK, encode, decode)
+
+
+def _wsproto_loop(bulk: int) -> Rates:
+    sender, receiver = Connection(ConnectionType.CLIENT), Connection(ConnectionType.SERVER)
+
+    def encode(data: bytes) -> tuple[bytes]:
+        return (sender.send(BytesMessage(data=data)),)
+
+    def decode(wire: bytearray) -> int:
+        receiver.receive_data(wire)
+        n = 0
+        for event in receiver.events():
+            assert isinstance(event, BytesMessage)
+            n += len(event.data)
+        return n
+
+    return _sansio_loop(bulk, encode, decode)
 
 
 def main() -> None:
