@@ -367,3 +367,40 @@ def test_waiters_never_run_inside_the_call_that_ends_their_wait(how: str) -> Non
         ch.close()
         peer.close()
     assert events == [f"{how} returned", "reader resumed"]
+
+
+def test_a_watch_and_a_read_share_one_fd() -> None:
+    """A watch and async reads on the same fd all hear it, whichever came first or ended."""
+    ch, peer = SocketChannel.pair()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[Condition] = []
+        fired = asyncio.Event()
+
+        def on_ready(_ch: object, ready: Condition) -> bool:
+            seen.append(ready)
+            fired.set()
+            return True
+
+        watch = ch.add_watch(Condition.IN, on_ready, loop=loop)
+        await asyncio.sleep(0.01)  # the watch alone on the fd
+        read = asyncio.ensure_future(ch.aread_all(2))
+        await asyncio.sleep(0.01)  # then the read joins it
+        peer.write_all(b"ab")
+        assert await asyncio.wait_for(read, 10) == b"ab"
+        # The watch is told after the read took the bytes (a watch reports
+        # only readiness that still holds); it must still hear what comes next.
+        fired.clear()
+        peer.write_all(b"c")
+        await asyncio.wait_for(fired.wait(), 10)
+        assert all(r & Condition.IN for r in seen)
+        watch.cancel()
+        await asyncio.sleep(0.05)
+        with pytest.raises(KeyError):  # nobody left: the fd stops being watched
+            loop._selector.get_key(ch.fileno())  # type: ignore[attr-defined]
+        assert await ch.aread_all(1) == b"c"
+
+    asyncio.run(main())
+    ch.close()
+    peer.close()

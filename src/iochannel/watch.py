@@ -13,17 +13,18 @@ that :meth:`Channel.wake_read` and :meth:`Channel.close` write to, so another
 thread can end the wait.  The eventfds are created on first use and closed
 with the channel.
 
-*Async waits* use the loop that is running the awaiting coroutine, looked up at
-each wait: nothing is attached to a channel, so one coroutine can read on loop
-A in one thread while another writes on loop B in another thread.  asyncio
+*Async waits* use the loop that is running the awaiting coroutine, looked up
+at each wait: nothing is attached to a channel, so one coroutine can read on
+loop A in one thread while another writes on loop B in another thread. asyncio
 allows one reader and one writer callback per fd and loop, so fds are
 registered through a per-loop :class:`_LoopHub` that fans readiness out to any
 number of subscribers (a TLS channel and the socket beneath it, a watch and a
-wait).  A hub entry stays registered after its last subscriber leaves and is
-dropped the next time it fires with nobody listening; a request/response
-pattern that waits again right after each read therefore makes no epoll_ctl
-calls at all.  The awaiting task waits on the operation itself, a minimal
-future that resumes it from the fd callback: one loop iteration per message.
+wait); while an fd has one subscriber, the loop calls it directly. A hub entry
+stays registered after its last subscriber leaves and is dropped the next time
+it fires with nobody listening; a request/response pattern that waits again
+right after each read therefore makes no epoll_ctl calls at all. The awaiting
+task waits on the operation itself, a minimal future that resumes it from the
+fd callback: one loop iteration per message.
 
 An *operation* is a plain call that returns ``None`` while the channel would
 block and its result once done; one that made progress and must keep state
@@ -69,6 +70,10 @@ FdSpec = tuple[tuple[int, int], ...]
 
 # AsyncOp states: not in use (or parked), awaited, finished with its result not yet taken.
 _IDLE, _PENDING, _DONE = 0, 1, 2
+# AsyncOp.result for asyncio.Task's wake-up, which calls it only to see if it
+# raises: a builtin that returns None runs without a Python frame, and
+# ``__await__`` raises the op's error itself once resumed.
+_no_result = type(None)
 _Subscriber = Callable[[int], None]
 T = TypeVar("T")
 
@@ -98,7 +103,7 @@ class Continuation:
 class _Entry:
     """One fd and direction registered with the loop, and its subscribers."""
 
-    __slots__ = ("event", "hub", "key", "owner", "subs")
+    __slots__ = ("direct", "event", "hub", "key", "owner", "subs")
 
     def __init__(self, hub: _LoopHub, key: tuple[int, int], owner: object) -> None:
         self.hub = hub
@@ -108,6 +113,9 @@ class _Entry:
         # must not keep an unclosed channel from being collected meanwhile.
         self.owner = weakref.ref(owner)
         self.subs: list[_Subscriber] = []
+        # Whether the loop calls the lone first subscriber itself rather than
+        # fire(): one frame less per event, which a request/response loop shows.
+        self.direct = False
 
     def fire(self) -> None:
         """The loop's readiness callback (removing the entry cancels it)."""
@@ -145,12 +153,11 @@ class _LoopHub:
             self._remove(key)
             entry = None
         if entry is None:
-            entry = _Entry(self, key, owner)
-            self.entries[key] = entry
-            if event == _IN:
-                self.loop.add_reader(fd, entry.fire)
-            else:
-                self.loop.add_writer(fd, entry.fire)
+            entry = self.entries[key] = _Entry(self, key, owner)
+            entry.direct = True
+            self._register(key, sub, event)
+        elif entry.direct:
+            self._fan_out(entry)
         entry.subs.append(sub)
 
     def unsubscribe(self, fd: int, event: int, sub: _Subscriber) -> None:
@@ -160,6 +167,18 @@ class _LoopHub:
                 entry.subs.remove(sub)
             except ValueError:
                 pass
+            if entry.direct:
+                self._fan_out(entry)  # fire() drops the registration when it next runs
+
+    def _register(self, key: tuple[int, int], callback: Callable[..., None], *args: int) -> None:
+        if key[1] == _IN:
+            self.loop.add_reader(key[0], callback, *args)
+        else:
+            self.loop.add_writer(key[0], callback, *args)
+
+    def _fan_out(self, entry: _Entry) -> None:
+        entry.direct = False
+        self._register(entry.key, entry.fire)
 
     def _remove(self, key: tuple[int, int]) -> None:
         if self.entries.pop(key, None) is None:
@@ -285,6 +304,7 @@ class AsyncOp:
         "_callback",
         "_context",
         "_error",
+        "_loop",
         "_state",
         "_value",
         "call",
@@ -292,7 +312,7 @@ class AsyncOp:
         "cond",
         "fixed",
         "hub",
-        "loop",
+        "result",
         "slot",
         "subscribed",
         "waits",
@@ -302,7 +322,7 @@ class AsyncOp:
         self, waits: Waits, loop: asyncio.AbstractEventLoop, fixed: bool, slot: list[AsyncOp]
     ) -> None:
         self.waits = waits
-        self.loop = loop
+        self._loop = loop
         # See Channel._fixed_readiness.
         self.fixed = fixed
         #: The list of ``waits.parked`` this op parks in (its direction).
@@ -318,6 +338,7 @@ class AsyncOp:
         self._callback: Callable[[AsyncOp], object] | None = None
         self._context: contextvars.Context | None = None
         self._asyncio_future_blocking = False
+        self.result = _no_result
 
     def arm(self, cond: Condition) -> None:
         """Wait for *cond*; try the call at once if the channel reports it pending."""
@@ -386,15 +407,15 @@ class AsyncOp:
         if direct:
             context.run(callback, self)
         else:
-            self.loop.call_soon(callback, self, context=context)
+            self._loop.call_soon(callback, self, context=context)
 
     def wake(self, exc: BaseException | None) -> None:
         """Thread-safe: retry an operation, end a plain wait, or fail with *exc*."""
-        if _in_loop_thread(self.loop):
+        if _in_loop_thread(self._loop):
             self._on_wake(exc)
         else:
             try:
-                self.loop.call_soon_threadsafe(self._on_wake, exc)
+                self._loop.call_soon_threadsafe(self._on_wake, exc)
             except RuntimeError:
                 pass
 
@@ -421,7 +442,9 @@ class AsyncOp:
             call.close()
 
     # ---- awaiting: the part of the future protocol asyncio.Task uses ----
-    # (_asyncio_future_blocking, get_loop, add_done_callback, result, cancel)
+    # (_asyncio_future_blocking, _loop, add_done_callback, result, cancel).
+    # asyncio reads ``_loop`` when there is no get_loop(), and ``result`` is a
+    # builtin (see _no_result): two Python calls fewer per wait.
 
     def __await__(self) -> Generator[AsyncOp, None, Any]:
         try:
@@ -442,15 +465,6 @@ class AsyncOp:
             raise error
         return value
 
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self.loop
-
-    def result(self) -> Any:
-        # The task's wake-up calls this and throws what it raises into the coroutine.
-        if self._state == _DONE and self._error is not None:
-            raise self._error
-        return self._value
-
     def add_done_callback(
         self, callback: Callable[[AsyncOp], object], *, context: contextvars.Context | None = None
     ) -> None:
@@ -467,7 +481,7 @@ class AsyncOp:
         self._value, self._error = None, asyncio.CancelledError(msg)
         self._state = _DONE
         if callback is not None:
-            self.loop.call_soon(callback, self, context=context)
+            self._loop.call_soon(callback, self, context=context)
         return True
 
     def __repr__(self) -> str:
@@ -683,7 +697,7 @@ class Waits:
             except IndexError:
                 pass
             else:
-                if op.loop is not loop:
+                if op._loop is not loop:
                     self.remove_op(op)
                     op = None  # parked on another loop: it unsubscribes when it fires
         if op is None:
