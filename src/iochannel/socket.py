@@ -43,7 +43,7 @@ from .address import (
     from_sockaddr,
     resolve,
 )
-from .channel import _NBYTES, Buffer, Channel, _view_nbytes, close_fds
+from .channel import _NBYTES, Buffer, Channel, _view_nbytes, _WriteRest, close_fds
 from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
 from .task import Task
 from .watch import Continuation, FdSpec, forget_fd
@@ -443,6 +443,19 @@ class SocketChannel(Channel):
         if n == _NBYTES.get(type(buffer), _view_nbytes)(buffer):
             return True
         return self._after_short_read(buffers, flags, n)
+
+    # awrite_all's first write, one frame shorter in the same way.
+
+    async def awrite_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
+        if fds or self._closed or self._blocking:
+            await super().awrite_all(data, fds=fds)
+            return
+        try:
+            n = self._sock.send(data, _NOSIGNAL)
+        except BlockingIOError:
+            n = 0
+        if n != _NBYTES.get(type(data), _view_nbytes)(data):  # full: wait before the rest
+            await self._await(_WriteRest(self, (data,), (), WriteFlag.NONE, n), Condition.OUT)
 
     def write_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
         if self._blocking and not fds and not self._closed:
