@@ -689,6 +689,7 @@ class Waits:
                 if self._take_wake(cond):
                     return ready(0)
         loop = asyncio.get_running_loop()
+        # int() first: enum.Flag's operators are Python methods, costly per wait.
         parked = self.parked[0 if int(cond) & _IN else 1]
         op = None
         if parked:
