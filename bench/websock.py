@@ -69,6 +69,15 @@ def _sansio_loop(
         b.close()
 
 
+def _payload(events: Iterable[object], kind: type[Frame | BytesMessage]) -> int:
+    """The payload bytes of *events*, each of which must be a *kind* (a data frame or message)."""
+    n = 0
+    for event in events:
+        assert isinstance(event, kind)
+        n += len(event.data)
+    return n
+
+
 def _websockets_loop() -> Rates:
     sender, receiver = Protocol(Side.CLIENT, max_size=None), Protocol(Side.SERVER, max_size=None)
 
@@ -78,11 +87,7 @@ def _websockets_loop() -> Rates:
 
     def decode(wire: bytearray) -> int:
         receiver.receive_data(wire)
-        n = 0
-        for event in receiver.events_received():
-            assert isinstance(event, Frame)
-            n += len(event.data)
-        return n
+        return _payload(receiver.events_received(), Frame)
 
     return _sansio_loop(BULK, encode, decode)
 
@@ -95,11 +100,7 @@ def _wsproto_loop(bulk: int) -> Rates:
 
     def decode(wire: bytearray) -> int:
         receiver.receive_data(wire)
-        n = 0
-        for event in receiver.events():
-            assert isinstance(event, BytesMessage)
-            n += len(event.data)
-        return n
+        return _payload(receiver.events(), BytesMessage)
 
     return _sansio_loop(bulk, encode, decode)
 

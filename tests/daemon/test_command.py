@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from iochannel.chardev import (
 
 from ..chardev.fehandler import FeHandler
 from ..chardev.test_socket import run, until
+from .test_process import alive
 
 OPENED, CLOSED = ChardevEvent.OPENED, ChardevEvent.CLOSED
 
@@ -28,14 +28,6 @@ def attach(chr: CommandChardev) -> FeHandler:
     h = FeHandler(Frontend(chr), 1 << 20)
     h.register()
     return h
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_program_on_a_pty_opens_talks_and_closes_when_it_exits() -> None:
