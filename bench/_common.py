@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable
 
 from iochannel import Channel
@@ -55,10 +56,14 @@ def measure(
     if fork:
         pid = os.fork()
         if pid == 0:
+            status = 0
             try:
                 write()
+            except BaseException:
+                traceback.print_exc()  # as a writer thread's error would be
+                status = 1
             finally:
-                os._exit(0)
+                os._exit(status)
         read()
         child = os.wait4(pid, 0)[2]
         child_cpu = child.ru_utime + child.ru_stime

@@ -10,8 +10,8 @@ contend for one interpreter lock, which costs the layer (its record copies
 between the memory BIOs and the socket run with the lock held) more than
 ``SSLSocket`` (which holds it for nothing but the calls themselves).
 
-Each figure is printed twice: MB/s of wall time, and MB per CPU-second of this
-process (both threads), which other load on the machine disturbs far less.
+Each figure is printed twice: MB/s of wall time, and MB per CPU-second of both
+ends (threads or processes), which other load on the machine disturbs far less.
 """
 
 from __future__ import annotations
