@@ -588,8 +588,11 @@ class Channel:
         # Inline: the first write usually takes everything (one frame less per message).
         n = self.writev((data,))
         if n != _NBYTES.get(type(data), _view_nbytes)(data):
-            # A short write: the channel is full, so wait before trying the rest.
-            await self._await(_WriteRest(self, (data,), (), WriteFlag.NONE, n or 0), _OUT)
+            await self._awrite_rest(data, n or 0)
+
+    def _awrite_rest(self, data: Buffer, sent: int) -> Awaitable[bool]:
+        """After a short first write of *sent* bytes the channel is full: wait, then the rest."""
+        return self._await(_WriteRest(self, (data,), (), WriteFlag.NONE, sent), _OUT)
 
     # ---- waiting -------------------------------------------------------
 

@@ -43,7 +43,7 @@ from .address import (
     from_sockaddr,
     resolve,
 )
-from .channel import _NBYTES, Buffer, Channel, _view_nbytes, _WriteRest, close_fds
+from .channel import _NBYTES, Buffer, Channel, _view_nbytes, close_fds
 from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
 from .task import Task
 from .watch import Continuation, FdSpec, forget_fd
@@ -454,8 +454,8 @@ class SocketChannel(Channel):
             n = self._sock.send(data, _NOSIGNAL)
         except BlockingIOError:
             n = 0
-        if n != _NBYTES.get(type(data), _view_nbytes)(data):  # full: wait before the rest
-            await self._await(_WriteRest(self, (data,), (), WriteFlag.NONE, n), Condition.OUT)
+        if n != _NBYTES.get(type(data), _view_nbytes)(data):
+            await self._awrite_rest(data, n)
 
     def write_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
         if self._blocking and not fds and not self._closed:
