@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -402,5 +405,80 @@ def test_a_watch_and_a_read_share_one_fd() -> None:
         assert await ch.aread_all(1) == b"c"
 
     asyncio.run(main())
+    ch.close()
+    peer.close()
+
+
+def test_a_read_waits_on_its_own_loop_while_the_last_one_runs_on() -> None:
+    """A read parked on loop A (still running in its thread) is not reused by a read on loop B."""
+    ch, peer = SocketChannel.pair()
+    ch.set_blocking(False)
+    first_done = threading.Event()
+    release_a = threading.Event()
+    loops: dict[str, asyncio.AbstractEventLoop] = {}
+
+    async def on_a() -> None:
+        loops["a"] = asyncio.get_running_loop()
+        assert await ch.aread_all(1) == b"a"
+        first_done.set()
+        # Loop A keeps running while B reads: its parked op must stay its own.
+        await asyncio.get_running_loop().run_in_executor(None, release_a.wait, 30)
+
+    async def on_b() -> None:
+        loops["b"] = asyncio.get_running_loop()
+        got = await asyncio.wait_for(ch.aread_all(1), 10)
+        assert got == b"b"
+        assert asyncio.get_running_loop() is loops["b"]
+        assert threading.current_thread() is t_b
+
+    # Each byte is sent once its read waits, so both reads go through the loop.
+    t_a = _in_loop_thread(asyncio.new_event_loop, on_a())
+    time.sleep(0.1)
+    peer.write_all(b"a")
+    assert first_done.wait(10)
+    t_b = _in_loop_thread(asyncio.new_event_loop, on_b())
+    time.sleep(0.1)
+    peer.write_all(b"b")
+    t_b.join(20)
+    release_a.set()
+    t_a.join(20)
+    assert not t_a.errors  # type: ignore[attr-defined]
+    assert not t_b.errors  # type: ignore[attr-defined]
+    ch.close()
+    peer.close()
+
+
+def test_a_forked_child_never_waits_on_the_inherited_loop() -> None:
+    """After a fork inside a running loop, a read in the child refuses the parent's loop.
+
+    The child's copy of the loop shares the parent's epoll instance: waiting on
+    it would steal the parent's events.  asyncio reports no running loop there.
+    """
+    ch, peer = SocketChannel.pair()
+
+    async def main() -> int:
+        read = asyncio.ensure_future(ch.aread_all(1))
+        await asyncio.sleep(0.01)  # waiting: its op stays parked on this loop after
+        peer.write_all(b"x")
+        assert await read == b"x"
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                await ch.aread_all(1)
+            except RuntimeError as exc:
+                status = 0 if "no running event loop" in str(exc) else 2
+            finally:
+                os._exit(status)
+        for _ in range(1000):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            await asyncio.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)  # it waited on the parent's loop
+        os.waitpid(pid, 0)
+        return -1
+
+    assert asyncio.run(main()) == 0
     ch.close()
     peer.close()

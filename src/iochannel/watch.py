@@ -46,6 +46,7 @@ import select
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Generator
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ChannelClosedError
@@ -225,6 +226,19 @@ _last_hub: _LoopHub | None = None
 def _set_last_hub(hub: _LoopHub) -> None:
     global _last_hub
     _last_hub = hub
+
+
+# A forked child may have inherited a loop that looks as if it ran in this
+# thread; from then on only asyncio.get_running_loop() is trusted.
+_forked = False
+
+
+def _after_fork() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
@@ -688,7 +702,6 @@ class Waits:
             with self.lock:
                 if self._take_wake(cond):
                     return ready(0)
-        loop = asyncio.get_running_loop()
         # int() first: enum.Flag's operators are Python methods, costly per wait.
         parked = self.parked[0 if int(cond) & _IN else 1]
         op = None
@@ -698,10 +711,18 @@ class Waits:
             except IndexError:
                 pass
             else:
-                if op._loop is not loop:
-                    self.remove_op(op)
-                    op = None  # parked on another loop: it unsubscribes when it fires
+                loop = op._loop
+                # On Python 3.11 asyncio.get_running_loop() makes a getpid()
+                # system call, a share of a round trip that shows.  A loop of
+                # asyncio's records the thread running it, and a thread runs one
+                # loop at a time: if that is this thread, it is the running loop.
+                if getattr(loop, "_thread_id", None) != get_ident() or _forked:
+                    loop = asyncio.get_running_loop()
+                    if op._loop is not loop:
+                        self.remove_op(op)
+                        op = None  # parked on another loop: it unsubscribes when it fires
         if op is None:
+            loop = asyncio.get_running_loop()
             op = AsyncOp(self, loop, channel._fixed_readiness, parked)
             op._state = _PENDING
             # list.append is atomic; close() sets ``closed`` before it snapshots the list.
