@@ -710,19 +710,18 @@ class Waits:
                 op = parked.pop()  # atomic: waits on two threads never share an op
             except IndexError:
                 pass
-            else:
-                loop = op._loop
-                # On Python 3.11 asyncio.get_running_loop() makes a getpid()
-                # system call, a share of a round trip that shows.  A loop of
-                # asyncio's records the thread running it, and a thread runs one
-                # loop at a time: if that is this thread, it is the running loop.
-                if getattr(loop, "_thread_id", None) != get_ident() or _forked:
-                    loop = asyncio.get_running_loop()
-                    if op._loop is not loop:
-                        self.remove_op(op)
-                        op = None  # parked on another loop: it unsubscribes when it fires
-        if op is None:
+        # On Python 3.11 asyncio.get_running_loop() makes a getpid() system
+        # call, a share of a round trip that shows.  A loop of asyncio's records
+        # the thread running it, and a thread runs one loop at a time: if the
+        # parked op's loop runs in this thread, it is the running loop.
+        if op is not None and getattr(op._loop, "_thread_id", None) == get_ident() and not _forked:
+            loop = op._loop
+        else:
             loop = asyncio.get_running_loop()
+            if op is not None and op._loop is not loop:
+                self.remove_op(op)
+                op = None  # parked on another loop: it unsubscribes when it fires
+        if op is None:
             op = AsyncOp(self, loop, channel._fixed_readiness, parked)
             op._state = _PENDING
             # list.append is atomic; close() sets ``closed`` before it snapshots the list.
