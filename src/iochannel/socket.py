@@ -30,7 +30,7 @@ import socket
 import stat
 import struct
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from .address import (
     Address,
@@ -457,6 +457,9 @@ class SocketChannel(Channel):
         if n != _NBYTES.get(type(data), _view_nbytes)(data):
             await self._awrite_rest(data, n)
 
+    def _awrite_rest(self, data: Buffer, sent: int) -> Awaitable[bool]:
+        return self._await(_SendRest(self._sock, data, sent), Condition.OUT)
+
     def write_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
         if self._blocking and not fds and not self._closed:
             # One C call: sendall loops over partial writes with the GIL released,
@@ -590,3 +593,29 @@ def _in_thread(
 
     task.run_in_thread(worker)
     return task
+
+
+class _SendRest(Continuation):
+    """The rest of an ``awrite_all`` on a socket: one buffer, no fds.
+
+    ``_WriteRest`` serves any buffer list through the channel's ``writev``.
+    An asyncio bulk writer resumes here about once per three chunks, and the
+    general version's extra calls cost it 8% of its instructions (2% of its
+    throughput).
+    """
+
+    __slots__ = ("send", "view")
+
+    def __init__(self, sock: socket.socket, data: Buffer, sent: int) -> None:
+        self.send = sock.send
+        self.view = memoryview(data).cast("B")[sent:]
+
+    def __call__(self) -> bool | None:
+        view = self.view
+        try:
+            while view:
+                view = view[self.send(view, _NOSIGNAL) :]
+        except BlockingIOError:
+            self.view = view
+            return None
+        return True

@@ -25,7 +25,7 @@ import asyncio
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ..channel import Channel
@@ -122,13 +122,23 @@ def check_transfer(src: Channel, dst: Channel, *, blocking: bool = True) -> None
     _expect(out == data, f"{dst.name}: data read differs from data written ({blocking=})")
 
 
+async def _together(what: str, *transfers: Awaitable[object]) -> None:
+    """Run *transfers* at once; one that stalls fails the check instead of hanging it."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*transfers), _TIMEOUT)
+    except TimeoutError:
+        raise ConformanceError(f"{what} did not finish within {_TIMEOUT:.0f} s") from None
+
+
 async def _atransfer(src: Channel, dst: Channel) -> None:
     data, out = pattern(), _blank()
-    await asyncio.gather(src.awritev_all(data), dst.areadv_all(out))
+    await _together(
+        f"{dst.name}: awritev_all/areadv_all", src.awritev_all(data), dst.areadv_all(out)
+    )
     _expect(out == data, f"{dst.name}: data read differs from data written (asyncio)")
     # The single-buffer forms too: some channels make their first call inline.
     flat, into = b"".join(data), bytearray(sum(map(len, data)))
-    await asyncio.gather(src.awrite_all(flat), dst.areadv_all((into,)))
+    await _together(f"{dst.name}: awrite_all", src.awrite_all(flat), dst.areadv_all((into,)))
     _expect(into == flat, f"{dst.name}: data read differs from data written (awrite_all)")
 
 
