@@ -20,7 +20,11 @@ from iochannel.chardev import (
     ChardevEvent,
     ClosedWrites,
     Frontend,
+    HubChardev,
+    MemberPolicy,
+    SlowConsumer,
     WhileClosed,
+    parse_chardev,
 )
 from iochannel.chardev.backoff import Backoff
 from iochannel.chardev.socket import SocketChardev
@@ -402,6 +406,7 @@ def test_wait_connected_is_refused_with_handshakes() -> None:
         ({"connections": 2}, "only valid with 'server=on'"),
         ({"server": True, "connections": 0}, "at least 1"),
         ({"tls_creds": "nope"}, "No TLS credentials with id 'nope'"),
+        ({"handshake_timeout_ms": -1}, "'handshake-timeout-ms' must not be negative"),
     ],
 )
 def test_option_errors(kwargs: dict[str, Any], message: str) -> None:
@@ -607,6 +612,54 @@ def test_connections_n_slow_client_gets_every_byte_once() -> None:
         fast.close()
         slow.close()
         fe.deinit(delete=True)
+
+    run(main)
+
+
+def test_connections_n_clients_each_get_the_hub_policy(tmp_path: Path) -> None:
+    """In a ``drop`` hub, a client that stops reading loses its own oldest bytes, alone."""
+
+    async def main() -> None:
+        chr = new_server(UnixAddress(str(tmp_path / "s.sock")), connections=2)
+        hub = HubChardev("hub", [chr], policies={"chr": MemberPolicy(SlowConsumer.DROP, 4096)})
+        hub.open()
+        fe = Frontend(hub)
+        FeHandler(fe).register()
+        fast = SocketChannel.connect(chr.listen_addresses[0])
+        stalled = SocketChannel.connect(chr.listen_addresses[0])
+        await until(lambda: len(chr.sessions) == 2 and hub.be_open, "two sessions")
+        assert {chr.fanout.members[i].policy.mode for i in (0, 1)} == {SlowConsumer.DROP}
+        data = bytes(range(256)) * 8192  # 2 MiB: more than the stalled client's buffers
+        got = bytearray()
+        for i in range(0, len(data), 4096):  # the fast client keeps up
+            await fe.awrite_all(data[i : i + 4096])
+            got += await fast.aread_all(4096)
+        assert got == data
+        dropped = sum(m.stats.dropped for m in chr.fanout.members)
+        assert dropped > 0 and hub.member("chr").stats.dropped == dropped
+        hub.remove_member(chr)
+        assert chr.fanout.policy == MemberPolicy()
+        for c in (fast, stalled, hub, chr):
+            c.close()
+        fe.deinit(delete=True)
+
+    run(main)
+
+
+def test_handshake_timeout_option() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        addr = {"type": "inet", "data": {"host": "127.0.0.1", "port": "0"}}
+        for data, seconds in (
+            ({}, 10.0),
+            ({"handshake-timeout-ms": 250}, 0.25),
+            ({"handshake-timeout-ms": 0}, None),
+        ):
+            chr = SocketChardev.from_qapi("h", {"addr": addr, **data}, Registry(loop))
+            assert chr.setup.handshake_timeout == seconds
+            chr.close()
+        checked = parse_chardev("socket,id=h,path=p,server=on,handshake-timeout-ms=5")
+        assert checked["backend"]["data"]["handshake-timeout-ms"] == 5
 
     run(main)
 

@@ -165,7 +165,7 @@ def test_check_prints_the_graph(capsys: pytest.CaptureFixture[str]) -> None:
     argv, _ = default_config("/run/x", web=True)
     assert entry([*argv, "--check"]) == 0
     out = capsys.readouterr().out
-    assert "  shell    command " in out and "(pty)" in out
+    assert "  shell    command " in out and "(pty, restart)" in out
     assert "  unix     socket unix:/run/x/console.sock server connections=64" in out
     assert "  telnet   socket tcp:127.0.0.1:5555-5600 server telnet connections=64" in out
     assert "  viewers  hub of unix, telnet, log" in out

@@ -119,6 +119,26 @@ def test_web_console_is_wired_to_the_hub_and_the_command(
     run(main)
 
 
+def test_hints_give_a_websocket_url_and_how_to_leave_socat(tmp_path: Path) -> None:
+    argv = [
+        *("-chardev", "socket,id=w,host=127.0.0.1,port=0,server=on,wait=off,websocket=on"),
+        *("-chardev", f"socket,id=u,path={tmp_path}/u.sock,server=on,wait=off"),
+    ]
+
+    async def main() -> None:
+        daemon = Daemon(parse_args(argv))
+        await daemon.start()
+        try:
+            port = port_of(daemon.registry.get("w"))
+            assert f"w: ws://127.0.0.1:{port}/" in daemon.endpoints()
+            unix = f"u: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:{tmp_path}/u.sock"
+            assert unix in daemon.endpoints()
+        finally:
+            await daemon.stop()
+
+    run(main)
+
+
 def test_web_console_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "iochannel.web", None)
     argv = ["-chardev", "ringbuf,id=r", "-chardev", "hub,id=h,chardevs.0=r", "--web", "0"]

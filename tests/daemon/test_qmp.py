@@ -82,7 +82,12 @@ def test_qemu_commands(tmp_path: Path) -> None:
             assert base64.b64decode(got) == b"\x00\xff"
             labels = {c["label"]: c for c in await client.execute("query-chardev")}
             assert labels["qmp"]["frontend-open"] is True
-            assert labels["r0"] == {"label": "r0", "filename": "ringbuf", "frontend-open": False}
+            assert labels["r0"] == {
+                "label": "r0",
+                "filename": "ringbuf",
+                "frontend-open": False,
+                "open": True,
+            }
             pty = await client.execute(
                 "chardev-change", {"id": "r0", "backend": {"type": "pty", "data": {}}}
             )

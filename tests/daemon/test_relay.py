@@ -6,6 +6,8 @@ import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
 from iochannel import MemoryChannel, SocketChannel, UnixAddress, memory_pair
 from iochannel.chardev import ChardevRegistry
 from iochannel.daemon.relay import CHUNK, Relay
@@ -107,6 +109,35 @@ def test_lifecycle_is_carried_across(tmp_path: Path) -> None:
         await until(lambda: not fe_open()["vm"], "the vm's frontend to close")
         relay.close()
         client.close()
+        reg.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("notices", [False, True])
+def test_notices_tell_the_peer_when_the_chardev_goes_and_comes(
+    tmp_path: Path, notices: bool
+) -> None:
+    async def main() -> None:
+        reg = ChardevRegistry()
+        path, view = str(tmp_path / "vm.sock"), str(tmp_path / "v.sock")
+        vm = reg.add(f"socket,id=vm,path={path},server=on,wait=off")
+        viewers = reg.add(f"socket,id=viewers,path={view},server=on,wait=off")
+        relay = Relay("r", vm, viewers, notices=notices)
+        viewer = SocketChannel.connect(UnixAddress(view))
+        await until(lambda: viewers.be_open, "the viewer")
+        client = SocketChannel.connect(UnixAddress(path))
+        await client.awrite_all(b"bye")
+        client.close()
+        await until(lambda: vm.stats.closes == 1, "the vm to go")
+        client = SocketChannel.connect(UnixAddress(path))
+        await client.awrite_all(b"hi")
+        closed, opened = b"\r\n[iochannel: vm closed]\r\n", b"\r\n[iochannel: vm open]\r\n"
+        expected = b"bye" + closed + opened + b"hi" if notices else b"byehi"
+        assert await viewer.aread_all(len(expected)) == expected
+        relay.close()
+        for ch in (client, viewer):
+            ch.close()
         reg.close()
 
     run(main)

@@ -13,7 +13,7 @@ import pytest
 
 from iochannel import UnixAddress
 from iochannel.vhost_user.blk import BlkDevice, open_image
-from iochannel.vhost_user.frontend import Frontend
+from iochannel.vhost_user.frontend import QEMU_SEALS, Frontend
 from iochannel.vhost_user.server import VhostUserServer
 
 IMAGE_SIZE = 16 << 20
@@ -26,9 +26,12 @@ class Export:
     socket: str
     image: Path
     loop: asyncio.AbstractEventLoop
+    #: Seals of the front-ends' guest RAM: with QEMU's, the back-end maps it;
+    #: without sealing (None) it reaches it through system calls.
+    seals: int | None = QEMU_SEALS
 
     def connect(self, timeout: float = 10.0) -> Frontend:
-        return Frontend(self.socket, timeout=timeout)
+        return Frontend(self.socket, timeout=timeout, seals=self.seals)
 
 
 def _serve(
@@ -56,10 +59,13 @@ def _serve(
         dev.close()
 
 
-@pytest.fixture
-def export(tmp_path: Path) -> Iterator[Export]:
-    """A writable 2-queue export of a 16 MiB zeroed image."""
-    yield from _serve(tmp_path)
+@pytest.fixture(params=[QEMU_SEALS, None], ids=["sealed", "unsealed"])
+def export(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Export]:
+    """A writable 2-queue export of a 16 MiB zeroed image, for front-ends with
+    sealed and with unsealed guest RAM."""
+    for exp in _serve(tmp_path):
+        exp.seals = request.param
+        yield exp
 
 
 @pytest.fixture

@@ -119,8 +119,13 @@ class Guest:
         reconnect: int | None = None,
         reboot: bool = False,
         mem: str = "256M",
+        mem_path: str | None = None,
     ) -> None:
+        """Guest RAM is a sealed memfd, or a file in the directory *mem_path*."""
         qemu = require_tool("qemu-system-x86_64")
+        ram = f"memory-backend-memfd,id=mem,size={mem},share=on"
+        if mem_path is not None:
+            ram = f"memory-backend-file,id=mem,size={mem},mem-path={mem_path},share=on"
         chardev = f"socket,id=char0,path={socket}"
         if reconnect is not None:
             chardev += f",reconnect={reconnect}"
@@ -129,7 +134,7 @@ class Guest:
             "-machine", "q35,accel=tcg,memory-backend=mem",
             "-smp", str(smp),
             "-m", mem,
-            "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+            "-object", ram,
             "-chardev", chardev,
             "-device", f"vhost-user-blk-pci,chardev=char0,num-queues={num_queues}",
             "-kernel", str(kernel),

@@ -116,6 +116,30 @@ def test_boot_read_write_reboot(tmp_path: Path, kind: str) -> None:
     assert run.image.read_bytes()[8 * 512 : 8 * 512 + 27] == b"GUEST-WROTE-THIS-0123456789"
 
 
+UNSEALED_SCRIPT = r"""
+echo "MAGIC:$(dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | head -c 16)"
+echo GUEST-WROTE-THIS-0123456789 > /tmp/pat
+dd if=/tmp/pat of=/dev/vda bs=512 seek=8 conv=sync oflag=direct 2>/dev/null && echo WRITE-OK
+echo "READBACK:$(dd if=/dev/vda bs=512 skip=8 count=1 iflag=direct 2>/dev/null | head -c 27)"
+dd if=/dev/vda of=/dev/null bs=1M count=8 iflag=direct 2>/dev/null && echo BIG-READ-OK
+"""
+
+
+def test_guest_ram_in_a_tmpfs_file(tmp_path: Path) -> None:
+    """QEMU's memory-backend-file on tmpfs cannot be sealed: the export serves
+    it through system calls."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm")
+    with booted(tmp_path, "iochannel", UNSEALED_SCRIPT, mem_path="/dev/shm") as run:
+        guest = run.guest
+        assert guest is not None
+        assert guest.expect(r"MAGIC:(.*)").group(1) == "HOST-MAGIC-01234"
+        guest.expect("WRITE-OK")
+        assert guest.expect(r"READBACK:(.*)").group(1) == "GUEST-WROTE-THIS-0123456789"
+        guest.expect("BIG-READ-OK")
+    assert run.image.read_bytes()[8 * 512 : 8 * 512 + 27] == b"GUEST-WROTE-THIS-0123456789"
+
+
 RO_SCRIPT = r"""
 echo "RO:$(cat /sys/block/vda/ro)"
 echo "MAGIC:$(dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | head -c 16)"

@@ -427,7 +427,7 @@ def test_indirect_table_across_regions(export: Export) -> None:
     with open(export.image, "r+b") as f:
         f.write(b"STRADDLE")
     split = 0x800000
-    with Frontend(export.socket, split=split) as fe:
+    with Frontend(export.socket, split=split, seals=export.seals) as fe:
         fe.start(1)
         q = fe.queues[0]
         table = split - 16

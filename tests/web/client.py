@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 
 from iochannel import Channel, SocketChannel
 from iochannel.crypto import X509Credentials
@@ -52,16 +53,39 @@ async def viewer(
     return ws
 
 
-async def read_until(ws: Channel, expected: bytes, timeout: float = 10) -> bytes:
-    """Read until the bytes received end with *expected*; return them all."""
+#: The server's device-state messages (iochannel.web.protocol.encode_status).
+STATUS = re.compile(rb"\x1b\]7761;device=(open|gone)\x07")
+
+
+async def read_until(
+    ws: Channel, expected: bytes, timeout: float = 10, *, status: bool = False
+) -> bytes:
+    """Read until the output received ends with *expected*; return it all.
+
+    Output is what the server sent without its device-state messages, unless
+    *status* is true.
+    """
     got = bytearray()
+
+    def output() -> bytes:
+        return bytes(got) if status else STATUS.sub(b"", got)
+
     async with asyncio.timeout(timeout):
-        while not got.endswith(expected):
+        while not output().endswith(expected):
             chunk = await ws.aread(65536)
             if not chunk:
                 raise EOFError(f"end of stream after {bytes(got[-200:])!r}")
             got += chunk
-    return bytes(got)
+    return output()
+
+
+async def read_to_end(ws: Channel, timeout: float = 10) -> bytes:
+    """The output (as :func:`read_until`) received until the stream ends."""
+    got = bytearray()
+    async with asyncio.timeout(timeout):
+        while chunk := await ws.aread(65536):
+            got += chunk
+    return STATUS.sub(b"", got)
 
 
 async def settle(condition: object, timeout: float = 5) -> None:

@@ -61,9 +61,22 @@ async def wait_text(page: Any, text: str) -> None:
     )
 
 
-async def open_page(browser: Any, url: str) -> Any:
-    """A page of *browser* (or a browser context) at *url*, its WebSocket open."""
+async def open_page(browser: Any, url: str, errors: list[str]) -> Any:
+    """A page of *browser* (or a browser context) at *url*, its WebSocket open.
+
+    The page's script errors and console errors (a Content-Security-Policy
+    violation is one) are added to *errors*.
+    """
     page = await browser.new_page()
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(f"console: {msg.text} at {msg.location['url']}")
+            if msg.type == "error"
+            else None
+        ),
+    )
     await page.set_viewport_size({"width": 900, "height": 500})
     await page.goto(url)
     await page.wait_for_selector('body[data-status="connected"]', timeout=TIMEOUT_MS)
@@ -106,7 +119,8 @@ def test_type_watch_refuse_reload(tmp_path: Path) -> None:
             hub.close()
 
     async def session(browser: Any, console: WebConsole, tmp_path: Path) -> None:
-        rw = await open_page(browser, console.urls["rw"])
+        errors: list[str] = []
+        rw = await open_page(browser, console.urls["rw"], errors)
         await rw.locator(".xterm").click()
         await rw.keyboard.type("echo typed-$((6*7))")
         await rw.keyboard.press("Enter")
@@ -114,7 +128,7 @@ def test_type_watch_refuse_reload(tmp_path: Path) -> None:
         assert sizes and all(rows > 1 and cols > 10 for rows, cols in sizes)
 
         # A late joiner gets the replay, then live output.
-        ro = await open_page(browser, console.urls["ro"])
+        ro = await open_page(browser, console.urls["ro"], errors)
         await wait_text(ro, "typed-42")
         assert await ro.locator("#role").inner_text() == "read-only"
         await rw.keyboard.type("echo live-$((2+3))")
@@ -152,6 +166,7 @@ def test_type_watch_refuse_reload(tmp_path: Path) -> None:
         await ro.wait_for_selector('body[data-status="connected"]', timeout=TIMEOUT_MS)
         await wait_text(ro, "after-10")
         assert "typed-42" in await screen_text(ro)
+        assert not errors
 
     asyncio.run(main())
 
@@ -170,8 +185,17 @@ def test_the_page_over_tls(tmp_path: Path) -> None:
 
         async def use(browser: Any) -> None:
             context = await browser.new_context(ignore_https_errors=True)
-            page = await open_page(context, console.urls["ro"])
+            errors: list[str] = []
+            page = await open_page(context, console.urls["ro"], errors)
             await wait_text(page, "over tls")
+            # The guest has not opened its end: the page says the device is gone,
+            # and says so no more once it opens.
+            await page.wait_for_selector('body[data-device="gone"]', timeout=TIMEOUT_MS)
+            assert "device gone" in await page.locator("#status").inner_text()
+            guest.set_open(True)
+            await page.wait_for_selector('body[data-device="open"]', timeout=TIMEOUT_MS)
+            assert await page.locator("#status").inner_text() == "connected"
+            assert not errors
             await page.screenshot(path=str(tmp_path / "console-tls.png"))
             await context.close()
 

@@ -15,12 +15,12 @@ from iochannel import SocketChannel
 from iochannel.chardev import Frontend, HubChardev
 from iochannel.web import Role, WebConsole
 from iochannel.web import console as console_module
-from iochannel.web.protocol import encode_input, encode_resize
+from iochannel.web.protocol import encode_input, encode_resize, encode_status
 from iochannel.websock import HandshakeError, WebsockChannel
 from tests.chardev.fehandler import FeHandler
 from tests.test_tls import make_creds
 
-from .client import exchange, get, read_until, settle, token, viewer
+from .client import exchange, get, read_to_end, read_until, settle, token, viewer
 
 
 class Console:
@@ -220,6 +220,25 @@ def test_a_reconnecting_viewer_gets_the_replay_again() -> None:
     run(main)
 
 
+def test_viewers_are_told_whether_the_device_is_there() -> None:
+    gone, there = encode_status(False), encode_status(True)
+
+    async def main() -> None:
+        async with running() as c:
+            c.output(b"before ")
+            with await viewer(c.web, "ro") as ws:
+                # The state follows the replay, then comes with each change.
+                assert await read_until(ws, there, status=True) == b"before " + there
+                c.guest.fe.set_open(False)  # a relayed shell exited, say
+                assert await read_until(ws, gone, status=True) == gone
+                with await viewer(c.web, "rw") as late:
+                    assert await read_until(late, gone, status=True) == b"before " + gone
+                c.guest.fe.set_open(True)
+                assert await read_until(ws, there, status=True) == there
+
+    run(main)
+
+
 # ---- input, resize, roles -------------------------------------------------------------
 
 
@@ -258,7 +277,7 @@ def test_garbage_from_a_viewer_ends_it() -> None:
             with await viewer(c.web, "rw") as ws:
                 await ws.awrite_all(b"\x07junk")
                 async with asyncio.timeout(5):
-                    assert await ws.aread(100) == b""
+                    assert await read_to_end(ws) == b""
                 assert not c.web.viewers
 
     run(main)
@@ -304,7 +323,7 @@ def test_close_ends_every_viewer_and_leaves_the_hub() -> None:
             for ws in (first, second):
                 with ws:
                     async with asyncio.timeout(5):
-                        assert await ws.aread(100) == b""
+                        assert await read_to_end(ws) == b""
             assert not c.hub.members and not c.web.viewers
             assert c.hub.opened and not c.hub.closed
 

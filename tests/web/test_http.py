@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iochannel.web.http import MAX_HEAD, HttpError, parse_request, response
+from iochannel.web.http import (
+    MAX_HEAD,
+    HttpError,
+    check_origin,
+    parse_origin,
+    parse_request,
+    response,
+)
 
 
 def head(start: str = "GET / HTTP/1.1", *fields: str) -> bytes:
@@ -103,3 +110,49 @@ def test_random_heads_only_raise_http_errors(data: bytes) -> None:
         parse_request(data + b"\r\n\r\n")
     except HttpError as exc:
         assert exc.status in (400, 405, 431)
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("http://Console.Example", "http://console.example"),
+        ("HTTP://console.example:80", "http://console.example"),
+        ("https://console.example:443", "https://console.example"),
+        ("https://console.example:8443", "https://console.example:8443"),
+        ("http://[::1]:8080", "http://[::1]:8080"),
+    ],
+)
+def test_origins_are_canonical(text: str, canonical: str) -> None:
+    assert parse_origin(text) == canonical
+
+
+@pytest.mark.parametrize(
+    "text", ["null", "console.example", "ftp://a", "http://a/", "http://u@a", "http://a:x", ""]
+)
+def test_malformed_origins_are_refused_naming_the_form(text: str) -> None:
+    with pytest.raises(ValueError, match="origin"):
+        parse_origin(text)
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        (None, True),  # not a browser
+        ("http://console:8080", True),  # the console's own
+        ("http://CONSOLE:8080", True),
+        ("http://other.example", True),  # listed
+        ("https://console:8080", False),  # the scheme differs
+        ("http://console:8081", False),
+        ("http://evil.example", False),
+        ("null", False),
+    ],
+)
+def test_the_websocket_origin_check(origin: str | None, allowed: bool) -> None:
+    fields = ["Host: console:8080", *([f"Origin: {origin}"] if origin else [])]
+    request = parse_request(head("GET /ws HTTP/1.1", *fields))
+    if allowed:
+        check_origin(request, "http", {"http://other.example"})
+    else:
+        with pytest.raises(HttpError) as info:
+            check_origin(request, "http", {"http://other.example"})
+        assert info.value.status == 403

@@ -1,20 +1,21 @@
-"""Reconnect backoff: exponential, capped, jittered; sans-I/O.
+"""Reconnect and restart delays: a fixed interval, or exponential, capped and jittered; sans-I/O.
 
-QEMU retries a lost socket connection at a fixed ``reconnect-ms`` interval,
-so every client of a restarted server comes back in the same instant, and a
-peer that accepts and drops at once is hammered at that rate forever.
-:class:`Backoff` spreads and slows retries instead:
+QEMU retries a lost socket connection at a fixed ``reconnect-ms`` interval.
+:class:`Backoff` does the same when it is given no maximum.  Given a
+maximum above the initial delay, it spreads and slows retries instead, so a
+peer that stays away is not hammered and clients that lost the same server
+do not all come back in the same instant:
 
 * the *nominal* delay of attempt *k* (counted from 0) is
   ``min(maximum, initial * factor**k)``;
 * the delay handed out is the nominal one minus up to ``jitter`` of it, drawn
   at random, so it lies in ``[nominal * (1 - jitter), nominal]``: never above
-  the cap, never below ``initial * (1 - jitter)``, and clients that lost the
-  same server spread out;
-* :meth:`Backoff.connected` is told how long a connection lasted; only one
-  that outlived the nominal delay before it counts as stable and resets the
-  schedule.  A port that flaps (accepts, then drops) therefore keeps the
-  delays growing up to the cap instead of restarting them each time.
+  the cap, never below ``initial * (1 - jitter)``;
+* :meth:`Backoff.connected` is told how long a connection (or a program's
+  run) lasted; one that lasted at least ``settle`` seconds counts as having
+  lived and restarts the schedule from ``initial``.  A shorter one (a port
+  that accepts and drops at once, a program that dies at start) counts as
+  one more failure, so the delays keep growing toward the cap.
 
 The object only computes delays; the caller owns the timer and the clock.
 """
@@ -27,9 +28,24 @@ __all__ = ["Backoff"]
 
 
 class Backoff:
-    """Delays (seconds) between reconnection attempts; see the module docstring."""
+    """Delays (seconds) between reconnection attempts; see the module docstring.
 
-    __slots__ = ("_attempt", "_last", "_rng", "factor", "initial", "jitter", "maximum")
+    *maximum* ``None`` means a fixed interval of *initial*.  *jitter* defaults
+    to 0.5 when the delays grow and to none for a fixed interval.  *settle*
+    defaults to the nominal delay before the connection: it lived if it
+    outlasted the wait for it.
+    """
+
+    __slots__ = (
+        "_attempt",
+        "_last",
+        "_rng",
+        "factor",
+        "initial",
+        "jitter",
+        "maximum",
+        "settle",
+    )
 
     def __init__(
         self,
@@ -37,24 +53,29 @@ class Backoff:
         maximum: float | None = None,
         *,
         factor: float = 2.0,
-        jitter: float = 0.5,
+        jitter: float | None = None,
+        settle: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if initial <= 0:
             raise ValueError(f"initial delay must be positive, not {initial}")
         if maximum is None:
-            # Long enough to calm a flapping peer, short enough to notice a fix soon.
-            maximum = max(initial, 30.0)
+            maximum = initial
         if maximum < initial:
             raise ValueError(f"maximum delay {maximum} is below the initial delay {initial}")
         if factor < 1:
             raise ValueError(f"factor must be at least 1, not {factor}")
+        if jitter is None:
+            jitter = 0.5 if maximum > initial else 0.0
         if not 0 <= jitter < 1:
             raise ValueError(f"jitter must be in [0, 1), not {jitter}")
+        if settle is not None and settle < 0:
+            raise ValueError(f"settle must not be negative, not {settle}")
         self.initial = initial
         self.maximum = maximum
         self.factor = factor
         self.jitter = jitter
+        self.settle = settle
         self._rng = rng or random.Random()
         self._attempt = 0
         self._last = initial
@@ -84,8 +105,8 @@ class Backoff:
         return nominal * (1.0 - self.jitter * self._rng.random())
 
     def connected(self, uptime: float) -> None:
-        """A connection lasted *uptime* seconds; a stable one resets the schedule."""
-        if uptime >= self._last:
+        """A connection lasted *uptime* seconds; one that lived restarts the schedule."""
+        if uptime >= (self._last if self.settle is None else self.settle):
             self.reset()
 
     def reset(self) -> None:

@@ -27,6 +27,7 @@ from ..flags import Condition, Feature
 from ..watch import Watch
 from .chardev import READ_CHUNK, Chardev, ChardevError, WatchCallback
 from .events import ChardevEvent
+from .ratelimit import log_peer
 
 __all__ = ["ChannelChardev"]
 
@@ -97,7 +98,7 @@ class ChannelChardev(Chardev):
         try:
             n = channel.readv((view,), fds=fds)
         except (OSError, ChannelError) as exc:  # layers fail with ChannelError
-            log.info("chardev '%s': read failed: %s", self.id, exc)
+            log_peer(log, self.id, logging.INFO, "chardev '%s': read failed: %s", self.id, exc)
             self._read_watch = None
             self._on_disconnect()
             return False
@@ -138,7 +139,7 @@ class ChannelChardev(Chardev):
         try:
             n = out.writev((data,), fds=fds)
         except (OSError, ChannelError) as exc:
-            log.info("chardev '%s': write failed: %s", self.id, exc)
+            log_peer(log, self.id, logging.INFO, "chardev '%s': write failed: %s", self.id, exc)
             # Let pending input be read before reporting the disconnect.
             if self._in is None or self._read_watch is None:
                 self._on_disconnect()

@@ -171,10 +171,15 @@ class Chardev:
         if not id or len(id) > 127:
             raise ValueError(f"chardev id {id!r} must have 1 to 127 characters")
         self.id = id
-        self._loop = loop
+        # Bound now: a thread (a connect worker, a hub's waker) cannot look up
+        # the loop later, and a lazy lookup from the wrong thread would fail.
+        self._loop = loop if loop is not None else _running_loop()
         self.closed_writes = closed_writes or self.default_closed_writes
         self.be_open = False
         self.stats = Stats()
+        #: Why output is failing while the backend stays open (a full disk,
+        #: say), for the management API; ``None`` while it works.
+        self.error: str | None = None
         self.filename = self.type_name
         self._frontends: list[Frontend] = []
         self._focus: Frontend | None = None
@@ -196,9 +201,18 @@ class Chardev:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop that runs this chardev's callbacks (the running one if not given)."""
+        """The loop that runs this chardev's callbacks.
+
+        The one passed, else the one running when the chardev was created, else
+        the one running at first use; :class:`ChardevError` if there is none.
+        """
         if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+            self._loop = _running_loop()
+            if self._loop is None:
+                raise ChardevError(
+                    f"chardev '{self.id}' has no event loop: create it while the loop "
+                    "runs, or pass loop="
+                )
         return self._loop
 
     def __repr__(self) -> str:
@@ -469,3 +483,10 @@ class Chardev:
 
     async def await_connected(self) -> None:
         """Wait on the loop until connected."""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

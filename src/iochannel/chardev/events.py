@@ -64,8 +64,9 @@ _observers: list[Callable[[], None]] = []
 
 
 def observe_changes(callback: Callable[[], None]) -> Callable[[], None]:
-    """Call ``callback()`` whenever a chardev opens or closes or a hub's members
-    change, on the thread where it happened; returns a function that stops it.
+    """Call ``callback()`` whenever a chardev opens or closes, a frontend opens or
+    closes its end, or a hub's members change, on the thread where it happened;
+    returns a function that stops it.
 
     Management code (QMP events) reacts to these instead of polling.
     """

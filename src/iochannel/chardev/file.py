@@ -9,11 +9,19 @@ always readable and cannot be watched by the event loop, so its input is
 pumped by loop callbacks instead of a read watch.  The chardev is open from
 the start.  Writes while closed — only after the input ended — default to
 ``error``: the file still holds everything written before.
+
+A write the file refuses (``ENOSPC`` on a full disk, a quota, an I/O error)
+does not close the chardev: the bytes are counted as lost
+(:attr:`~iochannel.chardev.Stats.dropped`, not ``bytes_out``), the error is
+logged (rate-limited) and kept in :attr:`~iochannel.chardev.Chardev.error`,
+and every later write tries the file again; the first one that succeeds
+clears the error and logs how many bytes were lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 from collections.abc import Mapping
@@ -23,12 +31,15 @@ from ..channel import Channel
 from ..file import FileChannel
 from ..flags import Condition
 from .channel_backend import ChannelChardev
+from .ratelimit import log_peer
 from .timestamps import LineStamper
 
 if TYPE_CHECKING:
     from .registry import ChardevRegistry
 
 __all__ = ["FileChardev"]
+
+log = logging.getLogger(__name__)
 
 
 class FileChardev(ChannelChardev):
@@ -52,6 +63,8 @@ class FileChardev(ChannelChardev):
         self.filename = f"file:{out}"
         self._regular_input = False
         self._pump: asyncio.Handle | None = None
+        #: Bytes lost since the file last took a write.
+        self._lost = 0
 
     @classmethod
     def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevRegistry) -> FileChardev:
@@ -92,9 +105,47 @@ class FileChardev(ChannelChardev):
             self._update_read_handler()
 
     def _chr_write(self, data: memoryview) -> int | None:
-        if self.stamper is None:
-            return super()._chr_write(data)
-        return self.stamper.write(data, super()._chr_write)
+        try:
+            if self.stamper is None:
+                n = self._write_out(data)
+            else:
+                n = self.stamper.write(data, self._write_out)
+        except OSError as exc:
+            self._lose(len(data), exc)
+            return len(data)
+        if n and self.error is not None:
+            log.warning(
+                "chardev '%s': writing to %s again; %d bytes were lost",
+                self.id,
+                self.out_path,
+                self._lost,
+            )
+            self.error, self._lost = None, 0
+        return n
+
+    def _write_out(self, data: memoryview) -> int | None:
+        out = self._out
+        if out is None or out.closed:
+            return None
+        return out.write(data)
+
+    def _lose(self, size: int, exc: OSError) -> None:
+        # Taken and lost rather than refused: a full disk must not stall or
+        # close what writes here (a hub of viewers, a guest's console).
+        self.stats.dropped += size
+        self.stats.bytes_out -= size  # Chardev.write counts what it is told was taken
+        self._lost += size
+        self.error = f"write failed: {exc.strerror or exc}"
+        log_peer(
+            log,
+            self.id,
+            logging.WARNING,
+            "chardev '%s': cannot write to %s: %s; %d bytes lost so far, later writes retry",
+            self.id,
+            self.out_path,
+            exc.strerror or exc,
+            self._lost,
+        )
 
     def _close(self) -> None:
         if self._pump is not None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..channel import Buffer
 from .chardev import Chardev, ChardevError
-from .events import ChardevEvent, LifecycleView
+from .events import ChardevEvent, LifecycleView, changed
 
 __all__ = ["Frontend"]
 
@@ -137,6 +137,7 @@ class Frontend:
         self._fe_open = open
         if self.chardev is not None:
             self.chardev._set_fe_open(open)
+            changed()  # frontend-open is state that management shows
 
     @property
     def backend_connected(self) -> bool:

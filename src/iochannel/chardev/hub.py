@@ -24,13 +24,18 @@ Contract:
 
 * **Joining.** A member that opens (or reopens) joins at the current position:
   bytes written while it was closed are not sent to it.
+* **Members with clients.** A member that fans out itself (a
+  :class:`FanoutChardev`: a ``connections=N`` socket) applies its policy to
+  each of its clients, so one client that stops reading costs only itself;
+  the bytes its clients lose and their cuts count in the member's stats.
 * **Events.** OPENED when the first member opens, CLOSED when the last one
   closes; other member events (BREAK) pass through.  Unlike QEMU's hub, the
   hub's own open state is kept, so a frontend attached later gets OPENED, and
   ``send_break`` on the hub reaches the frontend.
 
 :class:`Progress` (the ``block`` accounting) and :class:`Backlog` (the bounded
-queue) are sans-I/O; :class:`HubChardev` only moves bytes.
+queue) are sans-I/O; :class:`Fanout` moves the bytes by the policies, for the
+hub's members and for a socket's clients alike.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ from .options import chardev_kwargs
 
 __all__ = [
     "Backlog",
+    "Fanout",
+    "FanoutChardev",
     "HubChardev",
     "Member",
     "MemberPolicy",
@@ -190,7 +197,7 @@ class Backlog:
 
 
 class Member:
-    """One backend of a hub: its chardev, policy and counters."""
+    """One output of a :class:`Fanout`: its chardev, policy and counters."""
 
     def __init__(self, key: int, chardev: Chardev, policy: MemberPolicy) -> None:
         self.key = key
@@ -217,7 +224,7 @@ class Member:
         try:
             n = self.port.write(data)
         except (OSError, ChardevError) as exc:
-            log.info("hub member '%s': write failed: %s", self.chardev.id, exc)
+            log.info("chardev '%s': write failed: %s", self.chardev.id, exc)
             self.out = True
             return None
         if n:
@@ -232,12 +239,12 @@ class Member:
         self.stats.queued = 0
 
 
-class _HubWatch:
-    """A frontend's writable watch on the hub: fires when the blocked member
+class _FanoutWatch:
+    """A writer's writable watch on a fan-out: fires when the blocked member
     drains, or when that member leaves (writes may proceed without it)."""
 
-    def __init__(self, hub: HubChardev, member: Member, callback: WatchCallback) -> None:
-        self._hub = hub
+    def __init__(self, fanout: Fanout, member: Member, callback: WatchCallback) -> None:
+        self._fanout = fanout
         self.member = member
         self._callback = callback
         self._inner: Any = member.port.add_watch(self._fire)
@@ -257,10 +264,11 @@ class _HubWatch:
         if self._inner is not None:
             self._inner.cancel()
             self._inner = None
-        self._hub.loop.call_soon_threadsafe(self._fire_once)  # remove_member: any thread
+        # A member may leave on any thread (remove_member).
+        self._fanout.owner.loop.call_soon_threadsafe(self._fire_once)
 
     def _fire_once(self) -> None:
-        if self in self._hub._watches:
+        if self in self._fanout.watches:
             self._forget()
             self._callback()
 
@@ -271,11 +279,166 @@ class _HubWatch:
         self._forget()
 
     def _forget(self) -> None:
-        if self in self._hub._watches:
-            self._hub._watches.remove(self)
+        if self in self._fanout.watches:
+            self._fanout.watches.remove(self)
 
 
-class HubChardev(Chardev):
+class Fanout:
+    """One output stream written to many chardevs, each under its :class:`MemberPolicy`.
+
+    The mechanism behind a hub's members and a ``connections=N`` socket's
+    clients (see the module docstring for the policies).  *owner* is the
+    chardev whose writes this serves: its write lock is held while bytes
+    move and its loop runs the watches.  Members added without a policy get
+    :attr:`policy`; the bytes they lose and their cuts are also counted in
+    :attr:`parent`, the owner's own counters as a hub member, if it is one.
+    """
+
+    def __init__(self, owner: Chardev, policy: MemberPolicy | None = None) -> None:
+        self.owner = owner
+        self.policy = policy or MemberPolicy()
+        self.parent: MemberStats | None = None
+        self.members: list[Member] = []
+        self.watches: list[_FanoutWatch] = []
+        self._next_key = 0
+        self._progress = Progress()
+        self._blocked: Member | None = None
+
+    def add(self, chardev: Chardev, policy: MemberPolicy | None = None) -> Member:
+        """A new member, taking no output until :meth:`join`."""
+        member = Member(self._next_key, chardev, policy or self.policy)
+        self._next_key += 1
+        self.members.append(member)
+        return member
+
+    def remove(self, member: Member) -> None:
+        """Forget *member* and let go of its chardev (not closed)."""
+        with self.owner.write_lock:
+            if member in self.members:
+                self.members.remove(member)
+            self.leave(member)
+            member.port.deinit()
+
+    def join(self, member: Member) -> None:
+        """*member* opened: it gets output from the current position on."""
+        with self.owner.write_lock:
+            member.out = False
+            member.reset()
+            if member.paces:
+                self._progress.join(member.key)
+
+    def leave(self, member: Member) -> None:
+        """*member* takes no more output: forget its progress, wake writers it held."""
+        with self.owner.write_lock:
+            member.reset()
+            self._progress.leave(member.key)
+            if self._blocked is member:
+                self._blocked = None
+            for watch in tuple(self.watches):
+                if watch.member is member:
+                    watch.member_left()
+
+    def write(self, data: memoryview) -> int | None:
+        """Bytes of *data* the ``block`` members all hold (all of it without any), or None."""
+        length = len(data)
+        held: dict[int, int] = {}
+        slowest: Member | None = None
+        for m in tuple(self.members):
+            if not (m.paces and m.live):
+                continue
+            ahead = self._progress.ahead(m.key)
+            if ahead < length:  # otherwise the member already has all of *data*
+                n = m.write(data[ahead:])
+                if m.out:  # failed: it no longer paces anyone
+                    self._progress.leave(m.key)
+                    continue
+                if not n and (slowest is None or ahead < held[slowest.key]):
+                    slowest = m
+                ahead += n or 0
+            held[m.key] = ahead
+        accepted = self._progress.settle(length, held)
+        self._blocked = slowest
+        if accepted:
+            for m in tuple(self.members):
+                if not m.paces and m.live:
+                    self._queue(m, data[:accepted])
+        return accepted or None
+
+    def _queue(self, m: Member, data: memoryview) -> None:
+        if not m.backlog:
+            n = m.write(data) or 0
+            data = data[n:]
+        if not data or m.out:
+            return
+        overflow = m.backlog.push(data)
+        if overflow and m.policy.mode is SlowConsumer.DISCONNECT:
+            self._cut(m)
+            return
+        m.stats.dropped += overflow
+        if self.parent is not None:
+            self.parent.dropped += overflow
+        m.stats.queued = len(m.backlog)
+        if m.drain_watch is None:
+            m.drain_watch = m.port.add_watch(lambda: self._drain(m))
+
+    def _drain(self, m: Member) -> bool:
+        with self.owner.write_lock:
+            while m.backlog and m.live:
+                if not m.backlog.send(m.write):
+                    break
+            m.stats.queued = len(m.backlog)
+            if m.backlog and m.live:
+                return True
+            m.drain_watch = None
+            return False
+
+    def _cut(self, m: Member) -> None:
+        log.warning(
+            "%s '%s': member '%s' fell %d bytes behind: disconnecting it",
+            self.owner.type_name,
+            self.owner.id,
+            m.chardev.id,
+            m.policy.limit,
+        )
+        m.stats.disconnects += 1
+        if self.parent is not None:
+            self.parent.disconnects += 1
+        m.out = True
+        m.reset()
+        m.chardev.disconnect()
+
+    def add_write_watch(self, callback: WatchCallback) -> Any:
+        """Watch the member that blocked the last write (see :meth:`Chardev.add_watch`)."""
+        member = self._blocked
+        if member is None or not member.live:
+            return None
+        watch = _FanoutWatch(self, member, callback)
+        if not watch.armed:
+            return None
+        self.watches.append(watch)
+        return watch
+
+
+class FanoutChardev(Chardev):
+    """A chardev whose output goes to several chardevs through a :class:`Fanout`.
+
+    A hub puts its policy for such a member in :attr:`fanout`'s
+    :attr:`~Fanout.policy`, so it applies to each of the member's own outputs
+    (the clients of a ``connections=N`` socket) rather than to all of them at once.
+    """
+
+    def __init__(self, id: str, **kwargs: Any) -> None:
+        super().__init__(id, **kwargs)
+        self.fanout = Fanout(self)
+
+    def _chr_write(self, data: memoryview) -> int | None:
+        return self.fanout.write(data)
+
+    def _add_write_watch(self, callback: WatchCallback) -> Any:
+        return self.fanout.add_write_watch(callback)
+
+
+class HubChardev(FanoutChardev):
     """One frontend, many backend chardevs; see the module docstring."""
 
     type_name: ClassVar[str] = "hub"
@@ -291,11 +454,6 @@ class HubChardev(Chardev):
         **kwargs: Any,
     ) -> None:
         super().__init__(id, **kwargs)
-        self._members: list[Member] = []
-        self._next_key = 0
-        self._progress = Progress()
-        self._blocked: Member | None = None
-        self._watches: list[_HubWatch] = []
         #: Policies by member id, also for members that join later (``mux-be``).
         self.policies = dict(policies or {})
         try:
@@ -355,10 +513,12 @@ class HubChardev(Chardev):
         if chardev.owner is not None:
             raise ChardevBusyError(f"chardev '{chardev.id}' is already in use")
         policy = policy or self.policies.get(chardev.id) or MemberPolicy()
-        member = Member(self._next_key, chardev, policy)
+        member = self.fanout.add(chardev, policy)
         chardev.owner = self
-        self._next_key += 1
-        self._members.append(member)
+        if isinstance(chardev, FanoutChardev):
+            # Its own outputs (a socket's clients) each get the policy and report here.
+            chardev.fanout.policy = policy
+            chardev.fanout.parent = member.stats
         if self.opened and not self.closed:
             self._listen(member)
         changed()
@@ -368,21 +528,22 @@ class HubChardev(Chardev):
         """Stop using *chardev*; it is free again (not closed)."""
         member = self.member(chardev.id)
         with self._write_lock:
-            self._members.remove(member)
             was_open = member.port.is_open
-            self._leave(member)
-            member.port.deinit()
+            self.fanout.remove(member)
             chardev.owner = None
-        if was_open and not any(m.port.is_open for m in self._members):
+            if isinstance(chardev, FanoutChardev):
+                chardev.fanout.policy = MemberPolicy()
+                chardev.fanout.parent = None
+        if was_open and not any(m.port.is_open for m in self.fanout.members):
             self.be_event(ChardevEvent.CLOSED)
         changed()
 
     @property
     def members(self) -> tuple[Member, ...]:
-        return tuple(self._members)
+        return tuple(self.fanout.members)
 
     def member(self, id: str) -> Member:
-        for m in self._members:
+        for m in self.fanout.members:
             if m.chardev.id == id:
                 return m
         raise ChardevError(f"hub '{self.id}' has no member '{id}'")
@@ -390,7 +551,7 @@ class HubChardev(Chardev):
     # ---- lifecycle ---------------------------------------------------------------
 
     def _open(self) -> bool:
-        for member in tuple(self._members):
+        for member in self.members:
             self._listen(member)
         return False  # be_open follows the members' events
 
@@ -403,116 +564,24 @@ class HubChardev(Chardev):
         member.chardev.open()
 
     def _close(self) -> None:
-        for member in tuple(self._members):
-            self._leave(member)
-            member.port.deinit()
+        for member in self.members:
+            self.fanout.remove(member)
             member.chardev.owner = None
-        self._members.clear()
 
     def _member_event(self, member: Member, event: ChardevEvent) -> None:
         if event == ChardevEvent.OPENED:
-            with self._write_lock:
-                member.out = False
-                member.reset()
-                if member.paces:
-                    self._progress.join(member.key)
+            self.fanout.join(member)
             self.be_event(ChardevEvent.OPENED)  # absorbed unless it is the first
         elif event == ChardevEvent.CLOSED:
-            with self._write_lock:
-                self._leave(member)
-            if not any(m.port.is_open for m in self._members):
+            self.fanout.leave(member)
+            if not any(m.port.is_open for m in self.fanout.members):
                 self.be_event(ChardevEvent.CLOSED)
         else:
             self.be_event(event)
 
-    def _leave(self, member: Member) -> None:
-        """*member* takes no more output: forget its progress, wake writers it held."""
-        member.reset()
-        self._progress.leave(member.key)
-        if self._blocked is member:
-            self._blocked = None
-        for watch in tuple(self._watches):
-            if watch.member is member:
-                watch.member_left()
-
     # ---- input ---------------------------------------------------------------------
 
     def _update_read_handler(self) -> None:
-        for member in self._members:
+        for member in self.fanout.members:
             if member.port.chardev is not None:
                 member.port.accept_input()
-
-    # ---- output --------------------------------------------------------------------
-
-    def _chr_write(self, data: memoryview) -> int | None:
-        length = len(data)
-        held: dict[int, int] = {}
-        slowest: Member | None = None
-        for m in tuple(self._members):
-            if not (m.paces and m.live):
-                continue
-            ahead = self._progress.ahead(m.key)
-            if ahead < length:  # otherwise the member already has all of *data*
-                n = m.write(data[ahead:])
-                if m.out:  # failed: it no longer paces anyone
-                    self._progress.leave(m.key)
-                    continue
-                if not n and (slowest is None or ahead < held[slowest.key]):
-                    slowest = m
-                ahead += n or 0
-            held[m.key] = ahead
-        accepted = self._progress.settle(length, held)
-        self._blocked = slowest
-        if accepted:
-            for m in tuple(self._members):
-                if not m.paces and m.live:
-                    self._queue(m, data[:accepted])
-        return accepted or None
-
-    def _queue(self, m: Member, data: memoryview) -> None:
-        if not m.backlog:
-            n = m.write(data) or 0
-            data = data[n:]
-        if not data or m.out:
-            return
-        overflow = m.backlog.push(data)
-        if overflow and m.policy.mode is SlowConsumer.DISCONNECT:
-            self._cut(m)
-            return
-        m.stats.dropped += overflow
-        m.stats.queued = len(m.backlog)
-        if m.drain_watch is None:
-            m.drain_watch = m.port.add_watch(lambda: self._drain(m))
-
-    def _drain(self, m: Member) -> bool:
-        with self._write_lock:
-            while m.backlog and m.live:
-                if not m.backlog.send(m.write):
-                    break
-            m.stats.queued = len(m.backlog)
-            if m.backlog and m.live:
-                return True
-            m.drain_watch = None
-            return False
-
-    def _cut(self, m: Member) -> None:
-        log.warning(
-            "hub '%s': member '%s' fell %d bytes behind: disconnecting it",
-            self.id,
-            m.chardev.id,
-            m.policy.limit,
-        )
-        m.stats.disconnects += 1
-        m.out = True
-        m.reset()
-        m.chardev.disconnect()
-
-    def _add_write_watch(self, callback: WatchCallback) -> Any:
-        member = self._blocked
-        if member is None or not member.live:
-            return None
-        watch = _HubWatch(self, member, callback)
-        if not watch.armed:
-            return None
-        self._watches.append(watch)
-        return watch

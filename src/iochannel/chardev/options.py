@@ -47,6 +47,7 @@ __all__ = [
     "ChardevRef",
     "Field",
     "chardev_kwargs",
+    "check_ringbuf_size",
     "parse_bool",
     "parse_chardev",
     "parse_keyval",
@@ -65,6 +66,8 @@ MAX_ID = 127
 #: Hub members the command line names (``chardevs.0`` … ``chardevs.3``, as QEMU's);
 #: a spec's list is not limited.
 MAX_HUB = 4
+#: Largest ``ringbuf`` size: its memory is taken whole when the chardev is created.
+MAX_RINGBUF = 1 << 30
 
 
 class ChardevOptionError(ChardevError, ValueError):
@@ -208,6 +211,7 @@ _CLI_KEYS: dict[str, dict[str, Conv]] = {
         "tls-creds": parse_string,
         "tls-authz": parse_string,
         "connections": parse_number,
+        "handshake-timeout-ms": parse_number,
     },
 }
 
@@ -318,7 +322,8 @@ def _cli_socket(o: Mapping[str, Any]) -> dict[str, Any]:
     }
     data["wait"] = o.get("wait", server)
     keep = ("telnet", "tn3270", "websocket", "reconnect", "reconnect-ms", "reconnect-max-ms")
-    data.update({k: o[k] for k in (*keep, "tls-creds", "tls-authz", "connections") if k in o})
+    ours = ("connections", "handshake-timeout-ms")
+    data.update({k: o[k] for k in (*keep, "tls-creds", "tls-authz", *ours) if k in o})
     return data
 
 
@@ -508,6 +513,7 @@ _QAPI: dict[str, dict[str, Field]] = {
         "reconnect-ms": Field("int"),
         "reconnect-max-ms": Field("int"),
         "connections": Field("int", 1, minimum=1),
+        "handshake-timeout-ms": Field("int"),
     },
 }
 
@@ -604,6 +610,8 @@ def _check_address(path: str, value: object) -> dict[str, Any]:
             raise _type_error(f"{path}.data.port", "a port number or service name", port)
         if not 0 <= data.get("to", 0) <= 65535:
             raise _type_error(f"{path}.data.to", "a port number (0-65535)", data["to"])
+    if kind == "unix" and "\0" in data["path"]:
+        raise _type_error(f"{path}.data.path", "a file name without NUL characters", data["path"])
     return {"type": kind, "data": data}
 
 
@@ -629,6 +637,13 @@ def _check_socket(data: dict[str, Any]) -> None:
         raise ChardevOptionError(f"'tls-creds' option is incompatible with '{addr}' addresses")
     if "tls-authz" in data and "tls-creds" not in data:
         raise ChardevOptionError("'tls-authz' option requires 'tls-creds' option")
+    top = data.get("reconnect-max-ms")
+    if top is not None and not data["reconnect-ms"]:
+        raise ChardevOptionError("'reconnect-max-ms' option requires 'reconnect-ms' option")
+    if top is not None and top < data["reconnect-ms"]:
+        raise ChardevOptionError(
+            f"'reconnect-max-ms' ({top}) must not be below 'reconnect-ms' ({data['reconnect-ms']})"
+        )
     if server:
         if data["reconnect-ms"]:
             raise ChardevOptionError(
@@ -668,10 +683,25 @@ def _check_mux(data: dict[str, Any]) -> None:
     _check_id("backend.data.chardev", data["chardev"])
 
 
+def check_ringbuf_size(size: int) -> None:
+    """QEMU's rule (a power of two) and a bound, as every ring is allocated whole at once."""
+    if not 0 < size <= MAX_RINGBUF or size & (size - 1):
+        raise ChardevOptionError(
+            "Parameter 'size': size of ringbuf chardev must be a power of two "
+            f"of at most {MAX_RINGBUF} (1G), not {size}"
+        )
+
+
+def _check_ringbuf(data: dict[str, Any]) -> None:
+    check_ringbuf_size(data["size"])
+
+
 _SEMANTICS: dict[str, Callable[[dict[str, Any]], None]] = {
     "socket": _check_socket,
     "hub": _check_hub,
     "mux": _check_mux,
+    "ringbuf": _check_ringbuf,
+    "memory": _check_ringbuf,
 }
 
 

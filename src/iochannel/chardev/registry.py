@@ -40,7 +40,7 @@ from .serial import SerialChardev
 from .stdio import StdioChardev
 from .udp import UdpChardev
 
-__all__ = ["ChardevRegistry", "Factory", "register_backend"]
+__all__ = ["ChardevRegistry", "Factory", "check_buildable", "register_backend"]
 
 Factory = Callable[[str, Mapping[str, Any], "ChardevRegistry"], Chardev]
 
@@ -76,6 +76,17 @@ def _factory(type_name: str) -> Factory:
     cls = getattr(importlib.import_module(f"{__package__}.{module}"), cls_name)
     factory: Factory = getattr(cls, method)
     return factory
+
+
+def check_buildable(spec: Mapping[str, Any]) -> None:
+    """Raise :class:`ChardevError` unless a registry can build every chardev a valid *spec* makes.
+
+    :meth:`ChardevRegistry.add` checks this first; a configuration checker
+    calls it to refuse exactly what building would refuse.
+    """
+    _factory(spec["backend"]["type"])
+    if spec.get("mux"):
+        _factory("mux")
 
 
 def _null_from_qapi(id: str, data: Mapping[str, Any], registry: ChardevRegistry) -> Chardev:
@@ -131,6 +142,7 @@ class ChardevRegistry:
         With ``mux=on`` the mux is returned (its backend is ``<id>-base``).
         """
         checked = parse_chardev(spec) if isinstance(spec, str) else validate_spec(spec)
+        check_buildable(checked)
         id = checked["id"]
         names = [id, f"{id}-base"] if checked.get("mux") else [id]
         for name in names:
@@ -179,6 +191,18 @@ class ChardevRegistry:
         if isinstance(spec, ChardevRef):
             return self._find(spec.id)
         return self.add(spec)
+
+    def adopt(self, other: ChardevRegistry) -> None:
+        """Move every chardev of *other* (built and opened there) into this registry.
+
+        A caller can so build several chardevs apart and commit them at once,
+        or drop them all with ``other.close()``.
+        """
+        clash = sorted(set(self._chardevs) & set(other._chardevs))
+        if clash:
+            raise ChardevError(f"Chardev with id '{clash[0]}' already exists")
+        self._chardevs.update(other._chardevs)
+        other._chardevs.clear()
 
     def _build(self, id: str, backend: Mapping[str, Any]) -> Chardev:
         """Create and open a chardev (not registered); nothing is left behind on failure."""

@@ -1,10 +1,11 @@
 """The ``ringbuf`` backend (alias ``memory``): frontend output kept in a ring buffer.
 
 Writes always succeed, overwriting the oldest bytes; there is no input.  The
-size must be a power of two (default 64 KiB).  :meth:`RingbufChardev.read`
-takes up to *size* bytes out (``ringbuf-read``), :meth:`RingbufChardev.inject`
-stores bytes as if the frontend had written them (``ringbuf-write``); both
-speak ``utf8`` or ``base64``.  Unlike QEMU, utf8 reads decode invalid bytes as
+size must be a power of two (default 64 KiB) of at most 1 GiB, as the whole
+ring is allocated at creation.  :meth:`RingbufChardev.read` takes up to
+*size* bytes out (``ringbuf-read``), :meth:`RingbufChardev.inject` stores
+bytes as if the frontend had written them (``ringbuf-write``); both speak
+``utf8`` or ``base64``.  Unlike QEMU, utf8 reads decode invalid bytes as
 U+FFFD instead of cutting at the first NUL.
 """
 
@@ -16,6 +17,7 @@ import threading
 from typing import Any, ClassVar
 
 from .chardev import Chardev, ChardevError
+from .options import check_ringbuf_size
 
 __all__ = ["RingbufChardev"]
 
@@ -26,8 +28,7 @@ class RingbufChardev(Chardev):
     type_name: ClassVar[str] = "ringbuf"
 
     def __init__(self, id: str, size: int = 65536, **kwargs: Any) -> None:
-        if size <= 0 or size & (size - 1):
-            raise ChardevError(f"size of ringbuf chardev must be power of two, not {size}")
+        check_ringbuf_size(size)
         super().__init__(id, **kwargs)
         self.size = size
         self._data = bytearray(size)

@@ -19,7 +19,10 @@ Setting up a connection follows QEMU's order: non-blocking mode, nodelay, TLS
 handshake (with the authorization check), WebSocket handshake, telnet
 negotiation.  A failure at any step closes the connection; the server goes on
 accepting.  Without TLS, WebSocket or telnet nothing needs waiting and the
-session starts at once.
+session starts at once.  The handshakes together must finish within
+``SessionSetup.handshake_timeout`` seconds (:data:`HANDSHAKE_TIMEOUT` by
+default): a peer that stalls or trickles bytes loses its connection and frees
+its slot, so it cannot keep other clients out.
 
 The socket chardev (:mod:`iochannel.chardev.socket`) is built on these:
 its one-client and ``connections=N`` behaviours are a :class:`ChardevServer`
@@ -29,13 +32,14 @@ with ``max_sessions`` 1 or N whose sessions it fronts.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..address import Address, InetAddress, UnixAddress, VsockAddress
-from ..channel import Buffer, Channel
+from ..channel import Buffer, Channel, close_fds
 from ..crypto.authz import AuthzList
 from ..crypto.creds import Credentials
 from ..errors import ChannelError
@@ -44,13 +48,26 @@ from ..socket import SocketChannel
 from ..tls import TLSChannel
 from ..websock import WebsockChannel
 from .channel_backend import ChannelChardev
-from .chardev import ChardevError
+from .chardev import Chardev, ChardevError
 from .events import ChardevEvent
+from .ratelimit import log_peer
 from .telnet import TelnetEvent, TelnetFilter
 
-__all__ = ["ChardevServer", "Establishing", "SessionChardev", "SessionSetup", "establish"]
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "ChardevServer",
+    "Establishing",
+    "SessionChardev",
+    "SessionSetup",
+    "establish",
+]
 
 log = logging.getLogger(__name__)
+
+#: Seconds a connection has by default to finish its TLS, WebSocket and telnet handshakes.
+HANDSHAKE_TIMEOUT = 10.0
+#: Input bytes a session reads ahead of its frontend (see :class:`SessionChardev`).
+READ_AHEAD = 65536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +84,8 @@ class SessionSetup:
     websocket: bool = False
     telnet: bool = False
     tn3270: bool = False
+    #: Seconds for all handshakes together; ``None``: no deadline.
+    handshake_timeout: float | None = HANDSHAKE_TIMEOUT
 
     @property
     def needs_handshake(self) -> bool:
@@ -138,9 +157,21 @@ class Establishing:
         if telnet is not None:
             await self.channel.awrite_all(telnet.greeting())
 
+    async def _handshakes_in_time(self) -> None:
+        limit = self.setup.handshake_timeout
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                await self._handshakes()
+        except TimeoutError:
+            if deadline.expired():
+                raise ChardevError(
+                    f"handshake not finished within {limit:g} s (handshake-timeout-ms)"
+                ) from None
+            raise
+
     async def _run(self) -> None:
         try:
-            await self._handshakes()
+            await self._handshakes_in_time()
         except asyncio.CancelledError:
             self.channel.close()
             raise
@@ -227,6 +258,16 @@ class SessionChardev(ChannelChardev):
     :meth:`disconnect` was called or the session was closed), the connection
     is released, ``on_release(session)`` runs, frontends get CLOSED, then
     ``on_end(session)`` runs; each callback once.
+
+    The connection is read whether or not the frontend takes input: up to
+    :data:`READ_AHEAD` bytes wait here for it (with the fds that came with
+    them), so a peer that hangs up is noticed, and the channel's protocol
+    duties (WebSocket pongs and close replies) are done, even when nothing
+    reads.  A peer that leaves while its input waits has its connection
+    closed at once; a frontend still gets that input, then CLOSED (until then
+    the session keeps its slot).  ``attended()`` says whether any frontend
+    may come to read: when it is false, the input is dropped and the session
+    ends at once, as QEMU drops it on a hang-up.
     """
 
     type_name: ClassVar[str] = "socket"
@@ -241,14 +282,20 @@ class SessionChardev(ChannelChardev):
         filename: str = "socket",
         on_release: Callable[[SessionChardev], None] | None = None,
         on_end: Callable[[SessionChardev], None] | None = None,
+        attended: Callable[[], bool] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(id, **kwargs)
         self._channel: Channel | None = channel
+        self._attended = attended
         self._telnet = telnet
         self._on_release = on_release
         self._on_end = on_end
         self.filename = filename
+        #: Input read ahead of the frontend, in order: bytes with their fds, and BREAKs.
+        self._held: collections.deque[tuple[bytes, list[int]] | TelnetEvent] = collections.deque()
+        self._held_size = 0
+        self._hung_up = False
 
     def _open(self) -> bool:
         channel, self._channel = self._channel, None
@@ -263,6 +310,11 @@ class SessionChardev(ChannelChardev):
         channel, self._channel = self._channel, None
         if channel is not None:  # never opened
             channel.close()
+        for item in self._held:
+            if not isinstance(item, TelnetEvent):
+                close_fds(item[1])
+        self._held.clear()
+        self._held_size = 0
         super().close()
         end, self._on_end = self._on_end, None
         if end is not None:
@@ -275,8 +327,18 @@ class SessionChardev(ChannelChardev):
             release(self)
 
     def _on_disconnect(self) -> None:
-        # A session does not outlive its connection.
-        self.close()
+        if self._held and (self._attended is None or self._attended()):
+            # Gone, but its input waits for a frontend: free the fd now, end
+            # (and free the slot) once the input is delivered.
+            self._hung_up = True
+            self._release_channels()
+            return
+        self.close()  # a session does not outlive its connection
+
+    def _chr_write(self, data: memoryview) -> int | None:
+        if self._hung_up:
+            raise BrokenPipeError(f"chardev '{self.id}': the peer has left")
+        return super()._chr_write(data)
 
     def disconnect(self) -> None:
         """Drop the connection: CLOSED, then the session ends."""
@@ -284,18 +346,53 @@ class SessionChardev(ChannelChardev):
 
     # ---- input ------------------------------------------------------------
 
+    def be_can_read(self) -> int:
+        """Room left for reading ahead of the frontend."""
+        return max(0, READ_AHEAD - self._held_size)
+
     def be_write(self, data: Buffer) -> None:
+        """Input read from the connection: held, then given to the frontend as it takes it."""
+        fds, self._msgfds = self._msgfds, []  # those that came with *data*
         telnet = self._telnet
-        if telnet is None:
-            super().be_write(data)
-            return
-        for item in telnet.feed(data):
+        items = telnet.feed(data) if telnet is not None else [bytes(data)]
+        for item in items:
             if isinstance(item, TelnetEvent):
+                self._held.append(item)
+            elif item:
+                self._held.append((bytes(item), fds))
+                self._held_size += len(item)
+                fds = []
+        close_fds(fds)  # came with bytes the telnet filter dropped
+        self._deliver()
+
+    def _deliver(self) -> None:
+        held = self._held
+        while held and not self.closed:
+            item = held[0]
+            if isinstance(item, TelnetEvent):
+                held.popleft()
                 self.be_event(ChardevEvent.BREAK)
-            else:
-                super().be_write(item)
-            if self.closed:  # a frontend dropped the session from its callback
+                continue
+            room = Chardev.be_can_read(self)
+            if room <= 0:
                 return
+            data, fds = item
+            if len(data) > room:
+                held[0] = (data[room:], [])
+                data = data[:room]
+            else:
+                held.popleft()
+            self._held_size -= len(data)
+            if fds:
+                close_fds(self._msgfds)  # an unread earlier batch is stale now
+                self._msgfds = fds
+            Chardev.be_write(self, data)
+        if self._hung_up and not held:
+            self.close()
+
+    def _update_read_handler(self) -> None:
+        self._deliver()
+        super()._update_read_handler()
 
 
 SessionCallback = Callable[[SessionChardev], None]
@@ -375,7 +472,15 @@ class ChardevServer:
             if holder:
                 self._pending.remove(holder[0])
             if isinstance(outcome, BaseException):
-                log.warning("chardev '%s': connection from %s failed: %s", self.id, name, outcome)
+                log_peer(
+                    log,
+                    self.id,
+                    logging.WARNING,
+                    "chardev '%s': connection from %s failed: %s",
+                    self.id,
+                    name,
+                    outcome,
+                )
                 self._rearm()
             else:
                 self._start_session(outcome, name)

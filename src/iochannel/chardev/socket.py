@@ -11,7 +11,9 @@ Server (``server=True``)
     client waits in the kernel backlog and is served when the first leaves.
     ``wait=True`` makes :meth:`open` block until the first client arrives.
     The extension ``connections=N`` serves up to N clients at once: output
-    goes to every client, input comes from any; OPENED comes with the first
+    goes to every client through a :class:`~iochannel.chardev.hub.Fanout`,
+    each client under the slow-consumer policy a hub gives this chardev
+    (``block`` otherwise), input comes from any; OPENED comes with the first
     client, CLOSED when the last one leaves.  Both are a
     :class:`~iochannel.chardev.server.ChardevServer` whose sessions this
     chardev fronts.
@@ -19,10 +21,13 @@ Server (``server=True``)
 Client
     Without ``reconnect_ms`` the connection is made in :meth:`open` and a
     failure raises.  With it, connecting happens in a thread and OPENED comes
-    later; a failed or lost connection is retried after a delay from a
-    :class:`~iochannel.chardev.backoff.Backoff` (exponential from
-    ``reconnect_ms`` up to ``reconnect_max_ms``, jittered), where QEMU retries
-    at a fixed interval.  Errors are logged once until a connection works.
+    later; a failed or lost connection is retried every ``reconnect_ms``, as
+    QEMU does.  The extension ``reconnect_max_ms`` makes the delays grow
+    instead, exponentially and jittered, up to that maximum (a
+    :class:`~iochannel.chardev.backoff.Backoff`); a connection that was up
+    for at least ``reconnect_ms`` restarts them from ``reconnect_ms``.
+    Errors are logged once until a connection works; connecting and losing
+    the connection are logged (INFO).
 
 Connection order (both sides): non-blocking mode, nodelay, TLS handshake
 (``tls_creds``, ``tls_authz``), WebSocket handshake (servers only), telnet or
@@ -50,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -63,11 +69,13 @@ from ..flags import Feature
 from ..netlistener import NetListener
 from ..socket import SocketChannel
 from .backoff import Backoff
-from .chardev import Chardev, ChardevError, WatchCallback
+from .chardev import ChardevError
 from .events import ChardevEvent
-from .frontend import Frontend
+from .hub import FanoutChardev, Member
 from .options import chardev_kwargs, qapi_address
+from .ratelimit import log_peer
 from .server import (
+    HANDSHAKE_TIMEOUT,
     ChardevServer,
     Establishing,
     SessionChardev,
@@ -79,10 +87,6 @@ from .server import (
 __all__ = ["SocketChardev"]
 
 log = logging.getLogger(__name__)
-
-#: Most bytes one write hands to every client of a ``connections=N`` server;
-#: bounds what is kept for clients that took less than the others.
-FANOUT_CHUNK = 65536
 
 _QAPI_KEYS = frozenset(
     {
@@ -99,6 +103,7 @@ _QAPI_KEYS = frozenset(
         "tls-creds",
         "tls-authz",
         "connections",
+        "handshake-timeout-ms",
         "logfile",
         "logappend",
         "closed-writes",
@@ -108,7 +113,7 @@ _QAPI_KEYS = frozenset(
 )
 
 
-class SocketChardev(Chardev):
+class SocketChardev(FanoutChardev):
     """A socket chardev; see the module docstring.
 
     *objects* maps object ids to objects: ``tls_creds`` and ``tls_authz``
@@ -135,6 +140,7 @@ class SocketChardev(Chardev):
         tls_creds: str | None = None,
         tls_authz: str | None = None,
         connections: int = 1,
+        handshake_timeout_ms: int = int(HANDSHAKE_TIMEOUT * 1000),
         objects: Mapping[str, object] | None = None,
         backoff: Backoff | None = None,
         **kwargs: Any,
@@ -144,6 +150,11 @@ class SocketChardev(Chardev):
             raise ChardevError(f"connections must be at least 1, not {connections}")
         if connections > 1 and not server:
             raise ChardevError("'connections' is only valid with 'server=on'")
+        if handshake_timeout_ms < 0:
+            raise ChardevError(
+                "'handshake-timeout-ms' must not be negative (0: no deadline), "
+                f"not {handshake_timeout_ms}"
+            )
         objects = objects or {}
         creds = _credentials(objects, tls_creds, server)
         super().__init__(id, **kwargs)
@@ -162,14 +173,17 @@ class SocketChardev(Chardev):
             websocket=websocket,
             telnet=telnet,
             tn3270=tn3270,
+            handshake_timeout=handshake_timeout_ms / 1000 if handshake_timeout_ms else None,
         )
         self._backoff = backoff
         if reconnect_ms and backoff is None:
+            # QEMU's fixed interval unless a maximum asks for growth; a connection
+            # that was up for reconnect-ms lived, so the next loss retries at once.
+            first = reconnect_ms / 1000
             top = reconnect_max_ms / 1000 if reconnect_max_ms else None
-            self._backoff = Backoff(reconnect_ms / 1000, top)
+            self._backoff = Backoff(first, top, settle=first)
         self._server: ChardevServer | None = None
-        self._sessions: dict[SessionChardev, Frontend] = {}
-        self._tails: dict[SessionChardev, bytes] = {}
+        self._sessions: dict[SessionChardev, Member] = {}
         self._msgfds: list[int] = []
         # Client side: one connection attempt at a time, by thread or handshake.
         self._lock = threading.Lock()
@@ -190,9 +204,10 @@ class SocketChardev(Chardev):
 
         ``registry.objects`` provides the TLS objects, ``registry.loop`` the
         loop (``None``: the running one).  Extensions: ``connections``,
-        ``reconnect-max-ms`` and the writes-while-closed policy, either
-        ``closed-writes: {mode, limit, overflow}`` or the flat keys
-        ``closed-writes``, ``closed-writes-limit``, ``closed-writes-overflow``.
+        ``handshake-timeout-ms``, ``reconnect-max-ms`` and the
+        writes-while-closed policy, either ``closed-writes: {mode, limit,
+        overflow}`` or the flat keys ``closed-writes``, ``closed-writes-limit``,
+        ``closed-writes-overflow``.
         """
         unknown = sorted(set(data) - _QAPI_KEYS)
         if unknown:
@@ -217,6 +232,9 @@ class SocketChardev(Chardev):
             tls_creds=data.get("tls-creds"),
             tls_authz=data.get("tls-authz"),
             connections=int(data.get("connections", 1)),
+            handshake_timeout_ms=int(
+                data.get("handshake-timeout-ms", int(HANDSHAKE_TIMEOUT * 1000))
+            ),
             objects=getattr(registry, "objects", None),
             **chardev_kwargs(data, getattr(registry, "loop", None)),
         )
@@ -251,7 +269,13 @@ class SocketChardev(Chardev):
 
     def _open(self) -> bool:
         if self.is_server:
-            self._listen()
+            try:
+                self._listen()
+            except FileNotFoundError:
+                error = _missing_directory(self.id, self.addr)
+                if error is None:
+                    raise
+                raise error from None
             if self.wait:
                 log.info("chardev '%s': waiting for a connection on %s", self.id, self.filename)
                 assert self._server is not None
@@ -290,6 +314,7 @@ class SocketChardev(Chardev):
             setup=self.setup,
             max_sessions=self.connections,
             loop=self.loop,
+            attended=lambda: self.busy,
         )
         self._server = server
         server.start()
@@ -317,9 +342,9 @@ class SocketChardev(Chardev):
     # ---- sessions -------------------------------------------------------------
 
     def _add_session(self, session: SessionChardev) -> None:
-        fe = Frontend(session)
-        self._sessions[session] = fe
-        fe.set_handlers(
+        member = self.fanout.add(session)
+        self._sessions[session] = member
+        member.port.set_handlers(
             self.be_can_read,
             lambda data: self._session_input(session, data),
             lambda event: self._session_event(session, event),
@@ -334,6 +359,7 @@ class SocketChardev(Chardev):
 
     def _session_event(self, session: SessionChardev, event: ChardevEvent) -> None:
         if event == ChardevEvent.OPENED:
+            self.fanout.join(self._sessions[session])
             self.filename = session.filename
             if not self.be_open:
                 self._since = time.monotonic()
@@ -341,10 +367,9 @@ class SocketChardev(Chardev):
                 self.be_event(ChardevEvent.OPENED)
                 self._wake_waiters()
         elif event == ChardevEvent.CLOSED:
-            fe = self._sessions.pop(session, None)
-            if fe is not None:
-                fe.deinit()
-            self._tails.pop(session, None)
+            member = self._sessions.pop(session, None)
+            if member is not None:
+                self.fanout.remove(member)
             self._hang_up_write_watches()
             if not self._sessions:
                 self._disconnected()
@@ -354,8 +379,10 @@ class SocketChardev(Chardev):
     def _disconnected(self) -> None:
         close_fds(self._msgfds)
         self._msgfds = []
-        self.filename = self._disconnected_name()
+        peer, self.filename = self.filename, self._disconnected_name()
         if self.be_open:
+            if not self.is_server:
+                log_peer(log, self.id, logging.INFO, "chardev '%s': %s went away", self.id, peer)
             self.be_event(ChardevEvent.CLOSED)
             if self._backoff is not None:
                 self._backoff.connected(time.monotonic() - self._since)
@@ -363,8 +390,8 @@ class SocketChardev(Chardev):
             self._schedule_reconnect()  # unless a CLOSED handler added a client
 
     def _update_read_handler(self) -> None:
-        for fe in tuple(self._sessions.values()):
-            fe.accept_input()
+        for member in tuple(self._sessions.values()):
+            member.port.accept_input()
 
     def add_client(self, raw: SocketChannel) -> None:
         """Serve an already connected socket, as QMP's ``add_client`` (the chardev takes it).
@@ -385,45 +412,6 @@ class SocketChardev(Chardev):
         """Drop every current connection (a server then serves the next client)."""
         for session in tuple(self._sessions):
             session.disconnect()
-
-    # ---- output -----------------------------------------------------------------
-
-    def _chr_write(self, data: memoryview) -> int | None:
-        sessions = tuple(self._sessions)
-        if not sessions:
-            return None
-        if len(sessions) == 1 and not self._tails:
-            return sessions[0].write(data)
-        return self._fan_out(sessions, data[:FANOUT_CHUNK])
-
-    def _fan_out(self, sessions: tuple[SessionChardev, ...], data: memoryview) -> int | None:
-        """Write to every session; a session that takes less keeps the rest as its tail.
-
-        Returns the most any session took, so no byte goes to a client twice or
-        is skipped; the next write waits until every tail is gone.
-        """
-        for session, tail in tuple(self._tails.items()):
-            n = _try_write(session, tail)
-            if n < len(tail):
-                self._tails[session] = tail[n:]
-            else:
-                del self._tails[session]
-        if self._tails:
-            return None
-        taken = {session: _try_write(session, data) for session in sessions}
-        most = max(taken.values())
-        if most == 0:
-            return None
-        for session, n in taken.items():
-            if n < most:
-                self._tails[session] = bytes(data[n:most])
-        return most
-
-    def _add_write_watch(self, callback: WatchCallback) -> Any:
-        blocked = next(iter(self._tails), None) or next(iter(self._sessions), None)
-        if blocked is None:
-            return None
-        return blocked.add_watch(callback)
 
     # ---- fds ----------------------------------------------------------------------
 
@@ -473,22 +461,27 @@ class SocketChardev(Chardev):
             )
             session.open()
             self._add_session(session)
+            log_peer(log, self.id, logging.INFO, "chardev '%s': connected to %s", self.id, name)
 
         est = establish(raw, self.setup, server=False, loop=self.loop, done=done)
         if est.pending:
             self._establishing = est
 
     def _start_connect_thread(self) -> None:
+        loop = self.loop  # here, not in the thread, which has no running loop to find
         with self._lock:
             if self._connect_thread is not None or self.closed:
                 return
             thread = threading.Thread(
-                target=self._connect_worker, name=f"chardev-{self.id}-connect", daemon=True
+                target=self._connect_worker,
+                args=(loop,),
+                name=f"chardev-{self.id}-connect",
+                daemon=True,
             )
             self._connect_thread = thread
         thread.start()
 
-    def _connect_worker(self) -> None:
+    def _connect_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         outcome: SocketChannel | BaseException
         try:
             outcome = self._connect_raw()
@@ -501,9 +494,11 @@ class SocketChardev(Chardev):
                 return
             self._connect_outcome = outcome
         try:
-            self.loop.call_soon_threadsafe(self._connect_done, threading.current_thread())
+            loop.call_soon_threadsafe(self._connect_done, threading.current_thread())
         except RuntimeError:
-            pass  # loop closed: close() takes the outcome
+            if not loop.is_closed():
+                raise
+            # The loop is gone for good: close() takes the outcome.
 
     def _connect_done(self, thread: threading.Thread) -> None:
         """Take the outcome of connect *thread* (once: later calls find it handled)."""
@@ -522,7 +517,8 @@ class SocketChardev(Chardev):
 
     def _connect_failed(self, exc: BaseException) -> None:
         if not self._failing:
-            log.warning("chardev '%s': connection failed: %s", self.id, exc)
+            warning = "chardev '%s': connection failed: %s"
+            log_peer(log, self.id, logging.WARNING, warning, self.id, exc)
             self._failing = True
         else:
             log.debug("chardev '%s': connection failed again: %s", self.id, exc)
@@ -651,12 +647,17 @@ class SocketChardev(Chardev):
         return AuthzList(policy=Policy.DENY, name=self._authz_id or "authz")
 
 
-def _try_write(session: SessionChardev, data: bytes | memoryview) -> int:
-    """What *session* took of *data*; a session going away counts as taking it all."""
-    try:
-        return session.write(data) or 0
-    except (OSError, ChardevError):
-        return len(data)
+def _missing_directory(id: str, addr: Address) -> ChardevError | None:
+    """The error for a unix socket to create in a directory that does not exist, if it is that."""
+    if not isinstance(addr, UnixAddress) or addr.abstract:
+        return None
+    folder = os.path.dirname(addr.path) or "."
+    if os.path.isdir(folder):
+        return None
+    return ChardevError(
+        f"chardev '{id}': 'path': cannot create the socket {addr.path}: directory {folder} "
+        "does not exist (create it, or choose a path in an existing directory)"
+    )
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:

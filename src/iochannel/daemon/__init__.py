@@ -35,10 +35,10 @@ def main(argv: Sequence[str]) -> int:
         args, banner = default_config()
         args += argv
     if not logging.getLogger().handlers:
-        # Per-connection chatter of the library stays quiet; what the daemon
-        # and its programs do is worth a line.
+        # Per-connection chatter of the library stays quiet; what the daemon,
+        # its programs and the devices it connects to do is worth a line.
         logging.basicConfig(level=logging.WARNING, format="iochannel: %(name)s: %(message)s")
-        for name in (__name__, "iochannel.chardev.command"):
+        for name in (__name__, "iochannel.chardev.command", "iochannel.chardev.socket"):
             logging.getLogger(name).setLevel(logging.INFO)
     try:
         config = parse_args(args)

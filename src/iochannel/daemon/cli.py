@@ -7,9 +7,10 @@ parser:
 
 * ``-chardev``/``--chardev OPTS`` — :func:`~iochannel.chardev.parse_chardev`;
 * ``--object TYPE,id=ID,…`` — :mod:`.objects`;
-* ``--relay chardev=A,peer=B[,id=R]``;
+* ``--relay chardev=A,peer=B[,id=R][,notices=on]``;
 * ``--monitor [chardev=]ID[,mode=control]`` — a QMP monitor (qemu-storage-daemon's);
-* ``--web [ADDR]`` or ``--web hub=H,addr=HOST:PORT,rw-token=…,ro-token=…,tls-creds=ID``;
+* ``--web [ADDR]`` or ``--web [addr=]HOST:PORT,hub=H,rw-token=…,ro-token=…,tls-creds=ID,
+  allowed-origins=ORIGIN`` (or a list, ``allowed-origins.0=O,allowed-origins.1=O``);
 * ``--blockdev``/``--export`` — :mod:`iochannel.vhost_user.cli`;
 * ``--pidfile FILE``, ``--daemonize``, ``--check``.
 
@@ -41,7 +42,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from .. import keyval
-from ..chardev import ChardevOptionError, parse_chardev
+from ..chardev import ChardevError, parse_chardev
+from ..chardev.options import parse_bool
+from ..chardev.registry import check_buildable
 from ..vhost_user.cli import UsageError
 from ..vhost_user.cli import parse_args as parse_exports
 from .objects import ObjectSpec, parse_object
@@ -76,6 +79,8 @@ class RelaySpec:
     id: str
     chardev: str
     peer: str
+    #: Tell the peer with a line when the chardev closes and opens again.
+    notices: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +98,8 @@ class WebSpec:
     rw_token: str | None = None
     ro_token: str | None = None
     tls_creds: str | None = None
+    #: Other pages (``http[s]://HOST[:PORT]``) whose scripts may open the WebSocket.
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -141,10 +148,11 @@ class Config:
             else:
                 self.storage += [option, text]
                 return
-        except (ChardevOptionError, keyval.KeyvalError, ConfigError) as exc:
+        except (ChardevError, keyval.KeyvalError, ConfigError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
 
     def _add_chardev(self, spec: dict[str, Any], where: str) -> None:
+        check_buildable(spec)  # what the registry cannot build fails --check too
         ids = [spec["id"], f"{spec['id']}-base"] if spec.get("mux") else [spec["id"]]
         for id in ids:
             self._unique(self.chardevs, id)
@@ -310,13 +318,14 @@ def _pairs(text: str, keys: Iterable[str], implied: str | None = None) -> dict[s
 
 
 def _relay(text: str, index: int) -> RelaySpec:
-    p = _pairs(text, ("chardev", "peer", "id"))
+    p = _pairs(text, ("chardev", "peer", "id", "notices"))
     for key in ("chardev", "peer"):
         if not p.get(key):
             raise ConfigError(f"Parameter '{key}' is missing")
     if p["chardev"] == p["peer"]:
         raise ConfigError("Parameter 'peer' must differ from 'chardev'")
-    return RelaySpec(p.get("id") or f"relay{index}", p["chardev"], p["peer"])
+    notices = parse_bool("notices", p.get("notices", "off"))
+    return RelaySpec(p.get("id") or f"relay{index}", p["chardev"], p["peer"], notices)
 
 
 def _monitor(text: str, index: int) -> MonitorSpec:
@@ -331,11 +340,23 @@ def _monitor(text: str, index: int) -> MonitorSpec:
 
 
 def _web(text: str) -> WebSpec:
-    keys = ("addr", "hub", "rw-token", "ro-token", "tls-creds")
-    p = _pairs(text, keys) if "=" in text else {"addr": text}
+    p = dict(keyval.split(text, implied="addr", short_booleans=False)) if text else {}
+    origins = []
+    for key, value in p.items():
+        # One origin as allowed-origins=O, or a list as allowed-origins.0=O,... (TOML's form).
+        if key == "allowed-origins" or key.startswith("allowed-origins."):
+            origins.append(value)
+        elif key not in ("addr", "hub", "rw-token", "ro-token", "tls-creds"):
+            raise ConfigError(f"Invalid parameter '{key}'")
     host, port = split_host_port(p.get("addr") or "127.0.0.1:8080", "addr")
     return WebSpec(
-        p.get("hub"), host, port, p.get("rw-token"), p.get("ro-token"), p.get("tls-creds")
+        p.get("hub"),
+        host,
+        port,
+        p.get("rw-token"),
+        p.get("ro-token"),
+        p.get("tls-creds"),
+        tuple(origins),
     )
 
 

@@ -7,12 +7,18 @@ Contract:
   before their hub), relays, QMP monitors (with :mod:`.qmp_commands`), the web
   console and the vhost-user exports.  A failure names the option that caused
   it, and everything built so far is torn down again.
-* :meth:`Daemon.reload` applies a new configuration: chardevs whose spec is
-  unchanged stay as they are (their clients stay connected); changed or removed
-  ones, and everything that uses them (the hub they are members of, relays,
-  monitors, the web console), are taken down and built again from the new
-  configuration.  Exports are not reloaded.  An item that fails to build is
-  logged and left out; the rest keeps running.
+* :meth:`Daemon.reload` applies a new configuration whole or not at all:
+  chardevs whose spec is unchanged stay as they are (their clients stay
+  connected); changed or removed ones, and everything that uses them (the hub
+  they are members of, relays, monitors, the web console), are taken down and
+  built again from the new configuration.  First, with nothing running
+  touched, the new objects and every new or changed chardev that needs no
+  other chardev and no resource an old one still holds (a listening path or
+  port) are built; any failure there drops them and keeps the running
+  configuration.  Only then is the old part taken down and the rest built; a
+  failure at that stage takes the new part down again and rebuilds the old one
+  from the running configuration.  Either way one error line says why.
+  Exports are not reloaded.
 * :meth:`Daemon.stop` takes everything down, users before what they use:
   listening unix sockets are unlinked, programs of ``command`` chardevs are
   hung up and reaped, a terminal used by ``stdio`` is restored.
@@ -87,11 +93,11 @@ class Daemon:
 
         def attempt(where: str, key: str, build: Callable[[], object]) -> None:
             try:
-                build()
-            except (ChardevError, OSError, ValueError) as exc:
+                _build_for(where, build)
+            except ConfigError as exc:
                 if strict:
-                    raise ConfigError(f"{where}: {exc}") from exc
-                log.error("%s: %s", where, exc)
+                    raise
+                log.error("%s", exc)
                 failed.add(key)
 
         for id, obj in new.objects.items():
@@ -126,7 +132,9 @@ class Daemon:
         return chr
 
     def _add_relay(self, r: RelaySpec) -> None:
-        self.relays[r.id] = Relay(r.id, self._chardev(r.chardev), self._chardev(r.peer))
+        self.relays[r.id] = Relay(
+            r.id, self._chardev(r.chardev), self._chardev(r.peer), notices=r.notices
+        )
 
     def _add_monitor(self, m: MonitorSpec) -> None:
         mon = QMPMonitor(
@@ -161,6 +169,7 @@ class Daemon:
             ro_token=web.ro_token,
             tls_creds=self.registry.objects[web.tls_creds] if web.tls_creds else None,
             on_resize=on_resize,
+            allowed_origins=web.allowed_origins,
             loop=self.loop,
         )
         started = console.start()
@@ -185,7 +194,7 @@ class Daemon:
     # ---- reloading ----------------------------------------------------------------------
 
     async def reload(self, new: Config) -> None:
-        """Apply *new*, keeping what did not change (see the module docstring)."""
+        """Apply *new* whole, or keep the running configuration (see the module docstring)."""
         old = self.config
         gone = {
             id
@@ -193,14 +202,68 @@ class Daemon:
             if new.chardevs.get(id) != spec or _objects_changed(spec, old, new)
         }
         gone |= _dependents(old, gone)
+        try:
+            staged = self._stage(old, new, gone)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        running_objects = dict(self.registry.objects)
         self._take_down(old, new, gone)
-        for id in set(old.objects) - set(new.objects):
-            self.registry.objects.pop(id, None)
-        for id, obj in new.objects.items():
-            if old.objects.get(id) != obj:
-                self.registry.objects.pop(id, None)
-        await self._apply(new, strict=False)
+        self.registry.objects.clear()
+        self.registry.objects.update(staged.objects)
+        try:
+            _build_for("reload", functools.partial(self.registry.adopt, staged))
+            await self._apply(new, strict=True)
+        except ConfigError as exc:
+            log.error("reload failed, restoring the running configuration: %s", exc)
+            staged.close()  # what the registry did not adopt
+            built = {id for id in new.chardevs if id in gone or id not in old.chardevs}
+            self._take_down(new, old, _dependents(new, built))
+            self.registry.objects.clear()
+            self.registry.objects.update(running_objects)
+            await self._apply(old, strict=False)
+            return
         log.info("configuration reloaded: %d chardevs rebuilt or removed", len(gone))
+
+    def _stage(self, old: Config, new: Config, gone: set[str]) -> ChardevRegistry:
+        """Build what a reload can build beside the running configuration.
+
+        Returns a registry holding every object of *new* (unchanged ones shared
+        with the running registry) and the new or changed chardevs that use no
+        other chardev and claim nothing a running one holds; the rest is built
+        once the old part is down.  Raises :class:`ConfigError` with nothing
+        left behind.
+        """
+        staged = ChardevRegistry(loop=self.loop)
+        try:
+            for id, obj in new.objects.items():
+                if old.objects.get(id) == obj and id in self.registry.objects:
+                    staged.objects[id] = self.registry.objects[id]
+                else:
+                    _build_for(
+                        f"--object id={id}", functools.partial(self._stage_object, staged, obj)
+                    )
+            held = {claim: id for id in old.chardevs for claim in _claims(old.chardevs[id])}
+            for id, spec in new.chardevs.items():
+                if id not in gone and id in self.registry:
+                    continue  # kept as it runs
+                claims = _claims(spec)
+                kept = sorted(held[c] for c in claims if c in held and held[c] not in gone)
+                if kept:
+                    raise ConfigError(
+                        f"{new.origin[id]}: its address is in use by chardev '{kept[0]}', "
+                        "which this configuration keeps"
+                    )
+                if _standalone(spec) and not claims & held.keys():
+                    _build_for(new.origin[id], functools.partial(staged.add, spec))
+        except BaseException:
+            staged.close()
+            raise
+        return staged
+
+    @staticmethod
+    def _stage_object(staged: ChardevRegistry, obj: ObjectSpec) -> None:
+        staged.objects[obj.id] = obj.build()
 
     def _take_down(self, old: Config, new: Config, gone: set[str]) -> None:
         relays = {
@@ -298,8 +361,13 @@ def _client_hint(addr: Any, chr: SocketChardev, qmp: bool) -> str:
     if isinstance(addr, UnixAddress):
         if qmp:
             return f"qmp-shell {addr.path}   (or: socat - UNIX-CONNECT:{addr.path})"
-        return f"socat -,raw,echo=0 UNIX-CONNECT:{addr.path}"
+        # A raw terminal passes Ctrl-C and Ctrl-D on; Ctrl-] (0x1d) leaves socat.
+        return f"socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:{addr.path}"
     if isinstance(addr, InetAddress):
+        if chr.setup.websocket:
+            host = f"[{addr.host}]" if ":" in addr.host else addr.host
+            scheme = "wss" if chr.setup.tls_creds is not None else "ws"
+            return f"{scheme}://{host}:{addr.port}/"
         tool = "telnet" if chr.setup.telnet else "nc"
         return f"{tool} {addr.host} {addr.port}"
     return str(addr)
@@ -313,15 +381,60 @@ def _objects_changed(spec: dict[str, Any], old: Config, new: Config) -> bool:
     )
 
 
+def _build_for(where: str, build: Callable[[], object]) -> None:
+    """Run *build*; a failure becomes a :class:`ConfigError` naming *where*."""
+    try:
+        build()
+    except ConfigError:
+        raise
+    except (ChardevError, OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _uses(spec: dict[str, Any]) -> set[str]:
+    """The chardevs *spec* is built on: a mux's or hub's chardevs, a member's hub."""
+    data = spec["backend"]["data"]
+    uses = set(data.get("chardevs", ())) | {data.get("chardev"), spec.get("mux-be-id")}
+    uses.discard(None)
+    return uses
+
+
+def _standalone(spec: dict[str, Any]) -> bool:
+    """Buildable on its own, in a registry of its own (a reload's staging)."""
+    return not _uses(spec) and spec["backend"]["type"] not in ("mux", "hub", "mux-be")
+
+
+def _claims(spec: dict[str, Any]) -> set[tuple[str, str]]:
+    """What only one chardev can hold at a time: a listening unix path or port, the terminal."""
+    backend = spec["backend"]
+    data = backend["data"]
+    if backend["type"] == "stdio":
+        return {("stdio", "")}
+    addr = None
+    if backend["type"] == "socket" and data.get("server"):
+        addr = data["addr"]
+    elif backend["type"] == "udp":
+        addr = data.get("local")
+    if addr is None:
+        return set()
+    if addr["type"] == "unix":
+        path = addr["data"]["path"]
+        if addr["data"].get("abstract"):
+            return {("abstract", path)}
+        return {("unix", os.path.abspath(path))}
+    port = str(addr["data"].get("port", ""))
+    if addr["type"] == "inet" and port not in ("", "0"):
+        return {("udp" if backend["type"] == "udp" else "tcp", port)}
+    return set()
+
+
 def _dependents(config: Config, ids: set[str]) -> set[str]:
     """Chardevs that must go with *ids*: hubs and muxes over them, ``mux-be`` members of them."""
     result = set(ids)
     while True:
         more = set()
         for id, spec in config.chardevs.items():
-            data = spec["backend"]["data"]
-            uses = set(data.get("chardevs", ())) | {data.get("chardev")}
-            if uses & result or spec.get("mux-be-id") in result:
+            if _uses(spec) & result:
                 more.add(id)
         if more <= result:
             return result

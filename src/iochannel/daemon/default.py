@@ -8,21 +8,24 @@ options (:func:`default_config` returns exactly this, with *DIR* a fresh private
 directory)::
 
     iochannel \\
-      -chardev command,id=shell,cmd=$SHELL \\
+      -chardev command,id=shell,cmd=$SHELL,restart=on \\
       -chardev socket,id=unix,path=DIR/console.sock,server=on,wait=off,connections=64 \\
       -chardev socket,id=telnet,host=127.0.0.1,port=5555,to=5600,telnet=on,\\
                server=on,wait=off,connections=64 \\
       -chardev file,id=log,path=DIR/console.log,append=on,timestamp=on \\
       -chardev hub,id=viewers,chardevs.0=unix,chardevs.1=telnet,chardevs.2=log,\\
                policy.0=drop,policy.1=drop \\
-      --relay chardev=shell,peer=viewers \\
+      --relay chardev=shell,peer=viewers,notices=on \\
       -chardev socket,id=qmp,path=DIR/qmp.sock,server=on,wait=off \\
       --monitor chardev=qmp \\
       --web 127.0.0.1:0
 
-Connecting and disconnecting viewers never disturbs the shell; ``exit`` in
-the shell closes the console for every viewer, and the daemon keeps running
-(stop it with Ctrl-C or QMP ``quit``).
+Connecting and disconnecting viewers never disturbs the shell.  When the
+shell exits (``exit`` or Ctrl-D from any viewer), every viewer gets the line
+``[iochannel: shell closed]``, and a new shell starts after a second (later
+ones back off up to 30 s if it keeps exiting at once), announced by
+``[iochannel: shell open]``; the daemon keeps running (stop it with Ctrl-C or
+QMP ``quit``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ __all__ = ["default_config"]
 BANNER = """\
 iochannel: a shell on a pty, shared by every viewer below (Ctrl-C here stops it all).
 The log is {log}
-Connect with:
+Connect with (Ctrl-] leaves socat; the shell restarts when it exits):
 """
 
 
@@ -59,7 +62,7 @@ def default_config(
     shell = os.environ.get("SHELL") or "/bin/sh"
     log = os.path.join(d, "console.log")
     argv = [
-        *("-chardev", f"command,id=shell,cmd={_cmd([shell])}"),
+        *("-chardev", f"command,id=shell,cmd={_cmd([shell])},restart=on"),
         *("-chardev", f"socket,id=unix,path={d}/console.sock,server=on,wait=off,connections=64"),
         "-chardev",
         "socket,id=telnet,host=127.0.0.1,port=5555,to=5600,telnet=on,server=on,wait=off,"
@@ -69,7 +72,7 @@ def default_config(
             "-chardev",
             "hub,id=viewers,chardevs.0=unix,chardevs.1=telnet,chardevs.2=log,policy.0=drop,policy.1=drop",
         ),
-        *("--relay", "chardev=shell,peer=viewers"),
+        *("--relay", "chardev=shell,peer=viewers,notices=on"),
         *("-chardev", f"socket,id=qmp,path={d}/qmp.sock,server=on,wait=off"),
         *("--monitor", "chardev=qmp"),
     ]

@@ -7,7 +7,7 @@ Commands (QEMU's names, arguments and replies):
 ``chardev-change``         ``{"id", "backend"}`` → the same
 ``chardev-remove``         ``{"id"}``
 ``chardev-send-break``     ``{"id"}``
-``query-chardev``          ``[{"label", "filename", "frontend-open"}]``
+``query-chardev``          ``[{"label", "filename", "frontend-open", "open", "error"?}]``
 ``query-chardev-backends`` ``[{"name"}]``
 ``ringbuf-write``          ``{"device", "data", "format"?}``
 ``ringbuf-read``           ``{"device", "size", "format"?}`` → the data
@@ -16,11 +16,16 @@ Commands (QEMU's names, arguments and replies):
 plus the monitor's own ``qmp_capabilities``, ``query-commands``,
 ``query-version`` and ``quit``.  Our additions:
 
+* in ``query-chardev``, ``open`` (whether the backend is open: a client is
+  connected, the program runs) and, while the chardev's output fails but it
+  stays open (a ``file`` on a full disk), ``error`` saying why;
+
 * ``query-chardev-stats`` → ``[{"label", "open", "bytes-in", "bytes-out",
   "dropped", "opens", "reconnects"}]`` (``reconnects`` counts every open after
   the first);
 * ``query-hub-members`` ``{"hub"?}`` → ``[{"hub", "member", "mode", "limit",
-  "open", "bytes", "dropped", "disconnects", "queued"}]``;
+  "open", "bytes", "dropped", "disconnects", "queued", "error"?}]`` (``error``
+  as in ``query-chardev``);
 * ``query-relays`` → ``[{"id", "chardev", "peer", "bytes-forward",
   "bytes-back", "dropped-forward", "dropped-back"}]``.
 
@@ -99,6 +104,7 @@ def register_commands(
                 "dropped": m.stats.dropped,
                 "disconnects": m.stats.disconnects,
                 "queued": m.stats.queued,
+                **_error(m.chardev),
             }
             for hub in hubs
             for m in hub.members
@@ -106,15 +112,15 @@ def register_commands(
 
     fmt = {"format": ("str", False)}
     for name, handler, params in (
-        ("chardev-add", registry.chardev_add, _BACKEND),
+        ("chardev-add", lambda a: registry.chardev_add(_never_waits(a)), _BACKEND),
         (
             "chardev-change",
-            lambda a: _pty_reply(registry.change(a["id"], a["backend"])),
+            lambda a: _pty_reply(registry.change(a["id"], _never_waits(a)["backend"])),
             _BACKEND,
         ),
         ("chardev-remove", lambda a: registry.remove(a["id"]), _ID),
         ("chardev-send-break", send_break, _ID),
-        ("query-chardev", lambda a: registry.query(), {}),
+        ("query-chardev", lambda a: _query_chardev(registry), {}),
         ("query-chardev-backends", lambda a: [{"name": n} for n in registry.backends()], {}),
         ("ringbuf-write", ringbuf_write, {"device": ("str", True), "data": ("str", True), **fmt}),
         ("ringbuf-read", ringbuf_read, {"device": ("str", True), "size": ("int", True), **fmt}),
@@ -125,9 +131,41 @@ def register_commands(
         monitor.register(name, handler, params)
 
 
+def _never_waits(args: dict[str, Any]) -> dict[str, Any]:
+    """*args*, unless a socket server would wait for its first client.
+
+    Waiting blocks the daemon's loop (every monitor, viewer and signal) until
+    a client connects, so QMP refuses it; the server accepts clients on the
+    loop anyway.
+    """
+    backend = args["backend"]
+    data = backend.get("data")
+    socket = backend.get("type") == "socket" and isinstance(data, dict)
+    if socket and data.get("server", True) and data.get("wait") is True:
+        raise QMPError(
+            "'wait' cannot be true in a command: waiting for a client would stop the "
+            "daemon; leave 'wait' false, the server accepts clients in the background"
+        )
+    return args
+
+
 def _pty_reply(chr: Chardev) -> dict[str, str]:
     pty = getattr(chr, "pty_path", None)
     return {"pty": pty} if isinstance(pty, str) else {}
+
+
+def _query_chardev(registry: ChardevRegistry) -> list[dict[str, Any]]:
+    replies = registry.query()
+    for reply in replies:
+        chr = registry.get(reply["label"])
+        if chr is not None:
+            reply["open"] = chr.be_open
+            reply.update(_error(chr))
+    return replies
+
+
+def _error(chr: Chardev) -> dict[str, str]:
+    return {"error": chr.error} if chr.error is not None else {}
 
 
 def _chardevs(registry: ChardevRegistry) -> list[Chardev]:

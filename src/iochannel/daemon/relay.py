@@ -15,6 +15,11 @@ Contract:
   frontend is set closed (and the other way round).  A hub of viewers relayed
   to a VM's console thereby shows (``query-chardev`` ``frontend-open``)
   whether the console is really there.
+* **Notices** (``notices=True``): when A closes, B is written the line
+  ``[iochannel: A closed]``, and when A opens again ``[iochannel: A open]``,
+  after any of A's output still held, so people watching B (a hub of viewers)
+  see the device go and come back.  B's ``closed-writes`` policy applies as to
+  any write.  Off by default: a program reading B would get bytes A never sent.
 * :meth:`Relay.close` detaches from both chardevs without closing them.
 """
 
@@ -62,6 +67,12 @@ class _Direction:
         self._held = data
         self._flush()
 
+    def notice(self, text: str) -> None:
+        """Send the line *text* after what is held (the bound grows by one line)."""
+        self._held += f"\r\n[iochannel: {text}]\r\n".encode()
+        if self._watch is None:
+            self._flush()
+
     def _flush(self) -> None:
         while self._held:
             try:
@@ -107,7 +118,7 @@ class _Direction:
 class Relay:
     """*chardev* and *peer* as each other's frontend; see the module docstring."""
 
-    def __init__(self, id: str, chardev: Chardev, peer: Chardev) -> None:
+    def __init__(self, id: str, chardev: Chardev, peer: Chardev, *, notices: bool = False) -> None:
         if chardev is peer:
             raise ValueError(f"relay '{id}': a chardev cannot be relayed to itself")
         self.id = id
@@ -126,7 +137,7 @@ class Relay:
         self._fe_a.set_handlers(
             self.forward.can_read,
             self.forward.read,
-            lambda ev: self._event(ev, self._fe_b),
+            lambda ev: self._event(ev, self._fe_b, self.forward if notices else None),
             set_open=False,
         )
         self._fe_b.set_handlers(
@@ -136,12 +147,17 @@ class Relay:
             set_open=False,
         )
 
-    @staticmethod
-    def _event(event: ChardevEvent, other: Frontend) -> None:
+    def _event(
+        self, event: ChardevEvent, other: Frontend, notify: _Direction | None = None
+    ) -> None:
         if event == ChardevEvent.OPENED:
             other.set_open(True)
+            if notify is not None and self.chardev.stats.opens > 1:
+                notify.notice(f"{self.chardev.id} open")
         elif event == ChardevEvent.CLOSED:
             other.set_open(False)
+            if notify is not None:
+                notify.notice(f"{self.chardev.id} closed")
 
     def query(self) -> dict[str, Any]:
         """The relay's state for the management API."""

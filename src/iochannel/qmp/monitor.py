@@ -2,10 +2,12 @@
 
 The monitor is the chardev's frontend.  Each OPENED starts a session: the
 greeting goes out, and after ``qmp_capabilities`` commands run in arrival
-order, one at a time (handlers may be plain functions or coroutines).  CLOSED
-ends the session; replies still pending for it are dropped.
+order, one at a time (handlers may be plain functions or coroutines).  Every
+message gets its reply in arrival order, error replies for unparsable input
+included: a message is checked only when the one before it has been answered.
+CLOSED ends the session; replies still pending for it are dropped.
 
-Flow control both ways: at most :data:`MAX_QUEUED` requests wait before the
+Flow control both ways: at most :data:`MAX_QUEUED` messages wait before the
 monitor stops reading (QEMU's limit), and replies and events are queued and
 written with the chardev's writable watch, never by blocking the loop.  A
 client that stops reading cannot grow the output queue past
@@ -52,7 +54,6 @@ class QMPMonitor:
         self._specs: dict[str, CommandSpec] = {}
         self._handlers: dict[str, Handler] = {}
         self._proto = QMPServerProtocol(self._specs, version=version, package=package)
-        self._requests: collections.deque[Request] = collections.deque()
         self._out: collections.deque[bytes] = collections.deque()
         self._out_size = 0
         self.max_output = max_output
@@ -108,36 +109,31 @@ class QMPMonitor:
     # ---- chardev frontend ---------------------------------------------------
 
     def _can_read(self) -> int:
-        return 4096 if len(self._requests) < MAX_QUEUED else 0
+        return 4096 if self._proto.pending < MAX_QUEUED else 0
 
     def _event(self, event: ChardevEvent) -> None:
         if event == ChardevEvent.OPENED:
             self._session += 1
             self._proto.reset()
-            self._requests.clear()
             self._out.clear()
             self._out_size = 0
             self._send(self._proto.greeting())
         elif event == ChardevEvent.CLOSED:
             self._session += 1  # replies of the old session are dropped
-            self._requests.clear()
+            self._proto.reset()
             self._out.clear()
             self._out_size = 0
 
     def _read(self, data: bytes) -> None:
-        for item in self._proto.receive_data(data):
-            if isinstance(item, bytes):
-                self._send(item)
-            else:
-                self._requests.append(item)
-        if self._requests and (self._worker is None or self._worker.done()):
+        self._proto.receive_data(data)
+        if self._proto.pending and (self._worker is None or self._worker.done()):
             self._worker = asyncio.get_running_loop().create_task(self._run_requests())
 
     async def _run_requests(self) -> None:
-        while self._requests:
-            request = self._requests.popleft()
+        # One queue for requests and parse errors alike: replies keep arrival order.
+        while (item := self._proto.next_request()) is not None:
             session = self._session
-            reply = await self._execute(request)
+            reply = item if isinstance(item, bytes) else await self._execute(item)
             if session == self._session:
                 self._send(reply)
             self.fe.accept_input()  # room in the queue again
@@ -151,10 +147,10 @@ class QMPMonitor:
         except QMPError as err:
             return self._proto.error(request, err)
         except ChardevError as err:
-            return self._proto.error(request, QMPError(str(err)))
+            return self._proto.error(request, QMPError(_describe(err)))
         except Exception as err:
             log.exception("QMP command %s failed", request.name)
-            return self._proto.error(request, QMPError(f"{request.name}: {err}"))
+            return self._proto.error(request, QMPError(f"{request.name}: {_describe(err)}"))
         return self._proto.reply(request, result)
 
     # ---- output -------------------------------------------------------------
@@ -202,7 +198,7 @@ class QMPMonitor:
 
     async def drain(self) -> None:
         """Wait until queued requests ran and their replies were handed to the chardev."""
-        while self._requests or self._out or (self._worker and not self._worker.done()):
+        while self._proto.pending or self._out or (self._worker and not self._worker.done()):
             await asyncio.sleep(0.001)
 
     def close(self) -> None:
@@ -213,3 +209,8 @@ class QMPMonitor:
         if self._worker is not None:
             self._worker.cancel()
         self.fe.deinit()
+
+
+def _describe(err: Exception) -> str:
+    """A never-empty message: some exceptions (MemoryError) have none of their own."""
+    return str(err) or type(err).__name__

@@ -1,8 +1,9 @@
 """Sans-I/O QMP server protocol: bytes in, requests out; replies and events to bytes.
 
-Feed received bytes to :meth:`QMPServerProtocol.receive_data`; it returns, in
-order, :class:`Request` objects to execute and ready-made error replies
-(``bytes``) for input that was not a valid request.  Encode outcomes with
+Feed received bytes to :meth:`QMPServerProtocol.receive_data`, then take
+messages with :meth:`~QMPServerProtocol.next_request`: in arrival order, a
+:class:`Request` to execute or a ready-made error reply (``bytes``) for input
+that was not a valid request.  Encode outcomes with
 :meth:`reply`, :meth:`error` and :meth:`event`.  Every outgoing message is one
 JSON object followed by CRLF, as QEMU sends them (clients read lines).
 
@@ -12,19 +13,30 @@ sessions in ``COMMAND`` state.
 
 Input handling follows QEMU's rules, with bounds: the stream is split into
 top-level JSON values without needing newlines; a 0xFF byte resets the parser
-(clients use it to resynchronise); a message over ``max_size`` bytes or
-nested deeper than ``max_depth`` is discarded with an error reply instead of
-being buffered.  Requests are checked for shape (``execute`` string,
-``arguments`` object, only known members) and, when the command declares
-parameters, for missing, unexpected and mistyped arguments — with QEMU's error
-messages and classes.
+(clients use it to resynchronise).  Received values wait in arrival order, parse
+errors keeping their place among them; :meth:`~QMPServerProtocol.next_request`
+checks each against the session state *at that moment*, so ``qmp_capabilities``
+followed by a command in the same write works.
+
+Parsing is strict where Python's :mod:`json` is lenient: duplicate keys and
+``NaN``/``Infinity``/``-Infinity`` (or numbers that overflow to them) are
+refused.  A message over ``max_size`` bytes or nested deeper than
+``max_depth`` is reported as soon as the limit is crossed; the rest of it is
+then skipped without being stored, up to whichever comes first: the end of
+that value (its nesting back to zero) or a newline.  Requests are checked for
+shape (``execute`` string, ``arguments`` object, only known members) and, when
+the command declares parameters, for missing, unexpected and mistyped
+arguments — with QEMU's error messages and classes.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import json
+import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,6 +52,12 @@ __all__ = [
 
 _WS = frozenset(b" \t\r\n")
 _STRUCT = frozenset(b'{}[],:"')
+# Runs of bytes that change no splitter state, by state: skipped in one step
+# so a huge message costs one regex scan, not a Python iteration per byte.
+_PLAIN_IN_STRING = re.compile(rb'[^"\\\xff\n]+')
+_PLAIN_IN_CONTAINER = re.compile(rb'[^"{}\[\]\xff\n]+')
+_PLAIN_IN_SCALAR = re.compile(rb'[^ \t\r\n{}\[\],:"\xff]+')
+_BLANK = re.compile(rb"[ \t\r\n]+")
 
 
 class QMPError(Exception):
@@ -54,10 +72,12 @@ class QMPError(Exception):
 class JSONSplitter:
     """Splits a byte stream into complete top-level JSON texts (bounded, restartable).
 
-    :meth:`feed` returns ``bytes`` for each complete value and
-    :class:`QMPError` for each discarded one (too large, too deep, stray
-    closing bracket).  Nothing is parsed here: only string, escape and
-    bracket state is tracked, so a huge value costs no memory beyond the bound.
+    :meth:`feed` returns, in stream order, ``bytes`` for each complete value
+    and :class:`QMPError` for each refused one: too large or too deep (reported
+    the moment the limit is crossed, then skipped to the end of that value or
+    of the line, whichever comes first), or a stray closing bracket.  Nothing
+    is parsed here: only string, escape and bracket state is tracked, so a
+    huge value costs no memory beyond the bound.
     """
 
     def __init__(self, max_size: int = 1 << 20, max_depth: int = 64) -> None:
@@ -71,32 +91,71 @@ class JSONSplitter:
         self._in_string = False
         self._escape = False
         self._scalar = False
+        #: A limit was crossed: the rest of this value is skipped, not stored.
+        self._discarding = False
         self._error: QMPError | None = None
 
     def feed(self, data: bytes) -> list[bytes | QMPError]:
         out: list[bytes | QMPError] = []
-        i, end = 0, len(data)
-        while i < end:
-            byte = data[i]
-            if byte == 0xFF:  # QEMU's in-band reset
-                self._reset()
-                i += 1
-                continue
-            consumed, done = self._step(byte)
-            i += consumed
+        pos, end = 0, len(data)
+        while pos < end:
+            pos = self._skip_plain(data, pos)
+            done = False
+            if pos < end:
+                byte = data[pos]
+                if byte == 0xFF:  # QEMU's in-band reset
+                    self._reset()
+                    pos += 1
+                    continue
+                if byte == 0x0A and self._discarding:  # a newline ends the skipping
+                    self._reset()
+                    pos += 1
+                    continue
+                consumed, done = self._step(byte)
+                pos += consumed
+            if self._error is not None:
+                out.append(self._error)
+                self._error = None
+                self._discarding = True
+                self._buf = bytearray()
             if done:
-                out.append(self._error or bytes(self._buf))
+                if not self._discarding:
+                    out.append(bytes(self._buf))
                 self._reset()
         return out
 
-    def _keep(self, byte: int) -> None:
-        if self._error is not None:
-            return
-        if len(self._buf) >= self.max_size:
-            self._error = QMPError(f"JSON message is larger than {self.max_size} bytes")
-            self._buf = bytearray()
+    def _skip_plain(self, data: bytes, pos: int) -> int:
+        """Take the run of bytes at *pos* that changes no state; returns where it ends."""
+        if self._escape:
+            return pos
+        if self._in_string:
+            pattern = _PLAIN_IN_STRING
+        elif self._depth:
+            pattern = _PLAIN_IN_CONTAINER
+        elif self._scalar:
+            pattern = _PLAIN_IN_SCALAR
         else:
-            self._buf.append(byte)
+            match = _BLANK.match(data, pos)  # between values: nothing to keep
+            return match.end() if match else pos
+        match = pattern.match(data, pos)
+        if match is None:
+            return pos
+        self._keep(data[pos : match.end()])
+        return match.end()
+
+    def _keep(self, chunk: bytes | int) -> None:
+        if self._discarding or self._error is not None:
+            return
+        size = 1 if isinstance(chunk, int) else len(chunk)
+        if len(self._buf) + size > self.max_size:
+            self._error = QMPError(
+                f"JSON message size limit exceeded: a message may have at most "
+                f"{self.max_size} bytes"
+            )
+        elif isinstance(chunk, int):
+            self._buf.append(chunk)
+        else:
+            self._buf += chunk
 
     def _step(self, byte: int) -> tuple[bool, bool]:
         """Look at one byte: (consumed it, a top-level value just ended)."""
@@ -123,11 +182,13 @@ class JSONSplitter:
             self._in_string = True
         elif byte in (0x7B, 0x5B):  # { [
             self._depth += 1
-            if self._depth > self.max_depth and self._error is None:
-                self._error = QMPError(f"JSON nesting is deeper than {self.max_depth} levels")
+            if self._depth > self.max_depth and not self._discarding:
+                self._error = QMPError(
+                    f"JSON nesting depth limit exceeded: at most {self.max_depth} levels"
+                )
         elif byte in (0x7D, 0x5D):  # } ]
             if self._depth == 0:
-                self._error = QMPError("JSON parse error, stray closing bracket")
+                self._error = QMPError(f"JSON parse error, stray '{chr(byte)}'")
                 return True, True
             self._depth -= 1
             self._keep(byte)
@@ -198,6 +259,7 @@ class QMPServerProtocol:
         self.package = package
         self.state = SessionState.NEGOTIATING
         self._splitter = JSONSplitter(max_size=max_size)
+        self._pending: collections.deque[bytes | QMPError] = collections.deque()
 
     def greeting(self) -> bytes:
         major, minor, micro = self.version
@@ -214,25 +276,45 @@ class QMPServerProtocol:
         )
 
     def reset(self) -> None:
-        """A new client: back to negotiation, parser state dropped."""
+        """A new client: back to negotiation, parser state and waiting input dropped."""
         self.state = SessionState.NEGOTIATING
         self._splitter = JSONSplitter(max_size=self._splitter.max_size)
+        self._pending.clear()
 
-    def receive_data(self, data: bytes) -> list[Request | bytes]:
-        out: list[Request | bytes] = []
-        for item in self._splitter.feed(data):
-            if isinstance(item, QMPError):
-                out.append(self.error(None, item))
-                continue
-            try:
-                out.append(self._request(item))
-            except _Rejected as rej:
-                out.append(self.error(rej.request_id, rej.error, has_id=rej.has_id))
-        return out
+    def receive_data(self, data: bytes) -> None:
+        """Take received bytes; complete messages wait for :meth:`next_request`."""
+        self._pending.extend(self._splitter.feed(data))
+
+    @property
+    def pending(self) -> int:
+        """Messages (or parse errors) received and not yet taken by :meth:`next_request`."""
+        return len(self._pending)
+
+    def next_request(self) -> Request | bytes | None:
+        """The next message in arrival order: a request to run, an error reply, or ``None``.
+
+        Checks that depend on the session state happen here, so a caller that
+        runs each request before asking for the next one sees the state that
+        request left (``qmp_capabilities`` then a command, in one write).
+        """
+        if not self._pending:
+            return None
+        item = self._pending.popleft()
+        if isinstance(item, QMPError):
+            return self.error(None, item)
+        try:
+            return self._request(item)
+        except _Rejected as rej:
+            return self.error(rej.request_id, rej.error, has_id=rej.has_id)
 
     def _request(self, text: bytes) -> Request:
         try:
-            msg = json.loads(text)
+            msg = json.loads(
+                text,
+                object_pairs_hook=_unique_keys,
+                parse_constant=_no_constant,
+                parse_float=_finite_float,
+            )
         except (ValueError, RecursionError) as exc:
             raise _Rejected(QMPError(f"JSON parse error, {exc}")) from None
         if not isinstance(msg, dict):
@@ -338,6 +420,26 @@ def _check_arguments(spec: CommandSpec, args: Mapping[str, Any], rid: Any, has_i
                 rid,
                 has_id,
             )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:  # QEMU refuses them; Python would keep the last one silently
+            raise ValueError(f"duplicate key '{key}'")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"'{name}' is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
 
 
 def _encode(msg: Mapping[str, Any]) -> bytes:

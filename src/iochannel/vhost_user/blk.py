@@ -4,7 +4,8 @@ Contract:
 
 * :class:`BlkDevice` serves IN, OUT, FLUSH, GET_ID, DISCARD and WRITE_ZEROES
   requests on an open image fd, straight between the file and guest memory
-  (``os.preadv``/``os.pwritev`` on ``memoryview`` chunks, no copy).  Each queue
+  (``os.preadv``/``os.pwritev`` on ``memoryview`` chunks, no copy when guest
+  memory is mapped).  Each queue
   has its own worker thread; the GIL is released during the system calls.
 * Every request is completed with a status byte, which goes to the last byte
   of the last device-writable buffer: OK, IOERR (bad range, write to a

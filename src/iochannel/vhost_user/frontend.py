@@ -3,7 +3,8 @@
 Contract:
 
 * :class:`Frontend` connects to a back-end's UNIX socket, shares a memfd as
-  guest RAM (split into regions around a hole, as q35 does at
+  guest RAM (sealed as QEMU's memory-backend-memfd seals it unless asked
+  otherwise; split into regions around a hole, as q35 does at
   0xa0000-0xc0000, optionally also into adjacent regions so buffers can span
   them), and speaks the protocol
   message by message: :meth:`Frontend.send` writes raw messages with any fds,
@@ -20,6 +21,7 @@ Contract:
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import mmap
 import os
@@ -59,6 +61,8 @@ DATA_BASE = 0x400000
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _USED = struct.Struct("<II")
+#: The seals QEMU's memory-backend-memfd puts on guest RAM (its ``seal=on``).
+QEMU_SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
 
 @dataclass(frozen=True)
@@ -71,10 +75,21 @@ class Segment:
 
 
 class Frontend:
-    """See the module docstring."""
+    """See the module docstring.
+
+    Guest RAM is a memfd carrying *seals*, by default those of QEMU's
+    memory-backend-memfd.  ``seals=0`` leaves it sealable but unsealed;
+    ``seals=None`` creates it without ``MFD_ALLOW_SEALING``, like QEMU's
+    ``seal=off``.
+    """
 
     def __init__(
-        self, path: str, mem_size: int = 64 << 20, timeout: float = 10.0, split: int | None = None
+        self,
+        path: str,
+        mem_size: int = 64 << 20,
+        timeout: float = 10.0,
+        split: int | None = None,
+        seals: int | None = QEMU_SEALS,
     ) -> None:
         self.timeout = timeout
         self.mem_size = mem_size
@@ -85,8 +100,11 @@ class Frontend:
         try:
             self.sock.settimeout(timeout)
             self.sock.connect(path)
-            self.memfd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+            flags = os.MFD_CLOEXEC | (0 if seals is None else os.MFD_ALLOW_SEALING)
+            self.memfd = os.memfd_create("guest-ram", flags)
             os.ftruncate(self.memfd, mem_size)
+            if seals:
+                fcntl.fcntl(self.memfd, fcntl.F_ADD_SEALS, seals)
             self.mem = mmap.mmap(self.memfd, mem_size)
         except BaseException:
             self.close()

@@ -89,7 +89,11 @@ class _Failed(Exception):
 class Handler:
     """State of one front-end connection; see the module docstring."""
 
-    def __init__(self, backend: VhostUserBackend, rings: RingControl) -> None:
+    def __init__(
+        self, backend: VhostUserBackend, rings: RingControl, *, name: str = "vhost-user"
+    ) -> None:
+        #: Names the export in log lines.
+        self.name = name
         self.backend = backend
         self.rings = rings
         self.memory = GuestMemory()
@@ -151,7 +155,7 @@ class Handler:
         except _Failed as exc:
             if not ack:
                 raise ProtocolError(name, str(exc)) from exc
-            log.warning("vhost-user %s failed: %s", name, exc)
+            log.warning("%s: %s failed: %s", self.name, name, exc)
             return encode_reply(msg.request, pack_u64(1))
         if body is not None:
             return encode_reply(msg.request, body)

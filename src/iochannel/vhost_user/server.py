@@ -60,7 +60,7 @@ class _Connection:
         self.ch = ch
         self.reader = MessageReader()
         self.pool = WorkerPool(server.backend, self._broken)
-        self.handler = Handler(server.backend, self.pool)
+        self.handler = Handler(server.backend, self.pool, name=server.name)
         self.finished: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.parked = threading.Event()
         self.detaching = False

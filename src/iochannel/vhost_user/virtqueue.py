@@ -19,7 +19,12 @@ Contract:
   connection should be ended (the driver is buggy or hostile).
 * Buffers are ``memoryview`` chunks of guest memory (zero-copy); a buffer that
   crosses a memory-region boundary becomes several chunks, and buffers that
-  follow each other in guest memory may be merged into one chunk.
+  follow each other in guest memory may be merged into one chunk.  In regions
+  that are not mapped (see :mod:`.memory`) buffers are copies, bounded per
+  request, which :meth:`Virtqueue.push` writes back, and rings there are read
+  into a copy at each :meth:`Virtqueue.pop`.  Guest memory that cannot be read
+  or written raises :class:`VirtqueueError`, from ``push`` too, which still
+  counts the request as completed.
 
 Memory ordering: rings are read and written with single ``struct`` calls on
 the shared mapping.  The used element is stored before ``used.idx``, and
@@ -36,7 +41,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from .memory import GuestMemory, GuestMemoryError
+from .memory import Bounce, FdSpan, GuestMemory, GuestMemoryError
 from .protocol import VringAddr
 
 __all__ = ["MAX_QUEUE_SIZE", "DescriptorChain", "Virtqueue", "VirtqueueError"]
@@ -54,7 +59,18 @@ DESC_F_INDIRECT = 4
 
 
 class VirtqueueError(Exception):
-    """The driver put something invalid in the ring."""
+    """The driver put something invalid in the ring, or its memory went away."""
+
+
+def _view(ring: memoryview | FdSpan) -> memoryview:
+    return ring if isinstance(ring, memoryview) else ring.read()
+
+
+def _store(ring: memoryview | FdSpan, pos: int, data: bytes) -> None:
+    if isinstance(ring, memoryview):
+        ring[pos : pos + len(data)] = data
+    else:
+        ring.write(pos, data)
 
 
 @dataclass(slots=True)
@@ -62,13 +78,15 @@ class DescriptorChain:
     """One request popped from the avail ring.
 
     ``readable`` are the driver-written buffers, ``writable`` those the device
-    fills; ``writable_len`` is their total size.
+    fills; ``writable_len`` is their total size.  ``bounce`` holds the copies
+    of buffers in memory that is not mapped.
     """
 
     head: int
     readable: list[memoryview] = field(default_factory=list)
     writable: list[memoryview] = field(default_factory=list)
     writable_len: int = 0
+    bounce: Bounce | None = None
 
     def release(self) -> None:
         """Drop the guest-memory views so the memory can be unmapped."""
@@ -98,6 +116,10 @@ class Virtqueue:
         self.started = False
         self.enabled = False
         self.indirect = False
+        #: desc, avail and used as translated; any may be an :class:`FdSpan`.
+        self._rings: tuple[memoryview | FdSpan, memoryview | FdSpan, memoryview | FdSpan] | None
+        self._rings = None
+        # The same rings when all three are mapped: the fast path.
         self._desc: memoryview | None = None
         self._avail: memoryview | None = None
         self._used: memoryview | None = None
@@ -110,7 +132,7 @@ class Virtqueue:
     @property
     def ready(self) -> bool:
         """True when a worker should process this queue."""
-        return self.started and self.enabled and self._desc is not None
+        return self.started and self.enabled and self._rings is not None
 
     def set_addr(self, addr: VringAddr) -> None:
         """Set the ring addresses and load ``used_idx`` from ``used.idx``.
@@ -120,8 +142,11 @@ class Virtqueue:
         """
         self.addr = addr
         self.map_rings()
-        assert self._used is not None
-        self.used_idx = _U16.unpack_from(self._used, 2)[0]
+        assert self._rings is not None
+        try:
+            self.used_idx = _U16.unpack_from(_view(self._rings[2]), 2)[0]
+        except GuestMemoryError as exc:
+            raise VirtqueueError(f"queue {self.index}: {exc}") from exc
 
     def map_rings(self) -> None:
         """(Re)translate the ring addresses, e.g. after the memory table changed."""
@@ -130,18 +155,25 @@ class Virtqueue:
         if a is None:
             return
         n = self.num
+        qva = self.memory.qva
         try:
-            self._desc = self.memory.qva(a.desc, 16 * n)
-            self._avail = self.memory.qva(a.avail, 6 + 2 * n)
-            self._used = self.memory.qva(a.used, 6 + 8 * n)
+            rings = (qva(a.desc, 16 * n), qva(a.avail, 6 + 2 * n), qva(a.used, 6 + 8 * n))
         except GuestMemoryError as exc:
-            self.unmap_rings()
             raise VirtqueueError(f"queue {self.index}: {exc}") from exc
+        self._rings = rings
+        desc, avail, used = rings
+        if (
+            isinstance(desc, memoryview)
+            and isinstance(avail, memoryview)
+            and isinstance(used, memoryview)
+        ):
+            self._desc, self._avail, self._used = desc, avail, used
 
     def unmap_rings(self) -> None:
-        for v in (self._desc, self._avail, self._used):
-            if v is not None:
+        for v in self._rings or ():
+            if isinstance(v, memoryview):
                 v.release()
+        self._rings = None
         self._desc = self._avail = self._used = None
 
     def set_call_fd(self, fd: int | None) -> None:
@@ -168,7 +200,15 @@ class Virtqueue:
         """Take the next available request, or None if the ring is empty."""
         avail, desc = self._avail, self._desc
         if avail is None or desc is None:
-            return None
+            if self._rings is None:
+                return None
+            try:
+                # avail (with its idx) first: the descriptors it covers are
+                # complete by the time the driver moved the idx.
+                avail = _view(self._rings[1])
+                desc = _view(self._rings[0])
+            except GuestMemoryError as exc:
+                raise VirtqueueError(f"queue {self.index}: {exc}") from exc
         avail_idx = _U16.unpack_from(avail, 2)[0]
         pending = (avail_idx - self.last_avail) & 0xFFFF
         if pending == 0:
@@ -199,6 +239,7 @@ class Virtqueue:
         # its view instead of adding one (fewer iovecs for preadv/pwritev).
         memory = self.memory
         readable, writable = chain.readable, chain.writable
+        bounce = chain.bounce = Bounce() if memory.copied else None
         lo = hi = 0
         view: memoryview | None = None
         run_start = run_end = -1
@@ -222,7 +263,8 @@ class Virtqueue:
                 if length == 0 or length % 16 or length > 16 * MAX_QUEUE_SIZE:
                     raise VirtqueueError(f"indirect table length {length}")
                 # Copied so that a table straddling two regions reads correctly.
-                entries = list(_DESC.iter_unpack(b"".join(memory.gpa(addr, length))))
+                table = memory.gpa(addr, length, bounce)
+                entries = list(_DESC.iter_unpack(b"".join(table)))
                 size = len(entries)
                 i = 0
                 seen = 0
@@ -248,9 +290,11 @@ class Virtqueue:
                     out.append(view[addr - lo : end - lo])
                     run_start = addr
             else:
-                out += memory.gpa(addr, length)
+                out += memory.gpa(addr, length, bounce, out is writable)
                 m = memory.region_at(end - 1)
-                lo, hi, view = m.gpa, m.end, m.view
+                view = m.view
+                # Copies are not contiguous: an empty window never extends one.
+                lo, hi = (m.gpa, m.end) if view is not None else (0, 0)
                 run_start = max(addr, lo)
             run_end, run_out = end, out
             if not flags & DESC_F_NEXT:
@@ -265,17 +309,39 @@ class Virtqueue:
         May be called from any thread (a device can complete requests
         asynchronously); pushes to one queue are serialised.
         """
+        failed: GuestMemoryError | None = None
+        try:
+            if chain.bounce is not None:
+                chain.bounce.flush()
+        except GuestMemoryError as exc:
+            failed = exc
         chain.release()
         with self._idle:
-            used = self._used
-            if used is not None:
-                slot = 4 + 8 * (self.used_idx % self.num)
-                _USED_ELEM.pack_into(used, slot, chain.head, written)
-                self.used_idx = (self.used_idx + 1) & 0xFFFF
-                _U16.pack_into(used, 2, self.used_idx)
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.notify_all()
+            try:
+                # A request whose data did not reach the guest is not returned:
+                # the connection ends anyway.
+                used = self._used
+                if failed is None and used is not None:
+                    slot = 4 + 8 * (self.used_idx % self.num)
+                    _USED_ELEM.pack_into(used, slot, chain.head, written)
+                    self.used_idx = (self.used_idx + 1) & 0xFFFF
+                    _U16.pack_into(used, 2, self.used_idx)
+                elif failed is None and self._rings is not None:
+                    self._push_copied(self._rings[2], chain.head, written)
+            except GuestMemoryError as exc:
+                failed = exc
+            finally:
+                self.in_flight -= 1
+                if self.in_flight == 0:
+                    self._idle.notify_all()
+        if failed is not None:
+            raise VirtqueueError(f"queue {self.index}: {failed}") from failed
+
+    def _push_copied(self, used: memoryview | FdSpan, head: int, written: int) -> None:
+        slot = 4 + 8 * (self.used_idx % self.num)
+        _store(used, slot, _USED_ELEM.pack(head, written))
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        _store(used, 2, _U16.pack(self.used_idx))
 
     def drain(self) -> None:
         """Wait until every popped request has been pushed."""

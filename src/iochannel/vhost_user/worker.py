@@ -16,8 +16,9 @@ Contract:
 * After ``start`` the worker processes the queue once without waiting for a
   kick, so kicks sent before the queue was enabled are not lost.
 * An exception from ``handle_queue`` (a :class:`VirtqueueError` from a bad
-  driver, or a device bug) is logged, the queue is stopped, and ``on_broken``
-  is called so the server can end the connection.
+  driver or from guest memory that went away, or a device bug) stops the
+  queue, and ``on_broken`` gets the reason so the server can log it and end
+  the connection.
 * :meth:`WorkerPool.close` stops and joins every thread and closes the wake fds.
 """
 
@@ -143,21 +144,21 @@ class _Worker:
         try:
             self.backend.handle_queue(vq, self.thread_id)
         except VirtqueueError as exc:
-            # Only the text is kept: the traceback references guest-memory
-            # views that would keep the mapping alive after disconnect.
+            # Only the text, which names the queue, is kept: the traceback
+            # references guest-memory views that would keep the mapping alive
+            # after disconnect.
             reason = str(exc)
         except Exception:
             log.exception("vhost-user queue %d: device error", vq.index)
-            reason = "device error"
+            reason = f"queue {vq.index}: device error"
         else:
             return
-        log.error("vhost-user queue %d stopped: %s", vq.index, reason)
         with self._lock:
             self._wanted.pop(vq.index, None)
             # Makes the loop drop the kick fd from the poll set.
             self._generation += 1
             os.eventfd_write(self.wake_fd, 1)
-        self.on_broken(f"queue {vq.index}: {reason}")
+        self.on_broken(reason)
 
 
 class WorkerPool:

@@ -10,13 +10,19 @@ Contract:
   ``GET /?token=T``      the console page for T's role (403 for a bad T)
   ``GET /static/NAME``   the page's assets, shipped in the package
   ``GET /ws?token=T``    the WebSocket: a viewer with T's role (403 for a
-                         bad T; the upgrade itself is checked by
-                         :class:`~iochannel.websock.WebsockChannel`)
+                         bad T or a foreign ``Origin``; the upgrade itself
+                         is checked by :class:`~iochannel.websock.WebsockChannel`)
   anything else          404
   =====================  ==================================================
 
   ``HEAD`` works where ``GET`` does.  The token may also come as
   ``Authorization: Bearer T``.  Tokens are compared in constant time.
+* **Origins.**  A WebSocket request from a page of another site is refused
+  (403) before the upgrade, whatever its token: its ``Origin`` must be the
+  console's own (the scheme served and the request's ``Host``) or one of
+  *allowed_origins*; a request without ``Origin`` (not a browser) passes
+  (:func:`~iochannel.web.http.check_origin`).  Every answer carries a
+  Content-Security-Policy and ``X-Frame-Options: DENY``.
 * **Roles.**  One token per role (:class:`~iochannel.web.viewer.Role`):
   read-write viewers type and resize, read-only viewers only watch — their
   input is refused by the server (:mod:`iochannel.web.viewer`).  Tokens not
@@ -30,6 +36,11 @@ Contract:
   last :data:`REPLAY_SIZE` bytes of output; a viewer gets them first.  The
   snapshot and the viewer's joining happen under the hub's write lock, so a
   viewer gets every byte exactly once whatever thread writes to the hub.
+* **Device state.**  Each viewer is told whether the device is there — some
+  frontend of the hub is open (a relay's end follows the relayed chardev,
+  so a shell that exited is gone until it restarts) — after its replay and
+  whenever that changes (:func:`~iochannel.web.protocol.encode_status`); the
+  page shows it.
 * **Bounds.**  At most :data:`MAX_SETUPS` connections are between accept and
   becoming a viewer (or getting their page); beyond that accepting pauses and
   clients wait in the listen backlog.  Each must finish within
@@ -49,11 +60,12 @@ import importlib.resources
 import logging
 import mimetypes
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..address import InetAddress
 from ..channel import Channel
 from ..chardev import HubChardev, MemberPolicy, SessionChardev, SlowConsumer
+from ..chardev.events import observe_changes
 from ..crypto.creds import Credentials
 from ..errors import ChannelError
 from ..netlistener import NetListener
@@ -61,7 +73,8 @@ from ..socket import SocketChannel
 from ..tls import TLSChannel
 from ..websock import WebsockChannel
 from .head import HeadChannel
-from .http import HttpError, Request, parse_request, response, too_large
+from .http import HttpError, Request, check_origin, parse_origin, parse_request, response, too_large
+from .protocol import encode_status
 from .replay import ReplayChardev
 from .viewer import Role, ViewerChardev
 
@@ -115,10 +128,15 @@ class WebConsole:
         ro_token: str | None = None,
         tls_creds: object | None = None,
         on_resize: Callable[[int, int], None] | None = None,
+        allowed_origins: Iterable[str] = (),
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if tls_creds is not None and not isinstance(tls_creds, Credentials):
             raise TypeError(f"tls_creds must be TLS credentials, not {type(tls_creds).__name__}")
+        try:
+            origins = frozenset(parse_origin(o) for o in allowed_origins)
+        except ValueError as exc:
+            raise ValueError(f"allowed_origins: {exc}") from None
         tokens = {
             Role.READ_WRITE: rw_token or secrets.token_urlsafe(24),
             Role.READ_ONLY: ro_token or secrets.token_urlsafe(24),
@@ -131,6 +149,7 @@ class WebConsole:
         self._tokens = tokens
         self._creds: Credentials | None = tls_creds
         self._on_resize = on_resize
+        self._origins = origins
         self._loop = loop
         self._assets = _load_assets()
         self._page = self._assets.pop(f"/static/{_PAGE}")[0]
@@ -143,6 +162,9 @@ class WebConsole:
         self._count = 0
         self._accepting = False
         self._closed = False
+        self._device_open = False
+        self._stop_observing: Callable[[], None] | None = None
+        self._check_pending = False
 
     # ---- running ------------------------------------------------------------------
 
@@ -155,6 +177,8 @@ class WebConsole:
         listener.open(InetAddress(self._host, str(self._port), numeric=True), _BACKLOG)
         self._listener = listener
         self.hub.add_member(self._replay, MemberPolicy(SlowConsumer.DROP, REPLAY_SIZE))
+        self._device_open = self._device_is_open()
+        self._stop_observing = observe_changes(self._changed)
         self._rearm()
 
     @property
@@ -171,11 +195,14 @@ class WebConsole:
         """The page's URL per role name (``rw``, ``ro``), token included."""
         addr = self.address
         host = f"[{addr.host}]" if ":" in addr.host else addr.host
-        scheme = "https" if self._creds is not None else "http"
         return {
-            role.value: f"{scheme}://{host}:{addr.port}/?token={token}"
+            role.value: f"{self._scheme}://{host}:{addr.port}/?token={token}"
             for role, token in self._tokens.items()
         }
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self._creds is not None else "http"
 
     @property
     def viewers(self) -> tuple[ViewerChardev, ...]:
@@ -186,6 +213,9 @@ class WebConsole:
         if self._closed:
             return
         self._closed = True
+        if self._stop_observing is not None:
+            self._stop_observing()
+            self._stop_observing = None
         self._rearm()
         if self._listener is not None:
             self._listener.disconnect()
@@ -264,6 +294,7 @@ class WebConsole:
             raise HttpError(404, f"nothing at {request.path[:60]!r}")
         role = self._role(request)
         if request.path == WS_PATH:
+            check_origin(request, self._scheme, self._origins)
             return role
         page = self._page.replace(_ROLE_MARK, role.value.encode())
         html = "text/html; charset=utf-8"
@@ -292,13 +323,40 @@ class WebConsole:
                 f"{hub.id[:100]}.web{self._count}",
                 channel,
                 role,
-                replay=self._replay.snapshot(),
+                replay=self._replay.snapshot() + encode_status(self._device_open),
                 on_resize=self._resize if role is Role.READ_WRITE else None,
                 on_end=self._viewer_ended,
                 loop=self._loop,
             )
             self._viewers[viewer.id] = viewer
             hub.add_member(viewer, MemberPolicy(SlowConsumer.DROP, VIEWER_QUEUE))
+
+    # ---- device state ---------------------------------------------------------------
+
+    def _device_is_open(self) -> bool:
+        return any(fe.frontend_open for fe in self.hub.frontends)
+
+    def _changed(self) -> None:
+        # Any chardev's open or close, on any thread: compare once on the loop.
+        loop = self._loop
+        if not self._check_pending and loop is not None and not loop.is_closed():
+            self._check_pending = True
+            loop.call_soon_threadsafe(self._check_device)
+
+    def _check_device(self) -> None:
+        self._check_pending = False
+        device_open = self._device_is_open()
+        if device_open == self._device_open or self._closed:
+            return
+        self._device_open = device_open
+        status = encode_status(device_open)
+        # Under the hub's write lock: the message goes between two writes of output.
+        with self.hub.write_lock:
+            for viewer in tuple(self._viewers.values()):
+                try:
+                    viewer.tell(status)
+                except OSError:
+                    pass  # the viewer is ending; its end is handled there
 
     def _viewer_ended(self, viewer: SessionChardev) -> None:
         self._viewers.pop(viewer.id, None)

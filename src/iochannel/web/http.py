@@ -22,7 +22,14 @@ status      cause
 404 and 403 are the router's answers (:mod:`iochannel.web.console`).
 :func:`response` builds every answer: ``Content-Length``, ``Connection:
 close`` (one request per connection keeps the server trivial), no caching,
-no MIME sniffing and no ``Referer`` — the page's URL carries a token.
+no MIME sniffing, no ``Referer`` — the page's URL carries a token — and
+:data:`CSP` with ``X-Frame-Options: DENY``: the page runs only its own
+scripts, talks only to its own server and is never framed by another site.
+
+:func:`check_origin` is the WebSocket's cross-site check: a request whose
+``Origin`` is neither the server's own (the scheme it serves and the request's
+``Host``) nor in an allow-list (:func:`parse_origin` normalises both) gets
+403; a request without ``Origin`` (not a browser) passes.
 """
 
 from __future__ import annotations
@@ -30,11 +37,21 @@ from __future__ import annotations
 import dataclasses
 import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from ..websock_handshake import MAX_HEAD, MAX_HEADERS, parse_request_head
 
-__all__ = ["MAX_HEAD", "HttpError", "Request", "parse_request", "response", "too_large"]
+__all__ = [
+    "CSP",
+    "MAX_HEAD",
+    "HttpError",
+    "Request",
+    "check_origin",
+    "parse_origin",
+    "parse_request",
+    "response",
+    "too_large",
+]
 
 REASONS = {
     200: "OK",
@@ -45,6 +62,14 @@ REASONS = {
     431: "Request Header Fields Too Large",
 }
 METHODS = ("GET", "HEAD")
+#: The page's Content-Security-Policy: its own files only (xterm.js sets
+#: inline styles on the elements it draws), its own WebSocket, no framing.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 # More query parameters than this is not a browser talking to us.
 _MAX_PARAMS = 8
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -110,6 +135,57 @@ def parse_request(head: bytes) -> Request:
     return Request(method, _path(raw_path), _query(raw_query), headers)
 
 
+def parse_origin(text: str) -> str:
+    """*text* (``http[s]://HOST[:PORT]``) in a canonical form; ``ValueError`` if it is not one.
+
+    Scheme and host are lower-cased and a default port is left out, so equal
+    origins compare equal as strings.
+    """
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in _DEFAULT_PORTS or not rest or "/" in rest or "@" in rest:
+        raise ValueError(f"origin {text[:80]!r} must be http://HOST[:PORT] or https://HOST[:PORT]")
+    try:
+        parts = urllib.parse.urlsplit(f"{scheme}://{rest}")
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"origin {text[:80]!r} has a malformed host or port") from None
+    host = parts.hostname
+    if not host or parts.query or parts.fragment:
+        raise ValueError(f"origin {text[:80]!r} must be http://HOST[:PORT] or https://HOST[:PORT]")
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def check_origin(request: Request, scheme: str, allowed: Collection[str] = ()) -> None:
+    """Raise 403 unless *request* has no ``Origin``, its own one, or one of *allowed*.
+
+    *scheme* is what the server speaks (``http``/``https``); *allowed* holds
+    origins in :func:`parse_origin`'s form.
+    """
+    origin = request.header("origin")
+    if origin is None:
+        return
+    given = _canonical(origin)
+    own = _canonical(f"{scheme}://{request.header('host') or ''}")
+    if given is None or (given != own and given not in allowed):
+        raise HttpError(
+            403,
+            f"origin {origin[:80]!r} is not allowed: only the console's own, "
+            "or one listed in the console's allowed origins",
+        )
+
+
+def _canonical(origin: str) -> str | None:
+    try:
+        return parse_origin(origin)
+    except ValueError:
+        return None
+
+
 def _path(raw: str) -> str:
     if not raw.startswith("/"):
         raise HttpError(400, f"request target must be an absolute path, not {raw[:60]!r}")
@@ -162,6 +238,8 @@ def response(
         "Cache-Control: no-store",
         "X-Content-Type-Options: nosniff",
         "Referrer-Policy: no-referrer",
+        f"Content-Security-Policy: {CSP}",
+        "X-Frame-Options: DENY",
         *(f"{name}: {value}" for name, value in headers),
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")

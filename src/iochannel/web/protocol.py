@@ -3,8 +3,13 @@
 The WebSocket layer carries a byte stream (frame boundaries and frame types
 are not part of it), so messages are delimited in the stream itself:
 
-* **server → page**: terminal output, nothing else — the bytes the console
-  wrote, replay first.
+* **server → page**: terminal output — the bytes the console wrote, replay
+  first — and the device's state as a private OSC sequence the page consumes
+  (xterm.js ``registerOscHandler``) and never shows:
+  ``ESC ] 7761 ; device=open BEL`` or ``… device=gone BEL``
+  (:func:`encode_status`).  One follows the replay, and another each time the
+  state changes.  The console's own output never contains it: it is sent to
+  web viewers only.
 * **page → server**: a sequence of messages, each starting with a type byte:
 
   ==========  ======================================  =====================
@@ -37,10 +42,13 @@ __all__ = [
     "Resize",
     "encode_input",
     "encode_resize",
+    "encode_status",
 ]
 
 INPUT = 0x00
 RESIZE = 0x01
+#: The OSC number of the device-state message (unassigned in xterm's table).
+STATUS_OSC = 7761
 #: Largest input message body.
 MAX_INPUT = 0xFFFF
 _U16 = struct.Struct("!H")
@@ -75,6 +83,11 @@ def encode_input(data: bytes) -> bytes:
 
 def encode_resize(rows: int, cols: int) -> bytes:
     return bytes([RESIZE]) + _SIZE.pack(rows, cols)
+
+
+def encode_status(device_open: bool) -> bytes:
+    """The server's device-state message: open, or gone."""
+    return f"\x1b]{STATUS_OSC};device={'open' if device_open else 'gone'}\x07".encode()
 
 
 class ClientDecoder:

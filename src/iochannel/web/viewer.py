@@ -16,6 +16,9 @@ never reused.  What it adds:
   cannot take yet wait (at most one message plus one read) and reading pauses
   until they are delivered.  Bytes that are not a valid message end the
   viewer.
+* **Messages of the server's own** (:meth:`ViewerChardev.tell`, the device's
+  state) go out whole, between two writes of output: output waits until a
+  message is fully sent.
 * **Roles.**  A :attr:`Role.READ_ONLY` viewer's input and resizes are refused
   here, on the server: counted in :attr:`ViewerChardev.refused`, logged once
   per viewer, and dropped; the viewer stays connected and keeps watching.
@@ -78,6 +81,7 @@ class ViewerChardev(SessionChardev):
         self._on_resize = on_resize
         self._decoder = ClientDecoder()
         self._input = bytearray()
+        self._told = bytearray()
         if replay:
             self.write(replay)
 
@@ -85,6 +89,37 @@ class ViewerChardev(SessionChardev):
         super().be_event(event)
         if event == ChardevEvent.OPENED and self.pending_bytes:
             self.add_watch(lambda: not self._flush_pending())
+
+    # ---- the server's own messages ---------------------------------------
+
+    def tell(self, message: bytes) -> None:
+        """Send *message* ahead of later output, never split by it; dropped once closed."""
+        with self.write_lock:
+            if not self.be_open:
+                return
+            pending = bool(self._told)
+            self._told += message
+            if not pending and not self._send_told():
+                self.add_watch(self._send_told_later)
+
+    def _send_told(self) -> bool:
+        """Send what is left of the told messages; True when all went out."""
+        n = super()._chr_write(memoryview(self._told))
+        if n:
+            del self._told[:n]
+        return not self._told
+
+    def _send_told_later(self) -> bool:
+        with self.write_lock:
+            try:
+                return self.be_open and not self._send_told()
+            except OSError:
+                return False  # the session ends; its end is handled there
+
+    def _chr_write(self, data: memoryview) -> int | None:
+        if self._told and not self._send_told():
+            return None
+        return super()._chr_write(data)
 
     # ---- input ------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 // The console page: an xterm.js terminal attached to the console's WebSocket.
 // Wire protocol (see iochannel.web.protocol): the server sends terminal bytes;
 // the page sends messages [0x00, len_hi, len_lo, ...input] and
-// [0x01, rows_hi, rows_lo, cols_hi, cols_lo].
+// [0x01, rows_hi, rows_lo, cols_hi, cols_lo].  The server also says whether the
+// device is there, as the private OSC "ESC ] 7761 ; device=open|gone BEL".
 "use strict";
 
 (() => {
@@ -19,13 +20,27 @@
   term.open(document.getElementById("terminal"));
   fit.fit();
 
+  const STATUS_OSC = 7761;
   let socket = null;
   let retryMs = 500;
+  let deviceOpen = true;
 
   function setStatus(text, state) {
     status.textContent = text;
     body.dataset.status = state;
   }
+
+  function showConnected() {
+    if (deviceOpen) setStatus("connected", "connected");
+    else setStatus("connected, device gone: typing is dropped", "connected");
+  }
+
+  term.parser.registerOscHandler(STATUS_OSC, (data) => {
+    deviceOpen = data !== "device=gone";
+    body.dataset.device = deviceOpen ? "open" : "gone";
+    if (socket && socket.readyState === WebSocket.OPEN) showConnected();
+    return true;
+  });
 
   function send(message) {
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(message);
@@ -63,7 +78,7 @@
       retryMs = 500;
       // The server starts with its replay of recent output: start from a clean screen.
       term.reset();
-      setStatus("connected", "connected");
+      showConnected();
       sendResize();
     };
     ws.onmessage = (event) => term.write(new Uint8Array(event.data));
