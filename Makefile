@@ -1,10 +1,11 @@
 # Quick start: `make test` (venv + install + lint + types + tests), `make run`, `make bench`.
+# `make test-matrix`: the core suites on every supported Python, default loop and uvloop.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint run bench clean
+.PHONY: test test-matrix lint run bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,9 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-matrix: $(STAMP)
+	$(VENV)/bin/nox
+
 run: $(STAMP)
 	$(PY) -m iochannel
 
@@ -27,4 +31,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .nox build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

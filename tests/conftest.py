@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import shutil
@@ -20,6 +21,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:
         return
     uvloop.run(_noop())
+    # IOCHANNEL_TEST_LOOP=uvloop (the test matrix) runs asyncio.run() on uvloop.
+    if os.environ.get("IOCHANNEL_TEST_LOOP") == "uvloop":
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def _noop() -> None:

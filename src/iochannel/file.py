@@ -37,7 +37,6 @@ class FileChannel(Channel):
     """A channel over a file descriptor that is not a socket (see module docstring)."""
 
     __slots__ = ("_fd", "_is_pty")
-    _fixed_readiness = True
 
     def __init__(self, fd: int, *, name: str = "") -> None:
         """Wrap *fd*, taking ownership of it."""

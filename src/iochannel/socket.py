@@ -30,7 +30,7 @@ import socket
 import stat
 import struct
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .address import (
     Address,
@@ -43,10 +43,10 @@ from .address import (
     from_sockaddr,
     resolve,
 )
-from .channel import _NBYTES, Buffer, Channel, _view_nbytes, close_fds
+from .channel import Buffer, Channel, close_fds
 from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
 from .task import Task
-from .watch import Continuation, FdSpec, forget_fd
+from .watch import FdSpec, forget_fd
 
 __all__ = ["MAX_FDS", "SocketChannel"]
 
@@ -77,7 +77,6 @@ _CTRUNC = int(socket.MSG_CTRUNC)
 _NOSIGNAL = int(socket.MSG_NOSIGNAL)
 _MSG_PEEK = int(socket.MSG_PEEK)
 _PEEK = int(ReadFlag.MSG_PEEK)
-_FD_PASS = int(Feature.FD_PASS)
 _PRESERVE = int(ReadFlag.FD_PRESERVE_BLOCKING)
 _SHUT = {Shutdown.READ: socket.SHUT_RD, Shutdown.WRITE: socket.SHUT_WR}
 
@@ -92,7 +91,6 @@ class SocketChannel(Channel):
     """A channel over a :class:`socket.socket` (see the module docstring)."""
 
     __slots__ = ("_fd", "_sock", "_specs", "_unlink", "_zc_copied", "_zc_queued", "_zc_sent")
-    _fixed_readiness = True
 
     def __init__(self, sock: socket.socket, *, name: str = "") -> None:
         features = Feature.SHUTDOWN
@@ -365,17 +363,9 @@ class SocketChannel(Channel):
 
     # ---- hooks ------------------------------------------------------------
 
-    # readv and writev replace the base class's check-then-hook pair: one Python
-    # frame less is a tenth of the cost of an fd-passing message.
-    def readv(
-        self,
-        buffers: Sequence[Buffer],
-        *,
-        flags: ReadFlag = ReadFlag.NONE,
-        fds: list[int] | None = None,
+    def _readv(
+        self, buffers: Sequence[Buffer], flags: ReadFlag, fds: list[int] | None
     ) -> int | None:
-        if self._closed or flags or (fds is not None and not self._features & _FD_PASS):
-            self._check_read(flags, fds)
         sock = self._sock
         rflags = _MSG_PEEK if flags and flags & _PEEK else 0
         try:
@@ -402,15 +392,9 @@ class SocketChannel(Channel):
         fds += received
         return n
 
-    def writev(
-        self,
-        buffers: Sequence[Buffer],
-        *,
-        fds: Sequence[int] = (),
-        flags: WriteFlag = WriteFlag.NONE,
+    def _writev(
+        self, buffers: Sequence[Buffer], fds: Sequence[int], flags: WriteFlag
     ) -> int | None:
-        if self._closed or flags or (fds and not self._features & _FD_PASS):
-            self._check_write(fds, flags)
         sock = self._sock
         try:
             if fds:
@@ -425,48 +409,6 @@ class SocketChannel(Channel):
             return sock.sendmsg(buffers, (), _NOSIGNAL)
         except BlockingIOError:
             return None
-
-    # readv_all's first call, one frame shorter: the socket call is made here
-    # rather than through readv (a few percent of an asyncio ping-pong).
-
-    def _read_exact(
-        self, buffers: Sequence[Buffer], fds: list[int] | None, flags: ReadFlag
-    ) -> bool | Continuation | None:
-        if fds is not None or flags or len(buffers) != 1 or self._closed:
-            return super()._read_exact(buffers, fds, flags)
-        buffer = buffers[0]
-        try:
-            n = self._sock.recv_into(buffer)
-        except BlockingIOError:
-            self._read_waits = 1
-            return None
-        if n == _NBYTES.get(type(buffer), _view_nbytes)(buffer):
-            return True
-        return self._after_short_read(buffers, flags, n)
-
-    # awrite_all's first write, one frame shorter in the same way.
-
-    async def awrite_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
-        if fds or self._closed or self._blocking:
-            await super().awrite_all(data, fds=fds)
-            return
-        try:
-            n = self._sock.send(data, _NOSIGNAL)
-        except BlockingIOError:
-            n = 0
-        if n != _NBYTES.get(type(data), _view_nbytes)(data):
-            await self._awrite_rest(data, n)
-
-    def _awrite_rest(self, data: Buffer, sent: int) -> Awaitable[bool]:
-        return self._await(_SendRest(self._sock, data, sent), Condition.OUT)
-
-    def write_all(self, data: Buffer, *, fds: Sequence[int] = ()) -> None:
-        if self._blocking and not fds and not self._closed:
-            # One C call: sendall loops over partial writes with the GIL released,
-            # which is what a blocking bulk writer spends its time on.
-            self._sock.sendall(data, _NOSIGNAL)
-        else:
-            super().write_all(data, fds=fds)
 
     def _send_zero_copy(self, buffers: Sequence[Buffer]) -> int:
         for attempt in (0, 1):
@@ -593,29 +535,3 @@ def _in_thread(
 
     task.run_in_thread(worker)
     return task
-
-
-class _SendRest(Continuation):
-    """The rest of an ``awrite_all`` on a socket: one buffer, no fds.
-
-    ``_WriteRest`` serves any buffer list through the channel's ``writev``.
-    An asyncio bulk writer resumes here about once per three chunks, and the
-    general version's extra calls cost it 8% of its instructions (2% of its
-    throughput).
-    """
-
-    __slots__ = ("send", "view")
-
-    def __init__(self, sock: socket.socket, data: Buffer, sent: int) -> None:
-        self.send = sock.send
-        self.view = memoryview(data).cast("B")[sent:]
-
-    def __call__(self) -> bool | None:
-        view = self.view
-        try:
-            while view:
-                view = view[self.send(view, _NOSIGNAL) :]
-        except BlockingIOError:
-            self.view = view
-            return None
-        return True
