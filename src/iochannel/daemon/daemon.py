@@ -512,8 +512,7 @@ def run(config: Config, *, banner: str = "") -> int:
         nonlocal wrote_pidfile
         if config.pidfile is not None:
             try:
-                with open(config.pidfile, "w") as f:
-                    f.write(f"{os.getpid()}\n")
+                vhost_cli.write_pidfile(config.pidfile)
             except OSError as exc:
                 raise ConfigError(f"--pidfile {config.pidfile}: {exc.strerror or exc}") from None
             wrote_pidfile = True

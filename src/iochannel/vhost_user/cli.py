@@ -27,6 +27,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -41,7 +42,15 @@ from ..address import Address, FdAddress, UnixAddress
 from .blk import BlkDevice, open_image
 from .server import VhostUserServer
 
-__all__ = ["Export", "UsageError", "main", "open_export", "parse_args", "parse_keyval"]
+__all__ = [
+    "Export",
+    "UsageError",
+    "main",
+    "open_export",
+    "parse_args",
+    "parse_keyval",
+    "write_pidfile",
+]
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +257,23 @@ def open_export(exp: Export) -> VhostUserServer:
         raise
 
 
+def write_pidfile(path: str) -> None:
+    """Write this process's pid to *path* atomically.
+
+    Whoever sees the file (a script waiting for readiness) reads the whole
+    pid, never an empty or half-written file.
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 async def _serve(exports: list[Export], pidfile: str | None) -> None:
     servers: list[VhostUserServer] = []
     try:
@@ -258,8 +284,7 @@ async def _serve(exports: list[Export], pidfile: str | None) -> None:
                 raise UsageError(f"--export id={exp.name}: {exc}") from exc
         if pidfile is not None:
             # Written once every export listens, so it also signals readiness.
-            with open(pidfile, "w") as f:
-                f.write(f"{os.getpid()}\n")
+            write_pidfile(pidfile)
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
