@@ -141,8 +141,8 @@ def free_port() -> int:
         return port
 
 
-class Qmp:
-    """A minimal QMP client: one command at a time, events skipped."""
+class QmpConnection:
+    """A raw QMP connection: the greeting read, whole reply lines in, bytes out."""
 
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX)
@@ -153,16 +153,36 @@ class Qmp:
             self.sock.close()
             raise
         self.file = self.sock.makefile("rb")
-        self.file.readline()  # the greeting
-        self.cmd("qmp_capabilities")
+        greeting = self.reply()
+        assert "QMP" in greeting, greeting
 
-    def cmd(self, name: str, **args: Any) -> Any:
-        self.sock.sendall(json.dumps({"execute": name, "arguments": args}).encode())
-        while True:
-            reply = json.loads(self.file.readline())
-            if "event" not in reply:
-                return reply["return"]
+    def reply(self) -> Any:
+        line = self.file.readline()
+        assert line.endswith(b"\r\n"), f"connection ended: {line!r}"
+        return json.loads(line)
+
+    def replies(self, n: int) -> list[Any]:
+        return [self.reply() for _ in range(n)]
 
     def close(self) -> None:
         self.file.close()
         self.sock.close()
+
+
+class Qmp(QmpConnection):
+    """A minimal QMP client: one command at a time, events skipped."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        try:
+            self.cmd("qmp_capabilities")
+        except BaseException:
+            self.close()
+            raise
+
+    def cmd(self, name: str, **args: Any) -> Any:
+        self.sock.sendall(json.dumps({"execute": name, "arguments": args}).encode())
+        while True:
+            reply = self.reply()
+            if "event" not in reply:
+                return reply["return"]

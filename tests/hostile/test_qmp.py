@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,39 +12,13 @@ from typing import Any
 from qemu.qmp import QMPClient
 
 from .conftest import Daemon
+from .conftest import QmpConnection as Peer
 
 CAPS = b'{"execute": "qmp_capabilities", "id": "caps"}'
 
 
 def version(id: object) -> bytes:
     return json.dumps({"execute": "query-version", "id": id}).encode()
-
-
-class Peer:
-    """A raw QMP client: whole lines in, bytes out."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        try:
-            self.sock.settimeout(10)
-            self.sock.connect(str(path))
-        except OSError:
-            self.sock.close()
-            raise
-        self.file = self.sock.makefile("rb")
-        assert "QMP" in self.reply()
-
-    def reply(self) -> Any:
-        line = self.file.readline()
-        assert line.endswith(b"\r\n"), f"connection ended: {line!r}"
-        return json.loads(line)
-
-    def replies(self, n: int) -> list[Any]:
-        return [self.reply() for _ in range(n)]
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def monitor(hostile_daemon: Callable[..., Daemon], tmp_path: Path) -> tuple[Daemon, Path]:
