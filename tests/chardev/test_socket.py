@@ -616,17 +616,26 @@ def test_connections_n_slow_client_gets_every_byte_once() -> None:
     run(main)
 
 
-def test_connections_n_clients_each_get_the_hub_policy(tmp_path: Path) -> None:
-    """In a ``drop`` hub, a client that stops reading loses its own oldest bytes, alone."""
+@pytest.mark.parametrize("clients_first", [False, True])
+def test_connections_n_clients_each_get_the_hub_policy(tmp_path: Path, clients_first: bool) -> None:
+    """In a ``drop`` hub, a client that stops reading loses its own oldest bytes, alone.
+
+    Clients connected before the socket joined the hub come under its policy too.
+    """
 
     async def main() -> None:
         chr = new_server(UnixAddress(str(tmp_path / "s.sock")), connections=2)
+        if clients_first:
+            fast = SocketChannel.connect(chr.listen_addresses[0])
+            stalled = SocketChannel.connect(chr.listen_addresses[0])
+            await until(lambda: len(chr.sessions) == 2, "two sessions")
         hub = HubChardev("hub", [chr], policies={"chr": MemberPolicy(SlowConsumer.DROP, 4096)})
         hub.open()
         fe = Frontend(hub)
         FeHandler(fe).register()
-        fast = SocketChannel.connect(chr.listen_addresses[0])
-        stalled = SocketChannel.connect(chr.listen_addresses[0])
+        if not clients_first:
+            fast = SocketChannel.connect(chr.listen_addresses[0])
+            stalled = SocketChannel.connect(chr.listen_addresses[0])
         await until(lambda: len(chr.sessions) == 2 and hub.be_open, "two sessions")
         assert {chr.fanout.members[i].policy.mode for i in (0, 1)} == {SlowConsumer.DROP}
         data = bytes(range(256)) * 8192  # 2 MiB: more than the stalled client's buffers

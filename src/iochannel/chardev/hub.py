@@ -319,6 +319,17 @@ class Fanout:
             self.leave(member)
             member.port.deinit()
 
+    def set_policy(self, policy: MemberPolicy, parent: MemberStats | None) -> None:
+        """Put every member, present and future, under *policy*; count losses in *parent* too."""
+        with self.owner.write_lock:
+            self.policy, self.parent = policy, parent
+            for m in self.members:
+                self.leave(m)  # its progress and queue belong to the old policy
+                m.policy = policy
+                m.backlog = Backlog(policy.limit)
+                if m.port.is_open:
+                    self.join(m)
+
     def join(self, member: Member) -> None:
         """*member* opened: it gets output from the current position on."""
         with self.owner.write_lock:
@@ -517,8 +528,7 @@ class HubChardev(FanoutChardev):
         chardev.owner = self
         if isinstance(chardev, FanoutChardev):
             # Its own outputs (a socket's clients) each get the policy and report here.
-            chardev.fanout.policy = policy
-            chardev.fanout.parent = member.stats
+            chardev.fanout.set_policy(policy, member.stats)
         if self.opened and not self.closed:
             self._listen(member)
         changed()
@@ -532,8 +542,7 @@ class HubChardev(FanoutChardev):
             self.fanout.remove(member)
             chardev.owner = None
             if isinstance(chardev, FanoutChardev):
-                chardev.fanout.policy = MemberPolicy()
-                chardev.fanout.parent = None
+                chardev.fanout.set_policy(MemberPolicy(), None)
         if was_open and not any(m.port.is_open for m in self.fanout.members):
             self.be_event(ChardevEvent.CLOSED)
         changed()
