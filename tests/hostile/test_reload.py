@@ -11,7 +11,7 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-from .conftest import Daemon, wait_for
+from .conftest import Daemon, Qmp, wait_for
 
 
 def connect(path: Path) -> socket.socket:
@@ -194,3 +194,24 @@ def test_a_reload_that_fails_after_the_swap_is_rolled_back(
     finally:
         taken.close()
         console.close()
+
+
+def test_a_reload_never_waits_for_a_client(
+    hostile_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A new socket server with wait=on would stop the running daemon until a client came."""
+    config, qmp_path = tmp_path / "c.toml", tmp_path / "qmp.sock"
+    monitor = f'"socket,id=qmp,path={qmp_path},server=on,wait=off"'
+    config.write_text(f'chardev = [{monitor}]\nmonitor = ["chardev=qmp"]\n')
+    d = hostile_daemon("--config", str(config))
+    waiting = f'"socket,id=w,path={tmp_path}/w.sock,server=on,wait=on"'
+    config.write_text(f'chardev = [{monitor}, {waiting}]\nmonitor = ["chardev=qmp"]\n')
+    reason = reload(d)
+    assert "reload failed, keeping the running configuration: " in reason
+    assert "'wait' cannot be true once the daemon runs" in reason
+    qmp = Qmp(qmp_path)
+    try:
+        assert "qemu" in qmp.cmd("query-version")
+        assert {c["label"] for c in qmp.cmd("query-chardev")} == {"qmp"}
+    finally:
+        qmp.close()

@@ -45,11 +45,11 @@ from typing import Any
 from ..address import InetAddress, UnixAddress
 from ..chardev import Chardev, ChardevError, ChardevRegistry, CommandChardev, FileChardev
 from ..chardev.socket import SocketChardev
-from ..qmp import QMPMonitor
+from ..qmp import QMPError, QMPMonitor
 from ..vhost_user import cli as vhost_cli
 from .cli import Config, ConfigError, MonitorSpec, RelaySpec, parse_args
 from .objects import ObjectSpec
-from .qmp_commands import EventWatcher, register_commands
+from .qmp_commands import EventWatcher, never_waits, register_commands
 from .relay import Relay
 
 __all__ = ["VERSION", "Daemon", "run"]
@@ -247,6 +247,10 @@ class Daemon:
             for id, spec in new.chardevs.items():
                 if id not in gone and id in self.registry:
                     continue  # kept as it runs
+                try:
+                    never_waits(spec)
+                except QMPError as exc:
+                    raise ConfigError(f"{new.origin[id]}: {exc}") from None
                 claims = _claims(spec)
                 kept = sorted(held[c] for c in claims if c in held and held[c] not in gone)
                 if kept:

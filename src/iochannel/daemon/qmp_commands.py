@@ -112,10 +112,10 @@ def register_commands(
 
     fmt = {"format": ("str", False)}
     for name, handler, params in (
-        ("chardev-add", lambda a: registry.chardev_add(_never_waits(a)), _BACKEND),
+        ("chardev-add", lambda a: registry.chardev_add(never_waits(a)), _BACKEND),
         (
             "chardev-change",
-            lambda a: _pty_reply(registry.change(a["id"], _never_waits(a)["backend"])),
+            lambda a: _pty_reply(registry.change(a["id"], never_waits(a)["backend"])),
             _BACKEND,
         ),
         ("chardev-remove", lambda a: registry.remove(a["id"]), _ID),
@@ -131,20 +131,20 @@ def register_commands(
         monitor.register(name, handler, params)
 
 
-def _never_waits(args: dict[str, Any]) -> dict[str, Any]:
-    """*args*, unless a socket server would wait for its first client.
+def never_waits(args: dict[str, Any]) -> dict[str, Any]:
+    """*args* (a chardev spec), unless a socket server would wait for its first client.
 
     Waiting blocks the daemon's loop (every monitor, viewer and signal) until
-    a client connects, so QMP refuses it; the server accepts clients on the
-    loop anyway.
+    a client connects, so a running daemon refuses it (QMP, a reload); the
+    server accepts clients on the loop anyway.
     """
     backend = args["backend"]
     data = backend.get("data")
     socket = backend.get("type") == "socket" and isinstance(data, dict)
     if socket and data.get("server", True) and data.get("wait") is True:
         raise QMPError(
-            "'wait' cannot be true in a command: waiting for a client would stop the "
-            "daemon; leave 'wait' false, the server accepts clients in the background"
+            "'wait' cannot be true once the daemon runs: waiting for a client would stop "
+            "the daemon; leave 'wait' false, the server accepts clients in the background"
         )
     return args
 
