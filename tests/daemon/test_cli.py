@@ -89,7 +89,7 @@ def test_options_in_qemu_syntax() -> None:
         (["--object", "tls-creds-x509,id=t,dir=/d,verify-peer=maybe"], "'verify-peer'"),
         (["--object", "tls-creds-x509,dir=/d"], "Parameter 'id' is missing"),
         (["--object", "tls-creds-x509,id=t,dir=/d,priority=NORMAL"], "'priority'"),
-        (["--blockdev", "driver=file,node-name=f,filename=x"], "at least one export"),
+        (["--blockdev", "driver=qcow2,node-name=f,file=x"], "Driver 'qcow2' is not supported"),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["-chardev"], "argument -chardev/--chardev: expected one argument"),
         (["-chardev", "command,id=c"], "Parameter 'cmd' is missing"),

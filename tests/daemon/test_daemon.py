@@ -119,10 +119,11 @@ def test_web_console_is_wired_to_the_hub_and_the_command(
     run(main)
 
 
-def test_hints_give_a_websocket_url_and_how_to_leave_socat(tmp_path: Path) -> None:
+def test_hints_name_the_console_client(tmp_path: Path) -> None:
     argv = [
         *("-chardev", "socket,id=w,host=127.0.0.1,port=0,server=on,wait=off,websocket=on"),
         *("-chardev", f"socket,id=u,path={tmp_path}/u.sock,server=on,wait=off"),
+        *("-chardev", "socket,id=t,host=127.0.0.1,port=0,server=on,wait=off,telnet=on"),
     ]
 
     async def main() -> None:
@@ -130,9 +131,10 @@ def test_hints_give_a_websocket_url_and_how_to_leave_socat(tmp_path: Path) -> No
         await daemon.start()
         try:
             port = port_of(daemon.registry.get("w"))
-            assert f"w: ws://127.0.0.1:{port}/" in daemon.endpoints()
-            unix = f"u: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:{tmp_path}/u.sock"
-            assert unix in daemon.endpoints()
+            assert f"w: iochannel console ws://127.0.0.1:{port}/" in daemon.endpoints()
+            assert f"u: iochannel console {tmp_path}/u.sock" in daemon.endpoints()
+            port = port_of(daemon.registry.get("t"))
+            assert f"t: iochannel console telnet://127.0.0.1:{port}" in daemon.endpoints()
         finally:
             await daemon.stop()
 

@@ -90,8 +90,8 @@ def test_qemu_console_reaches_every_viewer(guest: tuple[Path, Path], tmp_path: P
             while port is None:
                 line = (await asyncio.wait_for(daemon.stdout.readline(), 10)).decode()
                 assert line, "the daemon exited"
-                if line.strip().startswith("tel: telnet"):
-                    port = int(line.split()[-1])
+                if line.strip().startswith("tel: iochannel console telnet://"):
+                    port = int(line.strip().rsplit(":", 1)[-1])
             unix = Viewer(*await asyncio.open_unix_connection(str(view)))
             telnet = Viewer(*await asyncio.open_connection("127.0.0.1", port))
             qemu = await asyncio.create_subprocess_exec(

@@ -63,7 +63,7 @@ def test_a_viewer_ends_the_shell_everyone_is_told_and_a_new_one_comes(
     d = hostile_daemon(*argv)
     d.wait_log("web (ro):")
     log = d.log()
-    unix = re.search(r"unix: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:(\S+)", log)
+    unix = re.search(r"unix: iochannel console (\S+)", log)
     web = re.search(r"web \(rw\): http://(\S+)/\?token=(\S+)", log)
     assert unix and web, log
     qmp = Qmp(Path(unix[1]).with_name("qmp.sock"))

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from iochannel import UnixAddress
-from iochannel.vhost_user.blk import BlkDevice, open_image
+from iochannel.block import open_file
+from iochannel.vhost_user.blk import BlkDevice
 from iochannel.vhost_user.frontend import QEMU_SEALS, Frontend
 from iochannel.vhost_user.server import VhostUserServer
 
@@ -41,9 +42,9 @@ def _serve(
     if not image.exists():
         with open(image, "wb") as f:
             f.truncate(IMAGE_SIZE)
-    fd, size = open_image(str(image), writable)
+    node = open_file(str(image), read_only=not writable)
     dev = BlkDevice(
-        fd, size, writable=writable, num_queues=num_queues, logical_block_size=logical_block_size
+        node, writable=writable, num_queues=num_queues, logical_block_size=logical_block_size
     )
     sock = str(tmp_path / "vub.sock")
     server = VhostUserServer.listen(dev, UnixAddress(sock))
@@ -56,7 +57,7 @@ def _serve(
         server.close()
         thread.join()
         loop.close()
-        dev.close()
+        node.close()
 
 
 @pytest.fixture(params=[QEMU_SEALS, None], ids=["sealed", "unsealed"])

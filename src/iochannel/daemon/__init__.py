@@ -16,8 +16,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .cli import USAGE, Config, ConfigError, parse_args, wants_help
-from .daemon import Daemon, run
+from .cli import USAGE, Config, ConfigError, parse_args, trace_logging, wants_help
+from .daemon import VERSION, Daemon, run
 from .default import default_config
 from .relay import Relay
 
@@ -45,6 +45,10 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"iochannel: {exc}", file=sys.stderr)
         return 1
+    if config.version:
+        print("iochannel {}.{}.{} (qemu-storage-daemon 7.2 options)".format(*VERSION))
+        return 0
+    trace_logging(config.trace)
     if config.check_only:
         print(config.describe(), end="")
         return 0

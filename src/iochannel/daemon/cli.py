@@ -11,8 +11,8 @@ parser:
 * ``--monitor [chardev=]ID[,mode=control]`` — a QMP monitor (qemu-storage-daemon's);
 * ``--web [ADDR]`` or ``--web [addr=]HOST:PORT,hub=H,rw-token=…,ro-token=…,tls-creds=ID,
   allowed-origins=ORIGIN`` (or a list, ``allowed-origins.0=O,allowed-origins.1=O``);
-* ``--blockdev``/``--export`` — :mod:`iochannel.vhost_user.cli`;
-* ``--pidfile FILE``, ``--daemonize``, ``--check``.
+* ``--blockdev``/``--export`` and ``--object iothread`` — :mod:`iochannel.vhost_user.cli`;
+* ``--pidfile FILE``, ``--daemonize``, ``--check``, ``-T``/``--trace``, ``-V``/``--version``.
 
 In TOML every option is a top-level key; a value is a string in command-line
 syntax, a table (keys as on the command line; ``true``/``false`` become
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import shlex
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,7 +47,7 @@ from ..chardev import ChardevError, parse_chardev
 from ..chardev.options import parse_bool
 from ..chardev.registry import check_buildable
 from ..vhost_user.cli import UsageError
-from ..vhost_user.cli import parse_args as parse_exports
+from ..vhost_user.cli import check as check_storage
 from .objects import ObjectSpec, parse_object
 
 __all__ = [
@@ -116,6 +117,10 @@ class Config:
     pidfile: str | None = None
     daemonize: bool = False
     check_only: bool = False
+    #: ``-T``/``--trace`` values (see :func:`trace_logging`).
+    trace: list[str] = dataclasses.field(default_factory=list)
+    #: ``-V``/``--version``: print the version and exit.
+    version: bool = False
     config_file: str | None = None
     #: The command line without ``--config``'s file contents (re-read on reload).
     argv: list[str] = dataclasses.field(default_factory=list)
@@ -129,6 +134,8 @@ class Config:
         try:
             if option == "-chardev":
                 self._add_chardev(parse_chardev(text), where)
+            elif option == "--object" and _is_iothread(text):
+                self.storage += [option, text]  # the storage layer's object
             elif option == "--object":
                 obj = parse_object(text)
                 self._unique(self.objects, obj.id)
@@ -217,9 +224,13 @@ class Config:
             self._check_web(self.web)
         if self.storage:
             try:
-                parse_exports(self.storage)
+                check_storage(self.storage_items())
             except UsageError as exc:
                 raise ConfigError(str(exc)) from None
+
+    def storage_items(self) -> list[tuple[str, str]]:
+        """The storage options (``--blockdev``, ``--export``, ``--object iothread``) in order."""
+        return list(zip(self.storage[::2], self.storage[1::2], strict=True))
 
     def _check_web(self, web: WebSpec) -> None:
         hub = self.web_hub()
@@ -315,6 +326,35 @@ def _pairs(text: str, keys: Iterable[str], implied: str | None = None) -> dict[s
         if key not in keys:
             raise ConfigError(f"Invalid parameter '{key}'")
     return pairs
+
+
+def _is_iothread(text: str) -> bool:
+    first = keyval.split(text, implied="qom-type", short_booleans=False)[:1]
+    return first == [("qom-type", "iothread")]
+
+
+def _trace_spec(text: str) -> tuple[str, str | None]:
+    p = _pairs(text, ("enable", "events", "file"), implied="enable")
+    if "events" in p:
+        raise ConfigError(f"-T {text}: 'events' files are not supported; give patterns with -T")
+    return p.get("enable", "*"), p.get("file")
+
+
+def trace_logging(specs: Sequence[str]) -> None:
+    """Map qemu-storage-daemon's ``-T [enable=]PATTERN[,file=F]`` onto logging.
+
+    QEMU's trace events do not exist here; any ``-T`` turns on debug logging
+    of the storage loggers (``iochannel.block``, ``iochannel.vhost_user``),
+    written to ``file`` if given, else to stderr.
+    """
+    for text in specs:
+        _, path = _trace_spec(text)
+        handler = logging.FileHandler(path) if path else logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        for name in ("iochannel.block", "iochannel.vhost_user"):
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.DEBUG)
+            logger.addHandler(handler)
 
 
 def _relay(text: str, index: int) -> RelaySpec:
@@ -465,6 +505,8 @@ def _parser() -> _Parser:
     p.add_argument("--pidfile", metavar="FILE")
     p.add_argument("--daemonize", action="store_true")
     p.add_argument("--check", action="store_true")
+    p.add_argument("-T", "--trace", action="append", default=[], metavar="[enable=]PATTERN")
+    p.add_argument("-V", "--version", action="store_true")
     p.add_argument("-h", "--help", action="store_true")
     return p
 
@@ -473,19 +515,21 @@ USAGE = """\
 usage: iochannel [-chardev OPTS]... [--object TYPE,id=ID,...]...
                  [--relay chardev=A,peer=B[,id=R]]... [--monitor chardev=ID]... [--web [ADDR]]
                  [--blockdev OPTS --export OPTS]...
-                 [--config FILE] [--pidfile FILE] [--daemonize] [--check]
+                 [--config FILE] [--pidfile FILE] [--daemonize] [--check] [-T PATTERN] [-V]
        iochannel                 (no arguments: the built-in demo console)
 
   -chardev OPTS        a chardev, in QEMU's -chardev syntax (also the 'command' backend)
-  --object OPTS        tls-creds-x509, tls-creds-psk, authz-simple or authz-list, QEMU's syntax
+  --object OPTS        iothread, tls-creds-x509, tls-creds-psk, authz-simple or authz-list
   --relay OPTS         make chardevs A and B each other's frontend
   --monitor OPTS       a QMP monitor on a chardev
   --web [ADDR]         the web console of a hub ([HOST:]PORT, or hub=H,addr=...,rw-token=...)
-  --blockdev/--export  vhost-user-blk exports, qemu-storage-daemon's syntax
+  --blockdev/--export  block nodes and vhost-user-blk exports, qemu-storage-daemon's syntax
   --config FILE        read options from a TOML file (SIGHUP reloads it)
   --pidfile FILE       write the pid once ready; removed on exit
   --daemonize          detach once ready
   --check              validate, print the resulting graph, and exit
+  -T, --trace PATTERN  debug logging of the storage layer ([enable=]PATTERN[,file=F])
+  -V, --version        print the version and exit
 """
 
 
@@ -508,5 +552,9 @@ def parse_args(argv: Sequence[str]) -> Config:
     config.pidfile = ns.pidfile or config.pidfile
     config.daemonize = ns.daemonize or config.daemonize
     config.check_only = ns.check
+    config.version = ns.version
+    config.trace = ns.trace
+    for text in ns.trace:
+        _trace_spec(text)
     config.check()
     return config

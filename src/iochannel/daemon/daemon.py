@@ -43,13 +43,19 @@ from collections.abc import Callable
 from typing import Any
 
 from ..address import InetAddress, UnixAddress
+from ..block.storage import Storage
 from ..chardev import Chardev, ChardevError, ChardevRegistry, CommandChardev, FileChardev
 from ..chardev.socket import SocketChardev
 from ..qmp import QMPError, QMPMonitor
 from ..vhost_user import cli as vhost_cli
 from .cli import Config, ConfigError, MonitorSpec, RelaySpec, parse_args
 from .objects import ObjectSpec
-from .qmp_commands import EventWatcher, never_waits, register_commands
+from .qmp_commands import (
+    EventWatcher,
+    never_waits,
+    register_commands,
+    register_storage_commands,
+)
 from .relay import Relay
 
 __all__ = ["VERSION", "Daemon", "run"]
@@ -71,7 +77,7 @@ class Daemon:
         self.relays: dict[str, Relay] = {}
         self.monitors: dict[str, QMPMonitor] = {}
         self.web: Any = None
-        self._exports: list[tuple[Any, asyncio.Task[None]]] = []
+        self.storage = Storage(emit=self._emit)
         self._watcher = EventWatcher(self.registry, self._emit)
         self.stopped = asyncio.Event()
 
@@ -144,6 +150,7 @@ class Daemon:
             on_quit=self.request_stop,
         )
         register_commands(mon, self.registry, self.relays.values)
+        register_storage_commands(mon, self.storage)
         self.monitors[m.id] = mon
 
     async def _add_web(self, config: Config) -> None:
@@ -178,18 +185,11 @@ class Daemon:
         self.web = console
 
     def _start_exports(self, config: Config) -> None:
-        if not config.storage:
-            return
-        try:
-            exports, _ = vhost_cli.parse_args(config.storage)
-        except vhost_cli.UsageError as exc:
-            raise ConfigError(str(exc)) from None
-        for exp in exports:
+        for option, text in config.storage_items():
             try:
-                server = vhost_cli.open_export(exp)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"--export id={exp.name}: {exc}") from exc
-            self._exports.append((server, self.loop.create_task(server.serve())))
+                vhost_cli.apply(self.storage, option, text)
+            except vhost_cli.UsageError as exc:
+                raise ConfigError(str(exc)) from None
 
     # ---- reloading ----------------------------------------------------------------------
 
@@ -319,14 +319,7 @@ class Daemon:
         self._watcher.close()
         if self.web is not None:
             self._close_web()
-        for server, task in self._exports:
-            server.close()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            backend = server.backend
-            if hasattr(backend, "close"):
-                backend.close()
-        self._exports.clear()
+        await self.storage.close()
         for mon in self.monitors.values():
             mon.close()
         self.monitors.clear()
@@ -365,15 +358,17 @@ def _client_hint(addr: Any, chr: SocketChardev, qmp: bool) -> str:
     if isinstance(addr, UnixAddress):
         if qmp:
             return f"qmp-shell {addr.path}   (or: socat - UNIX-CONNECT:{addr.path})"
-        # A raw terminal passes Ctrl-C and Ctrl-D on; Ctrl-] (0x1d) leaves socat.
-        return f"socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:{addr.path}"
+        # A raw terminal passes Ctrl-C and Ctrl-D on; Ctrl-] leaves the client.
+        path = addr.path if "/" in addr.path or ":" not in addr.path else f"unix:{addr.path}"
+        return f"iochannel console {path}"
     if isinstance(addr, InetAddress):
+        host = f"[{addr.host}]" if ":" in addr.host else addr.host
         if chr.setup.websocket:
-            host = f"[{addr.host}]" if ":" in addr.host else addr.host
-            scheme = "wss" if chr.setup.tls_creds is not None else "ws"
-            return f"{scheme}://{host}:{addr.port}/"
-        tool = "telnet" if chr.setup.telnet else "nc"
-        return f"{tool} {addr.host} {addr.port}"
+            if chr.setup.tls_creds is not None:
+                return f"wss://{host}:{addr.port}/"
+            return f"iochannel console ws://{host}:{addr.port}/"
+        scheme = "telnet://" if chr.setup.telnet else ""
+        return f"iochannel console {scheme}{host}:{addr.port}"
     return str(addr)
 
 

@@ -40,7 +40,7 @@ __all__ = ["default_config"]
 BANNER = """\
 iochannel: a shell on a pty, shared by every viewer below (Ctrl-C here stops it all).
 The log is {log}
-Connect with (Ctrl-] leaves socat; the shell restarts when it exits):
+Connect with (Ctrl-] leaves iochannel console; the shell restarts when it exits):
 """
 
 

@@ -13,6 +13,13 @@ Commands (QEMU's names, arguments and replies):
 ``ringbuf-read``           ``{"device", "size", "format"?}`` → the data
 =========================  ==========================================================
 
+Storage commands (:func:`register_storage_commands`, qemu-storage-daemon's
+names, arguments and error texts; see ``docs/storage.md``): ``blockdev-add``,
+``blockdev-del``, ``block-export-add``, ``block-export-del``,
+``query-block-exports``, ``query-named-block-nodes``, ``object-add`` /
+``object-del`` (``iothread``), and the event ``BLOCK_EXPORT_DELETED``
+``{"id"}``.
+
 plus the monitor's own ``qmp_capabilities``, ``query-commands``,
 ``query-version`` and ``quit``.  Our additions:
 
@@ -50,12 +57,14 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..block.options import BlockError
+from ..block.storage import Storage
 from ..chardev import Chardev, ChardevRegistry, HubChardev
 from ..chardev.events import observe_changes
 from ..qmp import QMPError, QMPMonitor
 from .relay import Relay
 
-__all__ = ["EventWatcher", "register_commands"]
+__all__ = ["EventWatcher", "register_commands", "register_storage_commands"]
 
 
 _ID = {"id": ("str", True)}
@@ -129,6 +138,63 @@ def register_commands(
         ("query-relays", lambda a: [r.query() for r in relays()], {}),
     ):
         monitor.register(name, handler, params)
+
+
+def register_storage_commands(monitor: QMPMonitor, storage: Storage) -> None:
+    """Add the storage commands (module docstring) to *monitor*."""
+
+    def guarded(call: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+        async def run(args: dict[str, Any]) -> Any:
+            try:
+                result = call(args)
+                if asyncio.iscoroutine(result):
+                    result = await result
+            except BlockError as exc:
+                raise QMPError(str(exc)) from None
+            return {} if result is None else result
+
+        return run
+
+    def object_add(args: dict[str, Any]) -> None:
+        args = dict(args)
+        kind = args.pop("qom-type", None)
+        if kind is None:
+            raise BlockError("Parameter 'qom-type' is missing")
+        if kind != "iothread":
+            raise BlockError(f"Invalid object type '{kind}' (supported here: iothread)")
+        storage.iothread_add(args, typed=True)
+
+    def blockdev_add(args: dict[str, Any]) -> None:
+        storage.blockdev_add(args, typed=True)
+
+    def export_add(args: dict[str, Any]) -> None:
+        storage.export_add(args, typed=True)
+
+    commands: list[tuple[str, Callable[[dict[str, Any]], Any], dict[str, Any] | None]] = [
+        # Driver-specific members: checked by the block layer, not the monitor.
+        ("blockdev-add", blockdev_add, None),
+        (
+            "blockdev-del",
+            lambda a: storage.blockdev_del(a["node-name"]),
+            {"node-name": ("str", True)},
+        ),
+        ("block-export-add", export_add, None),
+        (
+            "block-export-del",
+            lambda a: storage.export_del(a["id"]),
+            {"id": ("str", True), "mode": ("str", False)},
+        ),
+        ("query-block-exports", lambda a: storage.query_block_exports(), {}),
+        (
+            "query-named-block-nodes",
+            lambda a: storage.query_named_block_nodes(),
+            {"flat": ("bool", False)},
+        ),
+        ("object-add", object_add, None),
+        ("object-del", lambda a: storage.iothread_del(a["id"]), _ID),
+    ]
+    for name, handler, params in commands:
+        monitor.register(name, guarded(handler), params)
 
 
 def never_waits(args: dict[str, Any]) -> dict[str, Any]:

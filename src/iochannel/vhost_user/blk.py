@@ -1,11 +1,11 @@
-"""vhost-user-blk: a virtio block device backed by a raw image file.
+"""vhost-user-blk: a virtio block device backed by a block node.
 
 Contract:
 
 * :class:`BlkDevice` serves IN, OUT, FLUSH, GET_ID, DISCARD and WRITE_ZEROES
-  requests on an open image fd, straight between the file and guest memory
-  (``os.preadv``/``os.pwritev`` on ``memoryview`` chunks, no copy when guest
-  memory is mapped).  Each queue
+  requests on a :class:`~iochannel.block.BlockNode`, handing it guest memory
+  as ``memoryview`` chunks (for a ``file`` node, ``os.preadv``/``os.pwritev``
+  straight between the file and guest memory, no copy).  Each queue
   has its own worker thread; the GIL is released during the system calls.
 * Every request is completed with a status byte, which goes to the last byte
   of the last device-writable buffer: OK, IOERR (bad range, write to a
@@ -14,25 +14,22 @@ Contract:
   byte at all cannot carry a status; it is returned with length 0.
 * The config space follows ``struct virtio_blk_config``; SET_CONFIG may only
   change the write-cache mode (``wce``).  With ``wce = 0`` (write-through)
-  every write is followed by ``fdatasync``.
-* The device owns the image fd; :meth:`BlkDevice.close` closes it.
+  every write is followed by a flush of the node.
+* The node belongs to its graph: the device never closes it.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
 import logging
-import os
 import struct
 import threading
 
+from ..block.nodes import BlockNode
 from .device import DeviceError, VhostUserBackend
 from .protocol import ProtocolFeature
 from .virtqueue import DescriptorChain, Virtqueue
 
-__all__ = ["BlkDevice", "open_image"]
+__all__ = ["BlkDevice"]
 
 log = logging.getLogger(__name__)
 
@@ -75,33 +72,6 @@ _DWZ = struct.Struct("<QII")
 _CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
 assert _CONFIG.size == 60
 
-_FALLOC_FL_KEEP_SIZE = 1
-_FALLOC_FL_PUNCH_HOLE = 2
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-
-
-def _punch_hole(fd: int, offset: int, length: int) -> bool:
-    """Deallocate a range so it reads as zeros; False if the file system can't."""
-    flags = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-    if _libc.fallocate(fd, flags, offset, length) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENODEV):
-        return False
-    raise OSError(err, os.strerror(err))
-
-
-def open_image(path: str, writable: bool) -> tuple[int, int]:
-    """Open a raw image; return ``(fd, size in bytes)``."""
-    fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
-    try:
-        size = os.lseek(fd, 0, os.SEEK_END)  # also right for block devices
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, size
-
 
 def _take(chunks: list[memoryview], n: int) -> tuple[bytes, list[memoryview]]:
     """Split the first *n* bytes (copied) from *chunks*; return them and the rest."""
@@ -136,8 +106,7 @@ class BlkDevice(VhostUserBackend):
 
     def __init__(
         self,
-        fd: int,
-        size: int,
+        node: BlockNode,
         *,
         writable: bool,
         num_queues: int = 1,
@@ -149,17 +118,14 @@ class BlkDevice(VhostUserBackend):
         lbs = logical_block_size
         if lbs < SECTOR or lbs > 1 << 21 or lbs & (lbs - 1):
             raise ValueError(f"logical-block-size must be a power of two ≥ 512, not {lbs}")
-        self.fd = fd
-        self.sectors = size // SECTOR
+        self.node = node
+        self.sectors = node.size() // SECTOR
         self.writable = writable
         self.num_queues = num_queues
         self.block_size = lbs
         self.serial = serial.encode()[:ID_BYTES]
         self.wce = True
         self._wce_lock = threading.Lock()
-
-    def close(self) -> None:
-        os.close(self.fd)
 
     # ---- negotiation ----
 
@@ -271,7 +237,7 @@ class BlkDevice(VhostUserBackend):
             return S_OK, 0
         if rtype == T_FLUSH:
             if self.writable:
-                os.fdatasync(self.fd)
+                self.node.flush()
             return S_OK, 0
         if rtype == T_GET_ID:
             n = min(_total(data_in), ID_BYTES)
@@ -291,7 +257,7 @@ class BlkDevice(VhostUserBackend):
     def _read(self, bufs: list[memoryview], offset: int, size: int) -> int:
         done = 0
         while done < size:
-            n = os.preadv(self.fd, bufs, offset + done)
+            n = self.node.preadv(bufs, offset + done)
             if n == 0:  # image shrank under us: the rest reads as zeros
                 for b in bufs:
                     b[:] = bytes(len(b))
@@ -303,13 +269,13 @@ class BlkDevice(VhostUserBackend):
     def _write(self, bufs: list[memoryview], offset: int, size: int) -> None:
         done = 0
         while done < size:
-            n = os.pwritev(self.fd, bufs, offset + done)
+            n = self.node.pwritev(bufs, offset + done)
             done += n
             bufs = _take(bufs, n)[1] if done < size else []
         with self._wce_lock:
             write_through = not self.wce
         if write_through:
-            os.fdatasync(self.fd)
+            self.node.flush()
 
     def _discard_write_zeroes(self, rtype: int, data_out: list[memoryview]) -> int:
         if _total(data_out) != _DWZ.size:
@@ -322,9 +288,7 @@ class BlkDevice(VhostUserBackend):
             return S_IOERR
         offset, length = sector * SECTOR, num * SECTOR
         if rtype == T_DISCARD:
-            # Discard is a hint: a file system without hole punching keeps the data.
-            _punch_hole(self.fd, offset, length)
-            return S_OK
-        if not (unmap and _punch_hole(self.fd, offset, length)):
-            self._write([memoryview(bytes(length))], offset, length)
+            self.node.discard(offset, length)
+        else:
+            self.node.write_zeroes(offset, length, unmap)
         return S_OK

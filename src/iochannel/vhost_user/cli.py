@@ -4,24 +4,24 @@ Contract:
 
 * :func:`main` takes the arguments after the program name, for example::
 
+      --object iothread,id=io0
       --blockdev driver=file,node-name=file0,filename=disk.img
       --blockdev driver=raw,node-name=disk0,file=file0
-      --export type=vhost-user-blk,id=exp0,node-name=disk0,
+      --export type=vhost-user-blk,id=exp0,node-name=disk0,iothread=io0,
                addr.type=unix,addr.path=vub.sock,writable=on,num-queues=2
 
   serves every export until SIGTERM or SIGINT, then disconnects the
   front-ends cleanly and returns 0.  Bad usage prints an error naming the
   option and returns 1 without serving anything.
+* Options run left to right, as qemu-storage-daemon runs them: a node or
+  iothread must be defined before what uses it.
 * Option values use QEMU's keyval syntax (:func:`parse_keyval`): ``key=value``
   pairs separated by ``,``, a literal comma written ``,,``, dotted keys for
-  nested objects (``addr.path``); a value starting with ``{`` is JSON.
-* Supported: ``--blockdev`` drivers ``file`` (``filename``, ``read-only``, and
-  accepted-but-ignored host cache options) and ``raw`` (``file`` as a node
-  name or nested ``file.*``); ``--export type=vhost-user-blk`` with ``id``,
-  ``node-name``, ``addr.type=unix|fd``, ``addr.path`` / ``addr.str``,
-  ``writable``, ``writethrough``, ``num-queues``, ``logical-block-size``,
-  ``serial`` and ``iothread`` (accepted; every queue has its own thread
-  anyway); ``--pidfile``.
+  nested objects (``addr.path``), the first key's name implied (``driver``,
+  ``type``, ``qom-type``); a value starting with ``{`` is JSON.
+* ``--blockdev``, ``--export`` and ``--object iothread`` are those of
+  :class:`~iochannel.block.storage.Storage` (see ``docs/storage.md``);
+  ``--pidfile``.
 """
 
 from __future__ import annotations
@@ -34,19 +34,17 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from .. import keyval
-from ..address import Address, FdAddress, UnixAddress
-from .blk import BlkDevice, open_image
-from .server import VhostUserServer
+from ..block.options import BlockError
+from ..block.storage import Storage
 
 __all__ = [
-    "Export",
+    "STORAGE_OPTIONS",
     "UsageError",
+    "apply",
     "main",
-    "open_export",
     "parse_args",
     "parse_keyval",
     "write_pidfile",
@@ -56,13 +54,16 @@ log = logging.getLogger(__name__)
 
 Tree = dict[str, Any]
 
+#: Each storage option and the key its value's first item may leave implied.
+STORAGE_OPTIONS = {"--blockdev": "driver", "--export": "type", "--object": "qom-type"}
+
 
 class UsageError(Exception):
     """A command-line error; the message names the option."""
 
 
-def parse_keyval(text: str, option: str) -> Tree:
-    """Parse ``a=b,c.d=e`` (or JSON) into nested dicts of strings."""
+def parse_keyval(text: str, option: str, implied: str | None = None) -> Tree:
+    """Parse ``a=b,c.d=e`` (or JSON) into nested dicts (strings, or JSON's types)."""
     if text.lstrip().startswith("{"):
         try:
             value = json.loads(text)
@@ -70,156 +71,41 @@ def parse_keyval(text: str, option: str) -> Tree:
             raise UsageError(f"{option}: invalid JSON: {exc}") from None
         if not isinstance(value, dict):
             raise UsageError(f"{option}: JSON value must be an object")
-        return {k: _stringify(v) for k, v in value.items()}
+        return value
     try:
-        return keyval.to_tree(keyval.split(text, short_booleans=False))
+        return keyval.to_tree(keyval.split(text, implied=implied, short_booleans=False))
     except keyval.KeyvalError as exc:
         raise UsageError(f"{option}: {exc}") from None
 
 
-def _stringify(v: object) -> Any:
-    if isinstance(v, dict):
-        return {k: _stringify(x) for k, x in v.items()}
-    if isinstance(v, bool):
-        return "on" if v else "off"
-    return str(v)
-
-
-def _bool(opts: Tree, key: str, option: str, default: bool) -> bool:
-    value = opts.pop(key, None)
-    if value is None:
-        return default
-    if value in ("on", "yes", "true"):
-        return True
-    if value in ("off", "no", "false"):
-        return False
-    raise UsageError(f"{option}: '{key}' expects 'on' or 'off', not '{value}'")
-
-
-def _int(opts: Tree, key: str, option: str, default: int) -> int:
-    value = opts.pop(key, None)
-    if value is None:
-        return default
+def apply(storage: Storage, option: str, text: str) -> None:
+    """Carry out one storage option on *storage*; errors name the option."""
+    tree = parse_keyval(text, option, STORAGE_OPTIONS[option])
+    # JSON values are typed as in QMP; keyval values are all strings.
+    typed = text.lstrip().startswith("{")
     try:
-        return int(value, 0)
-    except (TypeError, ValueError):
-        raise UsageError(f"{option}: '{key}' expects an integer, not '{value}'") from None
-
-
-def _str(opts: Tree, key: str, option: str) -> str:
-    value = opts.pop(key, None)
-    if not isinstance(value, str) or not value:
-        raise UsageError(f"{option}: parameter '{key}' is missing")
-    return value
-
-
-def _no_more(opts: Tree, option: str) -> None:
-    if opts:
-        raise UsageError(f"{option}: invalid parameter '{sorted(opts)[0]}'")
-
-
-# Host cache and locking knobs of the file driver; scripts pass them, the
-# export has no use for them.
-_IGNORED_FILE_OPTS = ("aio", "locking", "cache", "discard", "detect-zeroes", "auto-read-only")
-
-
-@dataclass
-class _Node:
-    filename: str
-    read_only: bool
-
-
-def _blockdev(opts: Tree, nodes: dict[str, _Node], option: str) -> _Node:
-    driver = _str(opts, "driver", option)
-    name = opts.pop("node-name", None)
-    read_only = _bool(opts, "read-only", option, False)
-    if driver == "file":
-        node = _Node(_str(opts, "filename", option), read_only)
-        for key in _IGNORED_FILE_OPTS:
-            opts.pop(key, None)
-    elif driver == "raw":
-        child = opts.pop("file", None)
-        if isinstance(child, dict):
-            base = _blockdev(child, nodes, f"{option} file")
-        elif isinstance(child, str) and child in nodes:
-            base = nodes[child]
-        elif child is None:
-            raise UsageError(f"{option}: parameter 'file' is missing")
+        if option == "--blockdev":
+            storage.blockdev_add(tree, typed=typed)
+        elif option == "--export":
+            storage.export_add(tree, typed=typed)
         else:
-            raise UsageError(f"{option}: 'file': no node named '{child}'")
-        node = _Node(base.filename, base.read_only or read_only)
-    else:
-        raise UsageError(f"{option}: driver '{driver}' is not supported (use file or raw)")
-    _no_more(opts, option)
-    if isinstance(name, str):
-        if name in nodes:
-            raise UsageError(f"{option}: duplicate node name '{name}'")
-        nodes[name] = node
-    return node
+            kind = tree.pop("qom-type", None)
+            if kind != "iothread":
+                raise BlockError(f"Invalid object type '{kind}' (supported here: iothread)")
+            storage.iothread_add(tree, typed=typed)
+    except BlockError as exc:
+        raise UsageError(f"{option} {text}: {exc}") from None
 
 
-@dataclass
-class Export:
-    node: _Node
-    addr: Address
-    writable: bool
-    writethrough: bool
-    num_queues: int
-    logical_block_size: int
-    serial: str
-    name: str
-
-
-def _export(opts: Tree, nodes: dict[str, _Node], option: str) -> Export:
-    kind = _str(opts, "type", option)
-    if kind != "vhost-user-blk":
-        raise UsageError(f"{option}: export type '{kind}' is not supported")
-    ident = _str(opts, "id", option)
-    node_name = _str(opts, "node-name", option)
-    if node_name not in nodes:
-        raise UsageError(f"{option}: 'node-name': no node named '{node_name}'")
-    addr_opts = opts.pop("addr", None)
-    if not isinstance(addr_opts, dict):
-        raise UsageError(f"{option}: parameter 'addr' is missing")
-    addr_type = _str(addr_opts, "type", f"{option} addr")
-    addr: Address
-    if addr_type == "unix":
-        addr = UnixAddress(_str(addr_opts, "path", f"{option} addr"))
-    elif addr_type == "fd":
-        addr = FdAddress(_int(addr_opts, "str", f"{option} addr", -1))
-    else:
-        raise UsageError(f"{option}: 'addr.type' must be unix or fd, not '{addr_type}'")
-    _no_more(addr_opts, f"{option} addr")
-    opts.pop("iothread", None)
-    opts.pop("fixed-iothread", None)
-    exp = Export(
-        node=nodes[node_name],
-        addr=addr,
-        writable=_bool(opts, "writable", option, False),
-        writethrough=_bool(opts, "writethrough", option, False),
-        num_queues=_int(opts, "num-queues", option, 1),
-        logical_block_size=_int(opts, "logical-block-size", option, 512),
-        serial=opts.pop("serial", "vhost_user_blk"),
-        name=ident,
-    )
-    _no_more(opts, option)
-    if exp.writable and exp.node.read_only:
-        raise UsageError(f"{option}: 'writable': node '{node_name}' is read-only")
-    if not 1 <= exp.num_queues <= 1024:
-        raise UsageError(f"{option}: 'num-queues' must be in 1..1024")
-    return exp
-
-
-def parse_args(argv: Sequence[str]) -> tuple[list[Export], str | None]:
-    """Parse the command line into exports (and a pid file)."""
-    nodes: dict[str, _Node] = {}
-    exports: list[Export] = []
+def parse_args(argv: Sequence[str]) -> tuple[list[tuple[str, str]], str | None]:
+    """Check the command line; return its storage options in order, and the pid file."""
+    items: list[tuple[str, str]] = []
     pidfile: str | None = None
     args = list(argv)
     while args:
         arg = args.pop(0)
         name, eq, inline = arg.partition("=")
-        if name not in ("--blockdev", "--export", "--pidfile"):
+        if name not in (*STORAGE_OPTIONS, "--pidfile"):
             raise UsageError(f"{arg}: unknown option")
         if eq:
             value = inline
@@ -229,32 +115,19 @@ def parse_args(argv: Sequence[str]) -> tuple[list[Export], str | None]:
             raise UsageError(f"{name}: missing argument")
         if name == "--pidfile":
             pidfile = value
-        elif name == "--blockdev":
-            _blockdev(parse_keyval(value, name), nodes, name)
         else:
-            exports.append(_export(parse_keyval(value, name), nodes, name))
-    if not exports:
+            items.append((name, value))
+    check(items)
+    if not any(option == "--export" for option, _ in items):
         raise UsageError("--export: at least one export is needed")
-    return exports, pidfile
+    return items, pidfile
 
 
-def open_export(exp: Export) -> VhostUserServer:
-    """Open the image of *exp* and start listening for its front-end."""
-    fd, size = open_image(exp.node.filename, exp.writable)
-    try:
-        dev = BlkDevice(
-            fd,
-            size,
-            writable=exp.writable,
-            num_queues=exp.num_queues,
-            logical_block_size=exp.logical_block_size,
-            serial=exp.serial,
-        )
-        dev.wce = not exp.writethrough
-        return VhostUserServer.listen(dev, exp.addr, name=exp.name)
-    except BaseException:
-        os.close(fd)
-        raise
+def check(items: Sequence[tuple[str, str]]) -> None:
+    """Check storage options without opening anything; raise :class:`UsageError`."""
+    dry = Storage(dry=True)
+    for option, text in items:
+        apply(dry, option, text)
 
 
 def write_pidfile(path: str) -> None:
@@ -274,36 +147,25 @@ def write_pidfile(path: str) -> None:
         raise
 
 
-async def _serve(exports: list[Export], pidfile: str | None) -> None:
-    servers: list[VhostUserServer] = []
+async def _serve(items: list[tuple[str, str]], pidfile: str | None) -> None:
+    storage = Storage()
     try:
-        for exp in exports:
-            try:
-                servers.append(open_export(exp))
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"--export id={exp.name}: {exc}") from exc
+        for option, text in items:
+            apply(storage, option, text)
         if pidfile is not None:
             # Written once every export listens, so it also signals readiness.
             write_pidfile(pidfile)
         loop = asyncio.get_running_loop()
-
-        def stop() -> None:
-            for s in servers:
-                s.close()
-
+        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop)
+            loop.add_signal_handler(sig, stop.set)
         try:
-            await asyncio.gather(*(s.serve() for s in servers))
+            await stop.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
     finally:
-        for s in servers:
-            s.close()
-            dev = s.backend
-            if isinstance(dev, BlkDevice):
-                dev.close()
+        await storage.close()
 
 
 def main(argv: Sequence[str]) -> int:
@@ -311,9 +173,9 @@ def main(argv: Sequence[str]) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
-        exports, pidfile = parse_args(argv)
+        items, pidfile = parse_args(argv)
         try:
-            asyncio.run(_serve(exports, pidfile))
+            asyncio.run(_serve(items, pidfile))
         finally:
             if pidfile is not None and os.path.exists(pidfile):
                 os.unlink(pidfile)

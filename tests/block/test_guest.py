@@ -1,0 +1,78 @@
+"""A TCG guest boots against a vhost-user-blk export added over QMP on an iothread."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.block.test_process import _qmp, _wait
+from tests.vhost_user.guest import Guest, build_initrd
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = r"""
+echo "SIZE:$(cat /sys/block/vda/size)"
+echo "MAGIC:$(dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | head -c 16)"
+echo GUEST-WROTE-THIS-0123456789 > /tmp/pat
+dd if=/tmp/pat of=/dev/vda bs=512 seek=8 conv=sync,fsync 2>/dev/null && echo WRITE-OK
+echo "READBACK:$(dd if=/dev/vda bs=512 skip=8 count=1 iflag=direct 2>/dev/null | head -c 27)"
+"""
+
+
+def test_guest_on_export_added_over_qmp(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+        f.write(b"HOST-MAGIC-01234")
+    sock, qmp = tmp_path / "vub.sock", tmp_path / "qmp.sock"
+    argv = [
+        "--object", "iothread,id=io0",
+        "--blockdev", f"driver=file,node-name=file0,filename={image}",
+        "--chardev", f"socket,id=m,path={qmp},server=on,wait=off",
+        "--monitor", "chardev=m",
+        "--pidfile", str(tmp_path / "pid"),
+    ]  # fmt: skip
+    log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-m", "iochannel", *argv], stderr=log)
+    try:
+        _wait(tmp_path / "pid", proc)
+        export = {
+            "type": "vhost-user-blk",
+            "id": "exp0",
+            "node-name": "file0",
+            "addr": {"type": "unix", "path": str(sock)},
+            "writable": True,
+            "num-queues": 2,
+            "iothread": "io0",
+        }
+        added = _qmp(
+            qmp,
+            ("blockdev-add", {"driver": "raw", "node-name": "disk0", "file": "file0"}),
+            ("block-export-add", {**export, "node-name": "disk0"}),
+        )
+        assert added == [{"return": {}}, {"return": {}}]
+        kernel, initrd = build_initrd(tmp_path, SCRIPT)
+        guest = Guest(kernel, initrd, str(sock), num_queues=2)
+        try:
+            assert guest.expect(r"SIZE:(\d+)").group(1) == str((64 << 20) // 512)
+            assert guest.expect(r"MAGIC:(.*)").group(1) == "HOST-MAGIC-01234"
+            guest.expect("WRITE-OK")
+            assert guest.expect(r"READBACK:(.*)").group(1) == "GUEST-WROTE-THIS-0123456789"
+            guest.expect("GUEST-END")
+            assert guest.wait() == 0
+        finally:
+            guest.close()
+        (deleted,) = _qmp(qmp, ("block-export-del", {"id": "exp0"}))
+        assert deleted == {"return": {}}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert image.read_bytes()[8 * 512 : 8 * 512 + 27] == b"GUEST-WROTE-THIS-0123456789"
