@@ -27,7 +27,7 @@ import shlex
 import string
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Generic, overload
+from typing import Any, Generic, Self, overload
 
 from .address import Address, parse_address
 from .channel import Channel
@@ -156,6 +156,21 @@ class _ConsoleBase(Generic[AnyText]):
         """The result of the last successful expect."""
         self._buffer = bytearray(_READ_SIZE)
 
+    @classmethod
+    def spawn(
+        cls,
+        argv: Sequence[str],
+        *,
+        rows: int = 24,
+        cols: int = 80,
+        env: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Self:
+        """Run *argv* on a new pty of *rows* x *cols* and drive it."""
+        channel = CommandChannel.spawn(argv, pty=True, env=env)
+        channel.resize(rows, cols)
+        return cls(channel, **options)
+
     def _searcher(
         self, patterns: Pattern | Sequence[Pattern], failures: Sequence[Pattern], exact: bool
     ) -> Searcher:
@@ -197,21 +212,6 @@ class _ConsoleBase(Generic[AnyText]):
 
 class Console(_ConsoleBase[AnyText]):
     """A blocking console over *channel* (switched to non-blocking mode internally)."""
-
-    @classmethod
-    def spawn(
-        cls,
-        argv: Sequence[str],
-        *,
-        rows: int = 24,
-        cols: int = 80,
-        env: Mapping[str, str] | None = None,
-        **options: Any,
-    ) -> Console[Any]:
-        """Run *argv* on a new pty of *rows* x *cols* and drive it."""
-        channel = CommandChannel.spawn(argv, pty=True, env=env)
-        channel.resize(rows, cols)
-        return cls(channel, **options)
 
     @classmethod
     def connect(cls, address: str | Address, **options: Any) -> Console[Any]:
@@ -301,21 +301,6 @@ class Console(_ConsoleBase[AnyText]):
 
 class AsyncConsole(_ConsoleBase[AnyText]):
     """The asyncio shell: the same methods as :class:`Console`, awaited."""
-
-    @classmethod
-    def spawn(
-        cls,
-        argv: Sequence[str],
-        *,
-        rows: int = 24,
-        cols: int = 80,
-        env: Mapping[str, str] | None = None,
-        **options: Any,
-    ) -> AsyncConsole[Any]:
-        """Run *argv* on a new pty of *rows* x *cols* and drive it."""
-        channel = CommandChannel.spawn(argv, pty=True, env=env)
-        channel.resize(rows, cols)
-        return cls(channel, **options)
 
     @classmethod
     async def connect(cls, address: str | Address, **options: Any) -> AsyncConsole[Any]:
