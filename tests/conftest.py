@@ -6,9 +6,11 @@ import asyncio
 import gc
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +76,12 @@ def require_tool(name: str) -> str:
         print(f"SKIP: {reason}")
         pytest.skip(reason)
     return path
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Wait until *proc* creates *path* (a pid file, a socket); fail if it exits first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)

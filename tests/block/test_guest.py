@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.block.test_process import _qmp, _wait
+from tests.block.test_process import _qmp
+from tests.conftest import wait_for_file
 from tests.vhost_user.guest import Guest, build_initrd
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,7 @@ def test_guest_on_export_added_over_qmp(tmp_path: Path) -> None:
     log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "iochannel", *argv], stderr=log)
     try:
-        _wait(tmp_path / "pid", proc)
+        wait_for_file(tmp_path / "pid", proc)
         export = {
             "type": "vhost-user-blk",
             "id": "exp0",

@@ -7,21 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from iochannel.vhost_user import blk
 from iochannel.vhost_user.frontend import Frontend
+from tests.conftest import wait_for_file
 from tests.vhost_user.test_blk import submit
-
-
-def _wait(path: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def _qmp(path: Path, *commands: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -63,7 +55,7 @@ def test_qsd_command_line_and_qmp_export_on_iothread(tmp_path: Path) -> None:
     ]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "iochannel", *argv], stderr=subprocess.PIPE)
     try:
-        _wait(tmp_path / "pid", proc)
+        wait_for_file(tmp_path / "pid", proc)
         assert _read_sector(vub, 0) == (blk.S_OK, b"\xab" * 512)
         export = {
             "type": "vhost-user-blk",

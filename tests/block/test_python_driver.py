@@ -16,7 +16,8 @@ from iochannel.block.storage import Storage
 from iochannel.vhost_user import blk
 from iochannel.vhost_user.frontend import Frontend
 from tests.block.test_nodes import read
-from tests.block.test_process import _read_sector, _wait
+from tests.block.test_process import _read_sector
+from tests.conftest import wait_for_file
 from tests.vhost_user.test_blk import submit
 
 EX = {"driver": "python", "module": "iochannel.block.examples"}
@@ -105,7 +106,7 @@ def test_guest_side_error_and_export_keeps_serving(tmp_path: Path) -> None:
     ]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "iochannel", *argv], stderr=subprocess.PIPE)
     try:
-        _wait(tmp_path / "pid", proc)
+        wait_for_file(tmp_path / "pid", proc)
         with Frontend(str(sock)) as fe:
             fe.start(1)
             q = fe.queues[0]

@@ -14,6 +14,7 @@ import pytest
 from iochannel.vhost_user.cli import UsageError, main, parse_args, parse_keyval
 from iochannel.vhost_user.frontend import Frontend
 from iochannel.vhost_user.protocol import Request
+from tests.conftest import wait_for_file
 
 
 def test_keyval() -> None:
@@ -123,18 +124,13 @@ def _run(tmp_path: Path, export: str, pass_fds: tuple[int, ...] = ()) -> subproc
     )
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serves_until_signal(tmp_path: Path, sig: signal.Signals) -> None:
     sock = tmp_path / "vub.sock"
     proc = _run(tmp_path, EXPORT.replace("vub.sock", str(sock)) + ",num-queues=2")
     try:
-        _wait_for(tmp_path / "pid", proc)
-        _wait_for(sock, proc)
+        wait_for_file(tmp_path / "pid", proc)
+        wait_for_file(sock, proc)
         with Frontend(str(sock)) as fe:
             fe.negotiate()
             assert fe.call_u64(Request.GET_QUEUE_NUM) == 2
@@ -162,7 +158,7 @@ def test_listening_fd(tmp_path: Path) -> None:
     finally:
         listener.close()
     try:
-        _wait_for(tmp_path / "pid", proc)
+        wait_for_file(tmp_path / "pid", proc)
         with Frontend(path) as fe:
             assert fe.call_u64(Request.GET_FEATURES) != 0
         proc.send_signal(signal.SIGTERM)
