@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +26,15 @@ LOOPS = pytest.mark.parametrize(
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
 
 
+@pytest.fixture
+def pair() -> Iterator[tuple[SocketChannel, SocketChannel]]:
+    """A connected socket pair, closed after the test."""
+    ch, peer = SocketChannel.pair()
+    yield ch, peer
+    ch.close()
+    peer.close()
+
+
 def run(new_loop: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, Any, None]) -> None:
     loop = new_loop()
     try:
@@ -36,10 +45,10 @@ def run(new_loop: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, 
 
 @LOOPS
 def test_a_wait_is_a_future_of_the_running_loop(
-    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    new_loop: Callable[[], asyncio.AbstractEventLoop], pair: tuple[SocketChannel, SocketChannel]
 ) -> None:
     """Driven by hand, a read that must wait yields a plain future of the running loop."""
-    ch, peer = SocketChannel.pair()
+    ch, peer = pair
 
     async def main() -> None:
         read = ch.aread_all(2)
@@ -55,19 +64,15 @@ def test_a_wait_is_a_future_of_the_running_loop(
             read.send(None)
         assert stop.value.value == b"ab"
 
-    try:
-        run(new_loop, main())
-    finally:
-        ch.close()
-        peer.close()
+    run(new_loop, main())
 
 
 @LOOPS
 def test_a_wait_resumes_its_task_by_the_next_iteration_in_its_context(
-    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    new_loop: Callable[[], asyncio.AbstractEventLoop], pair: tuple[SocketChannel, SocketChannel]
 ) -> None:
     """Readiness resumes the waiting task within an iteration, as that task, in its context."""
-    ch, peer = SocketChannel.pair()
+    ch, peer = pair
     iterations = 0
 
     async def main() -> None:
@@ -99,19 +104,15 @@ def test_a_wait_resumes_its_task_by_the_next_iteration_in_its_context(
         await task
         assert request_id.get() == "main's"
 
-    try:
-        run(new_loop, main())
-    finally:
-        ch.close()
-        peer.close()
+    run(new_loop, main())
 
 
 @LOOPS
 def test_cancelling_a_read_mid_transfer_loses_and_repeats_nothing(
-    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    new_loop: Callable[[], asyncio.AbstractEventLoop], pair: tuple[SocketChannel, SocketChannel]
 ) -> None:
     """A read_all cancelled part-way: its bytes stay in its buffer, the rest comes next."""
-    ch, peer = SocketChannel.pair()
+    ch, peer = pair
 
     async def main() -> None:
         buf = bytearray(8)
@@ -130,19 +131,15 @@ def test_cancelling_a_read_mid_transfer_loses_and_repeats_nothing(
         # The cancelled read took nothing more: the next read starts at "4".
         assert await asyncio.wait_for(ch.aread_all(4), 10) == b"4567"
 
-    try:
-        run(new_loop, main())
-    finally:
-        ch.close()
-        peer.close()
+    run(new_loop, main())
 
 
 @LOOPS
 def test_cancelling_a_write_mid_transfer_sends_a_prefix_and_nothing_later(
-    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    new_loop: Callable[[], asyncio.AbstractEventLoop], pair: tuple[SocketChannel, SocketChannel]
 ) -> None:
     """A write_all cancelled part-way has sent a prefix of its data and sends no more of it."""
-    ch, peer = SocketChannel.pair()
+    ch, peer = pair
     ch.set_send_buffer(4096)
     data = bytes(range(256)) * 4096  # 1 MiB: far more than the socket holds
 
@@ -167,19 +164,15 @@ def test_cancelling_a_write_mid_transfer_sends_a_prefix_and_nothing_later(
         assert 0 < len(sent) < len(data)
         assert data.startswith(sent)
 
-    try:
-        run(new_loop, main())
-    finally:
-        ch.close()
-        peer.close()
+    run(new_loop, main())
 
 
 @LOOPS
 def test_cancelling_mid_wait_leaves_the_channel_usable(
-    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    new_loop: Callable[[], asyncio.AbstractEventLoop], pair: tuple[SocketChannel, SocketChannel]
 ) -> None:
     """After cancelled waits, reads, writes and wake_read() behave as on a fresh channel."""
-    ch, peer = SocketChannel.pair()
+    ch, peer = pair
 
     async def main() -> None:
         for _ in range(3):
@@ -195,8 +188,4 @@ def test_cancelling_mid_wait_leaves_the_channel_usable(
         ch.wake_read()
         assert await asyncio.wait_for(ch.wait_async(Condition.IN), 10) == Condition.NONE
 
-    try:
-        run(new_loop, main())
-    finally:
-        ch.close()
-        peer.close()
+    run(new_loop, main())
