@@ -78,16 +78,19 @@ def test_finalizer_kills_a_child_that_ignores_sigterm() -> None:
 
 
 def test_pty_child_has_a_terminal() -> None:
-    ch = CommandChannel.spawn(["sh", "-c", "tty -s && echo tty-ok; stty size"], pty=True)
+    # The child reports its size only after the resize (it waits for a line first).
+    ch = CommandChannel.spawn(["sh", "-c", "tty -s && echo tty-ok; read go; stty size"], pty=True)
     ch.resize(33, 101)
+    ch.write_all(b"go\n")
     out = b""
-    while b"tty-ok" not in out or b"101" not in out:
+    while b"33 101" not in out:
         chunk = ch.read(100)
         if not chunk:
             break
         out += chunk
     ch.close()
     assert b"tty-ok" in out
+    assert b"33 101" in out
 
 
 def test_spawn_error_names_the_program() -> None:

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -15,6 +14,18 @@ import uvloop
 
 from iochannel import ChannelClosedError, Condition, NetListener, SocketChannel, UnixAddress
 from iochannel.testing import check_two_way_channel
+
+
+async def until_suspended(task: asyncio.Future[Any]) -> None:
+    """Let *task* run to its first suspension: a loop runs ready callbacks in order."""
+    await asyncio.sleep(0)
+    assert not task.done(), "the task was expected to wait"
+
+
+async def loop_rounds(n: int) -> None:
+    """Let the loop poll for I/O and run what that wakes, *n* times."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 def _in_loop_thread(
@@ -204,7 +215,7 @@ def test_wake_read_before_the_wait_is_not_lost() -> None:
 
 async def _read_after_waiting(ch: SocketChannel, peer: SocketChannel, data: bytes) -> None:
     read = asyncio.ensure_future(ch.aread_all(len(data)))
-    await asyncio.sleep(0.01)  # the read is now waiting on the loop
+    await until_suspended(read)
     peer.write_all(data)
     assert await read == data
 
@@ -217,7 +228,7 @@ def test_loop_goes_quiet_when_nobody_waits() -> None:
         loop = asyncio.get_running_loop()
         await _read_after_waiting(ch, peer, b"a")
         peer.write_all(b"b")  # level-triggered: readable until read, yet nobody waits
-        await asyncio.sleep(0.05)
+        await loop_rounds(3)  # the loop reports it once, and nobody is listed
         # No longer registered, so the loop does not spin on it (remove_reader says
         # whether it was).
         assert not loop.remove_reader(ch.fileno())
@@ -288,7 +299,7 @@ def test_cancelled_read_takes_no_bytes(new_loop: Callable[[], asyncio.AbstractEv
         assert await ch.aread_all(2) == b"ab"
         # Cancelled again, once the channel's waiter is kept subscribed: still nothing lost.
         reader = asyncio.ensure_future(ch.aread_all(1))
-        await asyncio.sleep(0.01)
+        await until_suspended(reader)
         reader.cancel("stop")
         with pytest.raises(asyncio.CancelledError, match="stop"):
             await reader
@@ -356,7 +367,7 @@ def test_waiters_never_run_inside_the_call_that_ends_their_wait(how: str) -> Non
             events.append("reader resumed")
 
         task = asyncio.ensure_future(reader())
-        await asyncio.sleep(0.01)  # the read is now waiting on the loop
+        await until_suspended(task)
 
         def end_wait() -> None:
             getattr(ch, how)()
@@ -388,9 +399,9 @@ def test_a_watch_and_a_read_share_one_fd() -> None:
             return True
 
         watch = ch.add_watch(Condition.IN, on_ready, loop=loop)
-        await asyncio.sleep(0.01)  # the watch alone on the fd
+        await loop_rounds(1)  # the watch alone on the fd
         read = asyncio.ensure_future(ch.aread_all(2))
-        await asyncio.sleep(0.01)  # then the read joins it
+        await until_suspended(read)  # then the read joins it
         peer.write_all(b"ab")
         assert await asyncio.wait_for(read, 10) == b"ab"
         # The watch is told after the read took the bytes (a watch reports
@@ -400,7 +411,7 @@ def test_a_watch_and_a_read_share_one_fd() -> None:
         await asyncio.wait_for(fired.wait(), 10)
         assert all(r & Condition.IN for r in seen)
         watch.cancel()
-        await asyncio.sleep(0.05)
+        await loop_rounds(3)
         assert not loop.remove_reader(ch.fileno()), "nobody left: the fd stops being watched"
         assert await ch.aread_all(1) == b"c"
 
@@ -417,8 +428,13 @@ def test_a_read_waits_on_its_own_loop_while_the_last_one_runs_on() -> None:
     release_a = threading.Event()
     loops: dict[str, asyncio.AbstractEventLoop] = {}
 
+    waiting_a = threading.Event()
+    waiting_b = threading.Event()
+
     async def on_a() -> None:
         loops["a"] = asyncio.get_running_loop()
+        # Runs once this task waits in the read below.
+        loops["a"].call_soon(waiting_a.set)
         assert await ch.aread_all(1) == b"a"
         first_done.set()
         # Loop A keeps running while B reads: its waiter must stay its own.
@@ -426,18 +442,21 @@ def test_a_read_waits_on_its_own_loop_while_the_last_one_runs_on() -> None:
 
     async def on_b() -> None:
         loops["b"] = asyncio.get_running_loop()
-        got = await asyncio.wait_for(ch.aread_all(1), 10)
+        read = asyncio.ensure_future(ch.aread_all(1))
+        await until_suspended(read)
+        waiting_b.set()
+        got = await asyncio.wait_for(read, 10)
         assert got == b"b"
         assert asyncio.get_running_loop() is loops["b"]
         assert threading.current_thread() is t_b
 
     # Each byte is sent once its read waits, so both reads go through the loop.
     t_a = _in_loop_thread(asyncio.new_event_loop, on_a())
-    time.sleep(0.1)
+    assert waiting_a.wait(10)
     peer.write_all(b"a")
     assert first_done.wait(10)
     t_b = _in_loop_thread(asyncio.new_event_loop, on_b())
-    time.sleep(0.1)
+    assert waiting_b.wait(10)
     peer.write_all(b"b")
     t_b.join(20)
     release_a.set()
@@ -458,7 +477,7 @@ def test_a_forked_child_never_waits_on_the_inherited_loop() -> None:
 
     async def main() -> int:
         read = asyncio.ensure_future(ch.aread_all(1))
-        await asyncio.sleep(0.01)  # waiting: its waiter stays on this loop after
+        await until_suspended(read)  # waiting: its waiter stays on this loop after
         peer.write_all(b"x")
         assert await read == b"x"
         pid = os.fork()

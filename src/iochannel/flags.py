@@ -35,8 +35,6 @@ class Feature(enum.IntFlag):
     READ_MSG_PEEK = enum.auto()
     #: :meth:`Channel.seek`, :meth:`Channel.pread` and :meth:`Channel.pwrite`.
     SEEKABLE = enum.auto()
-    #: Reads and writes may run concurrently from two threads.
-    CONCURRENT_IO = enum.auto()
 
 
 class ReadFlag(enum.IntFlag):

@@ -105,10 +105,7 @@ class MemoryChannel(Channel):
     __slots__ = ("_in", "_out", "_shut")
 
     def __init__(self, incoming: _Queue, outgoing: _Queue, name: str) -> None:
-        super().__init__(
-            Feature.FD_PASS | Feature.SHUTDOWN | Feature.READ_MSG_PEEK | Feature.CONCURRENT_IO,
-            name,
-        )
+        super().__init__(Feature.FD_PASS | Feature.SHUTDOWN | Feature.READ_MSG_PEEK, name)
         self._in = incoming
         self._out = outgoing
         self._shut = Shutdown(0)

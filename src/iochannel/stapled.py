@@ -18,7 +18,7 @@ from .watch import FdSpec
 
 __all__ = ["StapledChannel", "pipe_pair"]
 
-_SHARED = Feature.FD_PASS | Feature.CONCURRENT_IO
+_SHARED = Feature.FD_PASS
 
 
 class StapledChannel(Channel):

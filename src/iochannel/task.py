@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
+from .watch import in_loop_thread
+
 __all__ = ["Task"]
 
 T = TypeVar("T")
@@ -99,7 +101,7 @@ class Task(Generic[T]):
     def complete(self) -> None:
         """Run the callback once, on the loop's thread if the task has a loop."""
         loop = self._loop
-        if loop is not None and not _running_in(loop):
+        if loop is not None and not in_loop_thread(loop):
             try:
                 loop.call_soon_threadsafe(self._complete)
                 return
@@ -173,13 +175,6 @@ class Task(Generic[T]):
             self._thread.join()
             self._thread = None
         return self.result()
-
-
-def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

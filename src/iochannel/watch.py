@@ -92,7 +92,15 @@ from .flags import Condition
 if TYPE_CHECKING:
     from .channel import Channel
 
-__all__ = ["Continuation", "Waits", "Watch", "WatchCallback", "add_watch", "forget_fd"]
+__all__ = [
+    "Continuation",
+    "Waits",
+    "Watch",
+    "WatchCallback",
+    "add_watch",
+    "forget_fd",
+    "in_loop_thread",
+]
 
 #: ``callback(channel, condition) -> keep`` — return ``False`` to remove the watch.
 WatchCallback = Callable[["Channel", Condition], bool]
@@ -239,7 +247,8 @@ def _hub(loop: asyncio.AbstractEventLoop) -> _LoopHub:
         return hub
 
 
-def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+def in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the calling thread is running *loop* now."""
     try:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
@@ -250,7 +259,7 @@ def _call_on_loop(
     loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: Any
 ) -> None:
     """Call *callback* now if this thread runs *loop*, else soon on the loop's thread."""
-    if _in_loop_thread(loop):
+    if in_loop_thread(loop):
         callback(*args)
     elif not loop.is_closed():
         try:
@@ -402,7 +411,7 @@ class Watch:
         if ch._pending(Condition(self._cond)):
             self._resubscribe(())
             if self._handle is None:
-                self._handle = self._loop.call_soon(self._dispatch, 0)
+                self._handle = self._loop.call_soon(self._dispatch)
         else:
             self._resubscribe(ch._wait_fds(Condition(self._cond)))
 
@@ -414,9 +423,9 @@ class Watch:
 
     def _on_fd(self, revents: int, flowing: bool) -> None:
         if self._handle is None and self.active:
-            self._handle = self._loop.call_soon(self._dispatch, revents)
+            self._handle = self._loop.call_soon(self._dispatch)
 
-    def _dispatch(self, hint: int) -> None:
+    def _dispatch(self) -> None:
         self._handle = None
         if not self.active:
             return

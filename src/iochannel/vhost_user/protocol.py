@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import enum
 import itertools
-import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from ..channel import close_fds
 
 __all__ = [
     "HEADER",
@@ -248,12 +249,8 @@ class Message:
 
 def close_all(fds: list[int]) -> None:
     """Close and forget every fd in *fds*."""
-    while fds:
-        fd = fds.pop()
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    close_fds(fds)
+    fds.clear()
 
 
 def _u64(p: bytes) -> int:
