@@ -1,11 +1,12 @@
-# Quick start: `make test` (venv + install + lint + types + tests), `make run`, `make bench`.
+# Quick start: `make test` (venv + install + lint + types + docs + tests), `make run`, `make bench`.
+# `make docs`: the documentation site in build/docs (warnings are errors).
 # `make test-matrix`: the core suites on every supported Python, default loop and uvloop.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-matrix lint run bench clean
+.PHONY: test test-matrix lint docs run bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +19,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy --strict src
 
-test: lint
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -q -W --keep-going -b html docs build/docs
+
+test: lint docs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-matrix: $(STAMP)
