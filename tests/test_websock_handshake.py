@@ -65,7 +65,7 @@ def test_good_request() -> None:
         (head(Sec_WebSocket_Key="o9JHNiS3/0/0zYE1wa3yIw===="), 400, "Sec-WebSocket-Key"),
         (head(Sec_WebSocket_Key="!!!!!!!!!!!!!!!!!!!!!!=="), 400, "Sec-WebSocket-Key"),
         (head(Sec_WebSocket_Key=None), 400, "missing Sec-WebSocket-Key"),
-        (head(Host=None), 400, "missing Host"),
+        (head(Host=None), 400, "Missing mandatory Host"),
         (head(Upgrade=None), 400, "Upgrade header must name 'websocket'"),
         (head(Upgrade="h2c"), 400, "Upgrade"),
         (head(Connection=None), 400, "Connection header must include 'Upgrade'"),
@@ -74,8 +74,8 @@ def test_good_request() -> None:
         (head("POST / HTTP/1.1"), 400, "method must be GET, not 'POST'"),
         (head("get / HTTP/1.1"), 400, "method must be GET"),
         (head("GET / HTTP/1.0"), 400, "HTTP version must be HTTP/1.1, not 'HTTP/1.0'"),
-        (head("GET /"), 400, "malformed request line"),
-        (head("GET  / HTTP/1.1"), 400, "malformed request line"),
+        (head("GET /"), 400, "illegal request line"),
+        (head("GET  / HTTP/1.1"), 400, "illegal request line"),
         (head(Sec_WebSocket_Protocol="text"), 400, "must offer 'binary'"),
     ],
 )
@@ -92,25 +92,27 @@ def test_bad_requests(request_head: bytes, status: int, words: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "words"),
+    ("raw", "status", "words"),
     [
-        (b"GET / HTTP/1.1\r\nHost localhost\r\n\r\n", "no ':'"),
-        (b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n", "malformed header field name"),
-        (b"GET / HTTP/1.1\r\n folded: x\r\n\r\n", "malformed header field name"),
-        (b"GET / HTTP/1.1\r\nHost: a\nb\r\n\r\n", "bare CR or LF"),
-        (b"GET / HTTP/1.1\r\nHost: \x00\r\n\r\n", "control character"),
-        (b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n", "non-ASCII"),
+        (b"GET / HTTP/1.1\r\nHost localhost\r\n\r\n", 400, "illegal header line"),
+        (b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n", 400, "illegal header line"),
+        (b"GET / HTTP/1.1\r\n folded: x\r\n\r\n", 400, "continuation line"),
+        (b"GET / HTTP/1.1\r\nHost: a\nb\r\n\r\n", 400, "illegal header line"),
+        (b"GET / HTTP/1.1\r\nHost: \x00\r\n\r\n", 400, "illegal header line"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n", 400, "control byte"),
+        (b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n", 400, "non-ASCII"),
         (
             b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(33)) + b"\r\n",
+            431,  # RFC 6585 §5: the header fields are collectively too large
             "more than 32 header fields",
         ),
-        (head().replace(b"Host: localhost", b"Host: a\r\nHost: b"), "repeated Host"),
+        (head().replace(b"Host: localhost", b"Host: a\r\nHost: b"), 400, "multiple Host"),
     ],
 )
-def test_malformed_heads(raw: bytes, words: str) -> None:
+def test_malformed_heads(raw: bytes, status: int, words: str) -> None:
     with pytest.raises(HandshakeError, match=words) as info:
         server_response(raw)
-    assert parse_answer(info.value.response)[0] == 400
+    assert parse_answer(info.value.response)[0] == status
 
 
 def test_token_lists_and_case() -> None:
@@ -138,17 +140,17 @@ def test_client_request_and_response_checks() -> None:
     assert server_response(req, path="/ws")[1] == "binary"
     good, _ = server_response(req, path="/ws")
     assert check_response(good, QEMU_KEY) == "binary"
-    with pytest.raises(HandshakeError, match="wrong Sec-WebSocket-Accept"):
+    with pytest.raises(HandshakeError, match="invalid Sec-WebSocket-Accept header"):
         check_response(good, "AAAAAAAAAAAAAAAAAAAAAA==")
     with pytest.raises(HandshakeError, match=r"refused the WebSocket upgrade: 'HTTP/1\.1 404"):
         check_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", QEMU_KEY)
-    with pytest.raises(HandshakeError, match="lacks 'Upgrade: websocket'"):
+    with pytest.raises(HandshakeError, match="missing Upgrade header"):
         check_response(good.replace(b"Upgrade: websocket\r\n", b""), QEMU_KEY)
     with pytest.raises(HandshakeError, match="extension"):
         check_response(
             good.replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: x\r\n\r\n"), QEMU_KEY
         )
-    with pytest.raises(HandshakeError, match="unoffered sub-protocol"):
+    with pytest.raises(HandshakeError, match="unsupported subprotocol"):
         check_response(good.replace(b"binary", b"chat"), QEMU_KEY)
     with pytest.raises(ValueError, match="invalid character"):
         client_request(QEMU_KEY, host="evil\r\nX: y")
@@ -253,4 +255,60 @@ def test_refusal_on_a_non_blocking_channel() -> None:
         assert parse_answer(answer)[0] == 400
     finally:
         server.close()
+        b.close()
+
+
+def test_frames_sent_with_the_head_are_not_counted_as_header_lines() -> None:
+    a, b = socket.socketpair()
+    server = WebsockChannel.server(SocketChannel(a))
+    try:
+        b.sendall(request() + frame(0x2, b"\n" * 100))
+        server.handshake()
+        recv_head(b)
+        assert server.read_all(100) == b"\n" * 100
+    finally:
+        server.close()
+        b.close()
+
+
+def test_a_tls_hello_is_refused_without_waiting_for_a_head() -> None:
+    # A TLS client on a plain port never sends a blank line: h11 refuses its first byte.
+    a, b = socket.socketpair()
+    server = WebsockChannel.server(SocketChannel(a))
+
+    async def run() -> HandshakeError:
+        b.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        with pytest.raises(HandshakeError) as info:
+            async with asyncio.timeout(5):
+                await server.ahandshake()
+        return info.value
+
+    try:
+        err = asyncio.run(run())
+        assert err.status == 400
+        assert "illegal request line" in str(err)
+        answer = b""
+        while chunk := b.recv(4096):
+            answer += chunk
+        assert parse_answer(answer)[0] == 400
+    finally:
+        server.close()
+        b.close()
+
+
+def test_a_client_refuses_an_endless_answer_without_answering_it() -> None:
+    a, b = socket.socketpair()
+    client = WebsockChannel.client(SocketChannel(a))
+    try:
+        start = b"HTTP/1.1 101 Switching Protocols\r\nX: "
+        # One byte past the limit, so the client reads all of it and closes without a reset.
+        b.sendall(start + b"a" * (MAX_HEAD + 1 - len(start)))
+        with pytest.raises(HandshakeError, match="not found within 8192 bytes") as info:
+            client.handshake()
+        assert info.value.status is None and info.value.response == b""
+        client.close()
+        assert recv_head(b).startswith(b"GET / HTTP/1.1\r\n")
+        assert b.recv(4096) == b""  # the request, then nothing: a client answers no answer
+    finally:
+        client.close()
         b.close()

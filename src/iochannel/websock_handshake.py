@@ -1,71 +1,95 @@
-"""The WebSocket opening handshake (RFC 6455 §4), sans-I/O and strict.
+"""The WebSocket opening handshake (RFC 6455 §4), sans-I/O.
 
-Server side, :func:`server_response` takes a complete request head (up to and
-including the blank line) and returns the ``101 Switching Protocols`` answer, or
-raises :class:`HandshakeError` whose ``response`` is a complete HTTP error
-answer to send before giving up:
+h11 reads the HTTP; the ``websockets`` protocol objects check the WebSocket
+part.  Both sides are driven the same way: give received bytes to
+``receive_data`` until it returns ``True``, send ``data_to_send()``, and hand
+``rest`` (the bytes after the head) to the frame decoder.
+
+Server side, :class:`ServerHandshake` reads the request with
+:class:`~iochannel.http11.RequestReader` (size caps, HTTP/1.1 grammar), checks
+the method and path, then lets
+:meth:`websockets.server.ServerProtocol.accept` check Upgrade, Connection,
+Sec-WebSocket-Key and -Version and the Origin allow-list and build the
+``101 Switching Protocols`` answer.  A refusal raises
+:class:`HandshakeError` whose ``response`` is a complete HTTP answer to send
+before giving up:
 
 ==========  ===============================================================
 status      cause
 ==========  ===============================================================
-400         malformed request line or header, method not GET, version not
-            HTTP/1.1, too many or repeated headers, Host / Upgrade /
-            Connection / Sec-WebSocket-Key / Sec-WebSocket-Version missing
-            or wrong, a Sec-WebSocket-Protocol offer without ``binary``
+400         malformed request line or header field, a non-ASCII or
+            control byte, method not GET, version not HTTP/1.1, Host / Upgrade /
+            Connection / Sec-WebSocket-Key / Sec-WebSocket-Version missing,
+            repeated or wrong, a Sec-WebSocket-Protocol offer without
+            ``binary``
 403         an Origin outside the configured allow-list
 404         a path other than the configured one
 426         a Sec-WebSocket-Version other than 13
-431         no end of the head within :data:`MAX_HEAD` bytes
+431         more than :data:`MAX_HEADERS` header fields, or no end of the
+            head within :data:`MAX_HEAD` bytes
 ==========  ===============================================================
 
-Header names are case-insensitive; Upgrade, Connection and
-Sec-WebSocket-Protocol are comma-separated token lists compared without case.
+400 and 426 answers carry ``Sec-WebSocket-Version: 13`` (RFC 6455 §4.4).  The
+``binary`` sub-protocol is matched without case; a request that offers none
+gets none (noVNC).
 
-Client side, :func:`client_request` builds the request and
-:func:`check_response` validates the server's answer.
+Client side, :class:`ClientHandshake` builds the request with
+:meth:`websockets.client.ClientProtocol.connect`, sends it through h11, reads
+the answer with h11 and checks it with
+:meth:`~websockets.client.ClientProtocol.process_response`; a refusal raises
+:class:`HandshakeError` with nothing to answer.
+
+:func:`server_response`, :func:`client_request` and :func:`check_response`
+run one side over a complete head.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Sequence
 
+import h11
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidHeader,
+    InvalidHeaderValue,
+    InvalidOrigin,
+    NegotiationError,
+)
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+from websockets.typing import Origin, Subprotocol
+from websockets.uri import parse_uri
+from websockets.utils import accept_key
+
+from .channel import Buffer
 from .errors import ChannelError
+from .http11 import MAX_HEAD, MAX_HEADERS, RequestReader
 
 __all__ = [
     "MAX_HEAD",
     "MAX_HEADERS",
+    "PROTOCOL",
+    "ClientHandshake",
     "HandshakeError",
+    "ServerHandshake",
     "accept_key",
     "check_response",
     "client_request",
-    "end_of_head",
-    "parse_head",
     "server_response",
 ]
 
-#: Longest request or response head accepted, blank line included.
-MAX_HEAD = 8192
-#: Most header fields accepted in one head.
-MAX_HEADERS = 32
 #: The only sub-protocol spoken: a byte stream in binary frames.
 PROTOCOL = "binary"
 
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_REASONS = {
-    101: "Switching Protocols",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
+# What to fix, for the request headers ``websockets`` refuses.
+_HINTS = {
+    "Upgrade": "the Upgrade header must name 'websocket'",
+    "Connection": "the Connection header must include 'Upgrade'",
+    "Sec-WebSocket-Key": "Sec-WebSocket-Key must be 16 bytes in base64 (24 characters)",
+    "Sec-WebSocket-Version": "Sec-WebSocket-Version must be 13",
 }
-
-Headers = dict[str, list[str]]
 
 
 class HandshakeError(ChannelError):
@@ -81,187 +105,219 @@ class HandshakeError(ChannelError):
         self.response = response
 
 
-def accept_key(key: str) -> str:
-    """The ``Sec-WebSocket-Accept`` value answering *key*."""
-    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
+def _check_path(path: str) -> None:
+    if not path.startswith("/"):
+        raise ValueError(f"a WebSocket path must start with '/', not {path!r}")
 
 
-def end_of_head(buf: bytes | bytearray, start: int = 0) -> int:
-    """Index just past the blank line ending a head, or -1; searching from *start*."""
-    i = buf.find(b"\r\n\r\n", max(0, start - 3))
-    return -1 if i < 0 else i + 4
+def _select_binary(_ws: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    if not offered:
+        return None
+    if any(p.lower() == PROTOCOL for p in offered):
+        return Subprotocol(PROTOCOL)
+    raise NegotiationError("Sec-WebSocket-Protocol must offer 'binary'")
 
 
-def _http_error(status: int, reason: str) -> HandshakeError:
-    body = f"{reason}\n".encode()
-    lines = [
-        f"HTTP/1.1 {status} {_REASONS[status]}",
-        "Connection: close",
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(body)}",
-    ]
-    if status in (400, 426):
-        lines.append("Sec-WebSocket-Version: 13")
-    response = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
-    return HandshakeError(f"WebSocket handshake failed ({status}): {reason}", status, response)
+def _headers(fields: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """h11's header *fields* as ``websockets`` takes them (h11 checked their syntax)."""
+    headers = Headers()
+    for name, value in fields:
+        headers[name.decode()] = value.decode("iso-8859-1")  # as websockets decodes
+    return headers
 
 
-def too_large() -> HandshakeError:
-    """The error for a head without an end within :data:`MAX_HEAD` bytes."""
-    return _http_error(431, f"end of the request head not found within {MAX_HEAD} bytes")
+def _refusal_of(exc: Exception) -> tuple[int, str]:
+    """The status and reason answering a request ``websockets`` refused."""
+    if isinstance(exc, InvalidOrigin):
+        return 403, f"origin {(exc.value or '')[:60]!r} is not allowed"
+    if isinstance(exc, InvalidHeader):
+        hint = _HINTS.get(exc.name)
+        reason = f"{exc}; {hint}" if hint else str(exc)
+        # RFC 6455 §4.2.2: a version we do not speak is answered with 426.
+        if isinstance(exc, InvalidHeaderValue) and exc.name == "Sec-WebSocket-Version":
+            return 426, reason
+        return 400, reason
+    return 400, str(exc)  # a NegotiationError names the offer
 
 
-def parse_head(head: bytes) -> tuple[str, Headers]:
-    """Split a head into its start line and headers (names lower-cased).
+class ServerHandshake:
+    """The server side: answers a GET for *path*, from *origins* if given.
 
-    Raises ``ValueError`` naming what is malformed.
+    Raises ``ValueError`` for a *path* that does not start with ``/``.
     """
-    try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError:
-        raise ValueError("non-ASCII byte in the head") from None
-    lines = text.split("\r\n")
-    if len(lines) < 3 or lines[-1] or lines[-2]:
-        raise ValueError("head does not end with an empty line")
-    lines = lines[:-2]
-    start, fields = lines[0], lines[1:]
-    if len(fields) > MAX_HEADERS:
-        raise ValueError(f"more than {MAX_HEADERS} header fields")
-    headers: Headers = {}
-    for line in fields:
-        if "\r" in line or "\n" in line:
-            raise ValueError("bare CR or LF in a header field")
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise ValueError(f"malformed header field {line[:40]!r}: no ':'")
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"malformed header field name {name[:40]!r}")
-        value = value.strip(" \t")
-        if any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in value):
-            raise ValueError(f"control character in header field {name!r}")
-        headers.setdefault(name.lower(), []).append(value)
-    return start, headers
+
+    __slots__ = ("_answer", "_path", "_reader", "_ws", "protocol")
+
+    def __init__(self, *, path: str = "/", origins: Collection[str] | None = None) -> None:
+        _check_path(path)
+        self._path = path
+        self._ws = ServerProtocol(
+            origins=None if origins is None else [Origin(o) for o in origins],
+            subprotocols=[Subprotocol(PROTOCOL)],
+            select_subprotocol=_select_binary,
+        )
+        self._reader = RequestReader()
+        self._answer = b""
+        #: The negotiated sub-protocol (``"binary"``) or ``None``.
+        self.protocol: str | None = None
+
+    @property
+    def received(self) -> int:
+        """The bytes received so far."""
+        return len(self._reader.data)
+
+    @property
+    def rest(self) -> bytes:
+        """The bytes received after the head: the first frames."""
+        return self._reader.rest
+
+    def room(self) -> int:
+        """The most bytes worth reading next."""
+        return self._reader.room()
+
+    def data_to_send(self) -> bytes:
+        """The ``101`` answer, once :meth:`receive_data` returned ``True``."""
+        answer, self._answer = self._answer, b""
+        return answer
+
+    def refusal(self, status: int, reason: str) -> HandshakeError:
+        """The error answering the request with *status*."""
+        body = f"{reason}\n"
+        response = self._ws.reject(status, body)
+        if status in (400, 426):
+            response.headers["Sec-WebSocket-Version"] = "13"
+        return HandshakeError(
+            f"WebSocket handshake failed ({status}): {reason}", status, response.serialize()
+        )
+
+    def receive_data(self, data: Buffer) -> bool:
+        """Take received bytes; ``True`` once the request is accepted.
+
+        Raises :class:`HandshakeError` carrying the answer (see the module doc).
+        """
+        try:
+            request = self._reader.receive_data(data)
+        except h11.RemoteProtocolError as exc:
+            raise self.refusal(exc.error_status_hint, str(exc)) from None
+        if request is None:
+            return False
+        method = request.method.decode()
+        if method != "GET":
+            raise self.refusal(400, f"method must be GET, not {method[:20]!r}")
+        target = request.target.decode()
+        if target.partition("?")[0] != self._path:
+            raise self.refusal(404, f"no WebSocket service at {target[:60]!r}")
+        response = self._ws.accept(Request(target, _headers(request.headers.raw_items())))
+        if self._ws.handshake_exc is not None:
+            raise self.refusal(*_refusal_of(self._ws.handshake_exc))
+        self.protocol = self._ws.subprotocol
+        self._answer = response.serialize()
+        return True
 
 
-def parse_request_head(head: bytes) -> tuple[str, str, str, Headers]:
-    """:func:`parse_head` for a request: ``(method, target, version, headers)``.
+class ClientHandshake:
+    """The client side: requests *path* on *host*, offering the ``binary`` sub-protocol.
 
-    Raises ``ValueError`` naming what is malformed.
+    *key* replaces the random ``Sec-WebSocket-Key`` (tests).  Raises
+    ``ValueError`` for a *host*, *path* or *origin* that cannot go in a request.
     """
-    start, headers = parse_head(head)
-    parts = start.split(" ")
-    if len(parts) != 3:
-        raise ValueError(f"malformed request line {start[:60]!r}")
-    method, target, version = parts
-    return method, target, version, headers
 
+    __slots__ = ("_http", "_request", "_ws", "protocol", "received", "rest")
 
-def _tokens(headers: Headers, name: str) -> list[str]:
-    return [t.strip().lower() for v in headers.get(name, ()) for t in v.split(",") if t.strip()]
+    def __init__(
+        self, *, host: str, path: str = "/", origin: str | None = None, key: str | None = None
+    ) -> None:
+        _check_path(path)
+        for field in (host, path, origin or ""):
+            if any(ord(c) < 0x21 or ord(c) > 0x7E for c in field):
+                raise ValueError(f"invalid character in WebSocket request field {field!r}")
+        self._ws = ClientProtocol(
+            parse_uri(f"ws://{host}{path}"),
+            origin=None if origin is None else Origin(origin),
+            subprotocols=[Subprotocol(PROTOCOL)],
+        )
+        if key is not None:
+            self._ws.key = key
+        request = self._ws.connect()
+        headers = list(request.headers.raw_items())
+        self._http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        sent = self._http.send(h11.Request(method="GET", target=request.path, headers=headers))
+        self._request = sent or b""
+        # The request is complete: h11 then reads a 101 as the switch it proposed.
+        self._http.send(h11.EndOfMessage())
+        #: The negotiated sub-protocol (``"binary"``) or ``None``.
+        self.protocol: str | None = None
+        #: The bytes received so far.
+        self.received = 0
+        #: The bytes received after the answer's head: the first frames.
+        self.rest = b""
 
+    def room(self) -> int:
+        """The most bytes worth reading next: one past the limit proves it exceeded."""
+        return MAX_HEAD + 1 - self.received
 
-def _single(headers: Headers, name: str, display: str) -> str:
-    values = headers.get(name)
-    if not values:
-        raise _http_error(400, f"missing {display} header")
-    if len(values) > 1:
-        raise _http_error(400, f"repeated {display} header")
-    return values[0]
+    def data_to_send(self) -> bytes:
+        """The request, the first time."""
+        request, self._request = self._request, b""
+        return request
+
+    def receive_data(self, data: Buffer) -> bool:
+        """Take received bytes; ``True`` once the server accepted the upgrade.
+
+        Raises :class:`HandshakeError` naming what the answer got wrong.
+        """
+        data = bytes(data)
+        self.received += len(data)
+        self._http.receive_data(data)
+        try:
+            event = self._http.next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                raise HandshakeError(
+                    f"end of the WebSocket handshake response not found within {MAX_HEAD} bytes"
+                ) from None
+            raise HandshakeError(f"malformed WebSocket handshake response: {exc}") from None
+        if event is h11.NEED_DATA:
+            return False
+        assert isinstance(event, (h11.InformationalResponse, h11.Response)), event
+        reason = event.reason.decode("iso-8859-1")
+        if event.status_code != 101:
+            start = f"HTTP/{event.http_version.decode()} {event.status_code} {reason}"
+            raise HandshakeError(f"server refused the WebSocket upgrade: {start[:80]!r}")
+        try:
+            response = Response(101, reason, _headers(event.headers.raw_items()))
+            self._ws.process_response(response)
+        except InvalidHandshake as exc:
+            raise HandshakeError(f"WebSocket handshake response refused: {exc}") from None
+        self.protocol = self._ws.subprotocol
+        self.rest = self._http.trailing_data[0]
+        return True
 
 
 def server_response(
     head: bytes, *, path: str = "/", origins: Collection[str] | None = None
 ) -> tuple[bytes, str | None]:
-    """Validate a request head; return the 101 answer and the negotiated sub-protocol.
+    """Check one complete request head; return the 101 answer and the sub-protocol.
 
     Raises :class:`HandshakeError` carrying the error answer (see the module doc).
     """
-    try:
-        method, target, version, headers = parse_request_head(head)
-    except ValueError as exc:
-        raise _http_error(400, str(exc)) from None
-    if method != "GET":
-        raise _http_error(400, f"method must be GET, not {method[:20]!r}")
-    if version != "HTTP/1.1":
-        raise _http_error(400, f"HTTP version must be HTTP/1.1, not {version[:20]!r}")
-    _single(headers, "host", "Host")
-    if "websocket" not in _tokens(headers, "upgrade"):
-        raise _http_error(400, "Upgrade header must name 'websocket'")
-    if "upgrade" not in _tokens(headers, "connection"):
-        raise _http_error(400, "Connection header must include 'Upgrade'")
-    ws_version = _single(headers, "sec-websocket-version", "Sec-WebSocket-Version")
-    if ws_version != "13":
-        raise _http_error(426, f"Sec-WebSocket-Version must be 13, not {ws_version[:20]!r}")
-    key = _single(headers, "sec-websocket-key", "Sec-WebSocket-Key")
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except binascii.Error:
-        raw = b""
-    if len(raw) != 16:
-        raise _http_error(400, "Sec-WebSocket-Key must be 16 bytes in base64 (24 characters)")
-    if target.partition("?")[0] != path:
-        raise _http_error(404, f"no WebSocket service at {target[:60]!r}")
-    if origins is not None:
-        origin = headers.get("origin", [""])[0]
-        if origin not in origins:
-            raise _http_error(403, f"origin {origin[:60]!r} is not allowed")
-    protocol = None
-    if "sec-websocket-protocol" in headers:
-        if PROTOCOL not in _tokens(headers, "sec-websocket-protocol"):
-            raise _http_error(400, "Sec-WebSocket-Protocol must offer 'binary'")
-        protocol = PROTOCOL
-    lines = [
-        "HTTP/1.1 101 Switching Protocols",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Accept: {accept_key(key)}",
-    ]
-    if protocol:
-        lines.append(f"Sec-WebSocket-Protocol: {protocol}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii"), protocol
+    handshake = ServerHandshake(path=path, origins=origins)
+    if not handshake.receive_data(head) or handshake.rest:
+        raise handshake.refusal(400, "the request head must end with one empty line")
+    return handshake.data_to_send(), handshake.protocol
 
 
 def client_request(key: str, *, host: str, path: str = "/", origin: str | None = None) -> bytes:
-    """The opening request offering the ``binary`` sub-protocol."""
-    for field in (host, path, origin or ""):
-        if any(ord(c) < 0x21 or ord(c) > 0x7E for c in field):
-            raise ValueError(f"invalid character in WebSocket request field {field!r}")
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: {host}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        f"Sec-WebSocket-Protocol: {PROTOCOL}",
-    ]
-    if origin is not None:
-        lines.append(f"Origin: {origin}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+    """The opening request for *key*, offering the ``binary`` sub-protocol."""
+    return ClientHandshake(host=host, path=path, origin=origin, key=key).data_to_send()
 
 
 def check_response(head: bytes, key: str) -> str | None:
-    """Validate the server's answer to *key*; return the sub-protocol it chose.
+    """Check the server's complete answer to *key*; return the sub-protocol it chose.
 
     Raises :class:`HandshakeError` (``status`` is ``None``: nothing is answered).
     """
-    try:
-        start, headers = parse_head(head)
-    except ValueError as exc:
-        raise HandshakeError(f"malformed WebSocket handshake response: {exc}") from None
-    parts = start.split(" ", 2)
-    if len(parts) < 2 or parts[0] != "HTTP/1.1" or parts[1] != "101":
-        raise HandshakeError(f"server refused the WebSocket upgrade: {start[:80]!r}")
-    if "websocket" not in _tokens(headers, "upgrade"):
-        raise HandshakeError("WebSocket handshake response lacks 'Upgrade: websocket'")
-    if "upgrade" not in _tokens(headers, "connection"):
-        raise HandshakeError("WebSocket handshake response lacks 'Connection: Upgrade'")
-    accept = headers.get("sec-websocket-accept", [""])
-    if accept != [accept_key(key)]:
-        raise HandshakeError("WebSocket handshake response has a wrong Sec-WebSocket-Accept")
-    if headers.get("sec-websocket-extensions"):
-        raise HandshakeError("server accepted a WebSocket extension that was not offered")
-    protocols = _tokens(headers, "sec-websocket-protocol")
-    if protocols and protocols != [PROTOCOL]:
-        raise HandshakeError(f"server chose an unoffered sub-protocol {protocols!r}")
-    return PROTOCOL if protocols else None
+    handshake = ClientHandshake(host="localhost", key=key)
+    if not handshake.receive_data(head) or handshake.rest:
+        raise HandshakeError("the WebSocket handshake response must end with one empty line")
+    return handshake.protocol

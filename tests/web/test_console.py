@@ -109,6 +109,18 @@ def test_websocket_with_a_bad_token_is_refused() -> None:
     run(main)
 
 
+def test_a_tls_client_on_the_plain_port_is_answered_at_once() -> None:
+    # A TLS ClientHello never ends a head: the first byte shows it is no request line.
+    async def main() -> None:
+        async with running() as c:
+            async with asyncio.timeout(5):
+                answer = await exchange(c.web, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            assert answer.startswith(b"HTTP/1.1 400 ")
+            assert b"illegal request line" in answer
+
+    run(main)
+
+
 def test_a_stalled_request_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(console_module, "SETUP_TIMEOUT", 0.2)
 

@@ -73,7 +73,7 @@ from ..socket import SocketChannel
 from ..tls import TLSChannel
 from ..websock import WebsockChannel
 from .head import HeadChannel
-from .http import HttpError, Request, check_origin, parse_origin, parse_request, response, too_large
+from .http import HttpError, Request, check_origin, parse_origin, response
 from .protocol import encode_status
 from .replay import ReplayChardev
 from .viewer import Role, ViewerChardev
@@ -281,9 +281,10 @@ class WebConsole:
 
     async def _answer(self, head: HeadChannel) -> Role | None:
         """Answer a page request, or return the role a WebSocket request may take."""
-        if head.head is None:
-            raise too_large()
-        request = parse_request(head.head)
+        if head.error is not None:
+            raise head.error
+        request = head.request
+        assert request is not None  # the handshake sets one of the two
         head_only = request.method == "HEAD"
         asset = self._assets.get(request.path)
         if asset is not None:

@@ -2,26 +2,30 @@
 
 The console serves pages and WebSocket upgrades on one port, so it must read
 a request before it knows who handles it; the WebSocket layer, though, reads
-(and checks) the request itself.  This layer's handshake reads the master up
-to the blank line ending the head, at most :data:`~iochannel.web.http.MAX_HEAD`
-bytes; :attr:`HeadChannel.head` is then the head (or ``None`` when the limit
-was reached without one — answer 431).  Afterwards reads return every byte
-the handshake consumed — the head and whatever followed it — before reading
-the master again, so a :class:`~iochannel.websock.WebsockChannel` stacked on
-top sees the connection from its first byte.  Writes go to the master
-unchanged.  A master EOF before the end of the head fails the handshake with
-:class:`ConnectionError`.
+(and checks) the request itself.  This layer's handshake reads the master
+through a :class:`~iochannel.http11.RequestReader` (h11, at most
+:data:`~iochannel.http11.MAX_HEAD` bytes) until the head is complete or
+refused: :attr:`HeadChannel.request` is then the request, checked by
+:func:`~iochannel.web.http.check_request`, or :attr:`HeadChannel.error` the
+:class:`~iochannel.web.http.HttpError` to answer.  Afterwards reads return
+every byte the handshake consumed — the head and whatever followed it —
+before reading the master again, so a :class:`~iochannel.websock.WebsockChannel`
+stacked on top sees the connection from its first byte.  Writes go to the
+master unchanged.  A master EOF before the end of the head fails the
+handshake with :class:`ConnectionError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import h11
+
 from ..channel import Buffer, Channel
 from ..flags import Condition, ReadFlag
+from ..http11 import RequestReader
 from ..layer import LayerChannel
-from ..websock_handshake import end_of_head
-from .http import MAX_HEAD
+from .http import HttpError, Request, check_request
 
 __all__ = ["HeadChannel"]
 
@@ -32,34 +36,42 @@ _CHUNK = 4096
 class HeadChannel(LayerChannel):
     """Reads one request head from *master* (see the module docstring)."""
 
-    __slots__ = ("_buf", "_replay", "head")
+    __slots__ = ("_reader", "_replay", "error", "request")
 
     def __init__(self, master: Channel, name: str = "") -> None:
         super().__init__(master, name or f"http({master.name})")
-        self._buf = bytearray()
+        self._reader: RequestReader | None = RequestReader()  # dropped once done
         self._replay = memoryview(b"")
-        #: The request head, blank line included; ``None`` if it exceeded the limit.
-        self.head: bytes | None = None
+        #: The request, once the handshake is done; ``None`` if it was refused.
+        self.request: Request | None = None
+        #: The answer to a refused request, once the handshake is done.
+        self.error: HttpError | None = None
 
     def _handshake_step(self) -> Condition:
-        buf = self._buf
-        end = end_of_head(buf)
-        while end < 0 and len(buf) < MAX_HEAD:
-            chunk = bytearray(min(_CHUNK, MAX_HEAD - len(buf)))
+        reader = self._reader
+        assert reader is not None  # the handshake is not done
+        while True:
+            chunk = bytearray(min(_CHUNK, reader.room()))
             n = self._master.readv((chunk,))
             if n is None:
                 return Condition.IN
             if n == 0:
                 raise ConnectionError(
                     f"{self.name}: connection closed inside the request head "
-                    f"({len(buf)} bytes received)"
+                    f"({len(reader.data)} bytes received)"
                 )
-            start = len(buf)
-            buf += memoryview(chunk)[:n]
-            end = end_of_head(buf, start)
-        self.head = bytes(buf[:end]) if end >= 0 else None
-        self._replay = memoryview(bytes(buf))
-        self._buf = bytearray()
+            try:
+                request = reader.receive_data(memoryview(chunk)[:n])
+                if request is not None:
+                    self.request = check_request(request)
+            except h11.RemoteProtocolError as exc:
+                self.error = HttpError.of(exc)
+            except HttpError as exc:
+                self.error = exc
+            if self.request is not None or self.error is not None:
+                break
+        self._replay = memoryview(reader.data)
+        self._reader = None
         return Condition.NONE
 
     def _readv(

@@ -1,22 +1,23 @@
 """The HTTP/1.1 the web console speaks, sans-I/O and strict.
 
-:func:`parse_request` takes a complete request head (up to and including the
-blank line, at most :data:`MAX_HEAD` bytes — the WebSocket handshake's bound,
-since both read the same head) and returns a :class:`Request`, or raises
-:class:`HttpError` carrying the status to answer:
+The request head is read with h11 (:mod:`iochannel.http11`, shared with the
+WebSocket server, at most :data:`MAX_HEAD` bytes); :func:`check_request` turns
+it into a :class:`Request`, or raises :class:`HttpError` carrying the status
+to answer (:func:`parse_request` does both for a complete head):
 
 ==========  ===============================================================
 status      cause
 ==========  ===============================================================
-400         malformed request line or header field, a version other than
-            HTTP/1.1, a missing or repeated ``Host``, a target that is not
-            an absolute path, a bad percent-escape, a ``.`` or ``..`` path
-            segment (also escaped), a NUL or backslash in the path, a
-            malformed or repeated query parameter
-405         a well-formed method other than GET and HEAD (the answer
-            carries ``Allow: GET, HEAD``)
+400         malformed request line or header field, a non-ASCII or
+            control byte, a version other than HTTP/1.1, a missing or
+            repeated ``Host``, a target that is not an absolute path, a bad
+            percent-escape, a ``.`` or ``..`` path segment (also escaped), a
+            NUL or backslash in the path, a malformed or repeated query
+            parameter
+405         a method other than GET and HEAD (the answer carries ``Allow:
+            GET, HEAD``)
 431         more than :data:`MAX_HEADERS` header fields, or no end of the
-            head within :data:`MAX_HEAD` bytes (:func:`too_large`)
+            head within :data:`MAX_HEAD` bytes
 ==========  ===============================================================
 
 404 and 403 are the router's answers (:mod:`iochannel.web.console`).
@@ -39,18 +40,21 @@ import re
 import urllib.parse
 from collections.abc import Collection, Mapping, Sequence
 
-from ..websock_handshake import MAX_HEAD, MAX_HEADERS, parse_request_head
+import h11
+
+from ..http11 import MAX_HEAD, MAX_HEADERS, read_request
 
 __all__ = [
     "CSP",
     "MAX_HEAD",
+    "MAX_HEADERS",
     "HttpError",
     "Request",
     "check_origin",
+    "check_request",
     "parse_origin",
     "parse_request",
     "response",
-    "too_large",
 ]
 
 REASONS = {
@@ -72,7 +76,6 @@ CSP = (
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # More query parameters than this is not a browser talking to us.
 _MAX_PARAMS = 8
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_PATH_CHARS = frozenset("\x00\\")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
@@ -85,6 +88,11 @@ class HttpError(Exception):
         self.status = status
         self.reason = reason
         self.headers = tuple(headers)
+
+    @classmethod
+    def of(cls, exc: h11.RemoteProtocolError) -> HttpError:
+        """The answer to a head h11 (or :mod:`iochannel.http11`) refused."""
+        return cls(exc.error_status_hint, str(exc))
 
     def response(self) -> bytes:
         """The complete answer, with the reason as a plain-text body."""
@@ -107,31 +115,27 @@ class Request:
         return values[0] if values else None
 
 
-def too_large() -> HttpError:
-    """The error for a head without an end within :data:`MAX_HEAD` bytes."""
-    return HttpError(431, f"end of the request head not found within {MAX_HEAD} bytes")
-
-
 def parse_request(head: bytes) -> Request:
-    """Validate a request head; raises :class:`HttpError` (see the module doc)."""
-    if len(head) > MAX_HEAD:
-        raise too_large()
-    # The request line and the blank line end in CRLF too.
-    if head.count(b"\r\n") - 2 > MAX_HEADERS:
-        raise HttpError(431, f"more than {MAX_HEADERS} header fields")
+    """Check one complete request head; raises :class:`HttpError` (see the module doc)."""
     try:
-        method, target, version, headers = parse_request_head(head)
-    except ValueError as exc:
-        raise HttpError(400, str(exc)) from None
-    if not _TOKEN.fullmatch(method):
-        raise HttpError(400, f"malformed method {method[:20]!r}")
-    if version != "HTTP/1.1":
-        raise HttpError(400, f"HTTP version must be HTTP/1.1, not {version[:20]!r}")
+        request = read_request(head)
+    except h11.RemoteProtocolError as exc:
+        raise HttpError.of(exc) from None
+    return check_request(request)
+
+
+def check_request(request: h11.Request) -> Request:
+    """The console's view of a request a :class:`~iochannel.http11.RequestReader` read.
+
+    Raises :class:`HttpError` (see the module doc).
+    """
+    method = request.method.decode()
     if method not in METHODS:
         raise HttpError(405, f"method {method[:20]!r} is not allowed", [("Allow", "GET, HEAD")])
-    if len(headers.get("host", ())) != 1:
-        raise HttpError(400, "exactly one Host header is required")
-    raw_path, _, raw_query = target.partition("?")
+    headers: dict[str, list[str]] = {}
+    for name, value in request.headers:  # h11 lower-cases the names
+        headers.setdefault(name.decode(), []).append(value.decode())
+    raw_path, _, raw_query = request.target.decode().partition("?")
     return Request(method, _path(raw_path), _query(raw_query), headers)
 
 
