@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench conftest.py docs/conf.py
+	$(VENV)/bin/ruff format --check src tests bench conftest.py docs/conf.py
 	$(VENV)/bin/mypy --strict src
 
 docs: $(STAMP)
