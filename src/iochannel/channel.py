@@ -44,10 +44,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import (
     ChannelClosedError,
@@ -58,12 +59,13 @@ from .errors import (
 from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
 from .watch import Continuation, FdSpec, Waits, Watch, WatchCallback, add_watch
 
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer
+else:
+    from typing_extensions import Buffer
+
 if TYPE_CHECKING:
     from typing import Self
-
-    from typing_extensions import Buffer
-else:
-    Buffer = Any
 
 __all__ = ["Buffer", "Channel"]
 
