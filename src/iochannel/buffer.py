@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from typing import final
 
 from .channel import Buffer, Channel
 from .flags import Condition, Feature, ReadFlag, WriteFlag
@@ -20,6 +21,7 @@ from .flags import Condition, Feature, ReadFlag, WriteFlag
 __all__ = ["BufferChannel"]
 
 
+@final
 class BufferChannel(Channel):
     __slots__ = ("_data", "_lock", "_offset")
 

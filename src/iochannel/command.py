@@ -26,6 +26,7 @@ import subprocess
 import termios
 import time
 from collections.abc import Mapping, Sequence
+from typing import final
 
 from .channel import Buffer, Channel
 from .file import fd_readv, fd_writev
@@ -45,6 +46,7 @@ def _make_controlling_tty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+@final
 class CommandChannel(Channel):
     __slots__ = ("_proc", "_pty", "_rfd", "_wfd")
 

@@ -14,6 +14,7 @@ import os
 import pty
 import tty
 from collections.abc import Sequence
+from typing import final
 
 from .channel import Buffer, Channel
 from .flags import Condition, Feature, ReadFlag, WriteFlag
@@ -33,6 +34,7 @@ _IN = int(Condition.IN)
 _OUT = int(Condition.OUT)
 
 
+@final
 class FileChannel(Channel):
     """A channel over a file descriptor that is not a socket (see module docstring)."""
 

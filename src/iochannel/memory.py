@@ -26,6 +26,7 @@ import select
 import threading
 from collections import deque
 from collections.abc import Sequence
+from typing import final
 
 from .channel import Buffer, Channel, close_fds
 from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
@@ -99,6 +100,7 @@ class _Queue:
                 os.close(level.fd)
 
 
+@final
 class MemoryChannel(Channel):
     """One end of a :func:`memory_pair`."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import select
 from collections.abc import AsyncIterator, Callable
+from typing import final
 
 from .address import Address, resolve
 from .flags import Condition
@@ -30,6 +31,7 @@ __all__ = ["ClientCallback", "NetListener"]
 ClientCallback = Callable[["NetListener", SocketChannel], None]
 
 
+@final
 class NetListener:
     def __init__(self, *, name: str = "listener") -> None:
         self.name = name

@@ -8,6 +8,7 @@ return 0, seeks return 0, and every watch or wait is satisfied at once.  After
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import final
 
 from .channel import Buffer, Channel
 from .flags import Condition, Feature, ReadFlag, WriteFlag
@@ -15,6 +16,7 @@ from .flags import Condition, Feature, ReadFlag, WriteFlag
 __all__ = ["NullChannel"]
 
 
+@final
 class NullChannel(Channel):
     __slots__ = ()
 

@@ -31,6 +31,7 @@ import stat
 import struct
 import tempfile
 from collections.abc import Callable, Sequence
+from typing import final
 
 from .address import (
     Address,
@@ -87,6 +88,7 @@ def _family_name(sock: socket.socket) -> str:
     )
 
 
+@final
 class SocketChannel(Channel):
     """A channel over a :class:`socket.socket` (see the module docstring)."""
 

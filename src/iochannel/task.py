@@ -20,7 +20,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Generator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, final
 
 from .watch import in_loop_thread
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 _UNSET: Any = object()
 
 
+@final
 class Task(Generic[T]):
     __slots__ = (
         "_callback",

@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 import ssl
 from collections.abc import Sequence
+from typing import final
 
 from .channel import Buffer, Channel
 from .crypto.authz import AuthzDeniedError, AuthzList
@@ -62,6 +63,7 @@ def _describe(exc: ssl.SSLError) -> str:
     return _SSL_LOCATION.sub("", text)
 
 
+@final
 class TLSChannel(LayerChannel):
     """TLS over *master*; use :meth:`server` or :meth:`client` to make one."""
 

@@ -84,7 +84,7 @@ import select
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 from .errors import ChannelClosedError
 from .flags import Condition
@@ -345,6 +345,7 @@ class _Waiter:
         _call_on_loop(self.loop, self, revents)
 
 
+@final
 class Watch:
     """A persistent readiness callback on an asyncio loop.
 

@@ -39,7 +39,7 @@ import os
 import struct
 from collections import deque
 from collections.abc import Collection, Sequence
-from typing import cast
+from typing import cast, final
 
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.protocol import Protocol, Side, State
@@ -98,6 +98,7 @@ def _frame_header(length: int, masked: bool) -> bytes:
     return struct.pack("!BBQ", 0x82, second | 127, length)
 
 
+@final
 class WebsockChannel(LayerChannel):
     """A WebSocket byte stream over *master*; use :meth:`server` or :meth:`client`."""
 

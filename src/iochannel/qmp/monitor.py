@@ -25,7 +25,7 @@ import collections
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, final
 
 from ..chardev import Chardev, ChardevError, ChardevEvent, Frontend
 from .protocol import CommandSpec, QMPError, QMPServerProtocol, Request, SessionState
@@ -40,6 +40,7 @@ MAX_QUEUED = 8
 Handler = Callable[[dict[str, Any]], Any]
 
 
+@final
 class QMPMonitor:
     def __init__(
         self,

@@ -61,6 +61,7 @@ import logging
 import mimetypes
 import secrets
 from collections.abc import Callable, Iterable
+from typing import final
 
 from ..address import InetAddress
 from ..channel import Channel
@@ -115,6 +116,7 @@ def _load_assets() -> dict[str, tuple[bytes, str]]:
     return assets
 
 
+@final
 class WebConsole:
     """Serves *hub*'s console on *host*:*port* (see the module docstring)."""
 
