@@ -82,7 +82,6 @@ def test_last_repeated_key_wins() -> None:
         ),
         ("pipe,id=c,path=/p", "pipe", {"logappend": False, "device": "/p"}),
         ("serial,id=c,path=/dev/ttyS0", "serial", {"logappend": False, "device": "/dev/ttyS0"}),
-        ("parallel,id=c,path=/dev/pp", "parallel", {"logappend": False, "device": "/dev/pp"}),
         ("pty,id=c", "pty", {"logappend": False}),
         ("pty,id=c,path=/tmp/l", "pty", {"logappend": False, "path": "/tmp/l"}),
         ("stdio,id=c", "stdio", {"logappend": False, "signal": True}),
@@ -206,8 +205,6 @@ def test_mux_and_hub_membership() -> None:
         ("pipe:/tmp/p", "pipe", {"device": "/tmp/p"}),
         ("pty:/tmp/link", "pty", {"path": "/tmp/link"}),
         ("/dev/ttyS0", "serial", {"device": "/dev/ttyS0"}),
-        ("/dev/parport0", "parallel", {"device": "/dev/parport0"}),
-        ("/dev/ppi0", "parallel", {"device": "/dev/ppi0"}),
         ("udp::5", "udp", {"remote": inet("localhost", "5")}),
         (
             "udp:1.2.3.4:5@:6",
@@ -295,6 +292,8 @@ def test_legacy_invalid(text: str) -> None:
         ("tcp:[::1:5", r"invalid address '\[::1:5'"),
         ("tcp::x", "Parameter 'port' expects a number, got 'x'"),
         ("chardev:9bad", "Parameter 'id' expects an identifier"),
+        ("/dev/parport0", "'/dev/parport0': parallel ports are not supported"),
+        ("/dev/ppi0", "'/dev/ppi0': parallel ports are not supported"),
     ],
 )
 def test_legacy_errors(text: str, message: str) -> None:
@@ -351,7 +350,7 @@ def test_legacy_errors(text: str, message: str) -> None:
         ("ringbuf,id=x,size=99999E", "Parameter 'size' is out of range"),
         ("ringbuf,id=x,size=" + "9" * 5000, "Parameter 'size' expects a size"),
         ("socket,id=x,host=h,port=1,to=" + "9" * 5000, "Parameter 'to' expects a number"),
-        ("mux,id=x", "Parameter 'backend.data.chardev' is missing"),
+        ("mux,id=x", "Parameter 'chardev' is missing"),
         ("hub,id=h", "hub: 'chardevs' list is not defined"),
         ("hub,id=h,chardevs.1=b", "Parameter 'chardevs.1' given without 'chardevs.0'"),
         ("null,id=x,closed-writes=sometimes", "Parameter 'closed-writes' expects one of"),

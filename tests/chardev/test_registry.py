@@ -16,7 +16,6 @@ from iochannel.chardev import (
     RingbufChardev,
     WhileClosed,
 )
-from iochannel.chardev import registry as registry_module
 from iochannel.chardev.options import ChardevOptionError
 from iochannel.chardev.registry import ChardevRegistry
 
@@ -28,7 +27,6 @@ def test_null() -> None:
     assert reg.get("label-null") is None
     chr = reg.add("null,id=label-null")
     assert reg.get("label-null") is chr and isinstance(chr, NullChardev)
-    assert not chr.supports_fd_pass
     fe = Frontend(chr)
     with pytest.raises(ChardevBusyError, match="already in use"):
         Frontend(chr)
@@ -175,14 +173,6 @@ def test_change_failures_leave_the_old_chardev(tmp_path: Path) -> None:
         new = reg.change("c", "ringbuf")
         assert fe.chardev is new and old.closed
         fe.deinit()
-
-
-def test_missing_optional_module_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(registry_module._LAZY, "socket", ("no_such_module", "X", "from_qapi"))
-    with ChardevRegistry() as reg:
-        with pytest.raises(ChardevError, match="chardev type 'socket' is not available"):
-            reg.add("socket,id=s,host=localhost,port=1")
-        assert "socket" not in ChardevRegistry.backends()
 
 
 def test_mux_on_creates_base_and_mux() -> None:

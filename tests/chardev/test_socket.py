@@ -25,6 +25,7 @@ from iochannel.chardev import (
     SlowConsumer,
     WhileClosed,
     parse_chardev,
+    validate_spec,
 )
 from iochannel.chardev.backoff import Backoff
 from iochannel.chardev.socket import SocketChardev
@@ -401,12 +402,13 @@ def test_wait_connected_is_refused_with_handshakes() -> None:
         ({"wait": True}, "'wait' option is incompatible with socket in client connect mode"),
         ({"websocket": True}, "Websocket client is not implemented"),
         ({"server": True, "reconnect_ms": 10}, "incompatible with socket in server listen"),
-        ({"tls_authz": "a"}, "'tls_authz' provided but TLS is not used"),
+        ({"tls_authz": "a"}, "'tls-authz' option requires 'tls-creds' option"),
         ({"telnet": True, "tn3270": True}, "mutually exclusive"),
-        ({"connections": 2}, "only valid with 'server=on'"),
+        ({"connections": 2}, "'connections' option is incompatible with socket in client"),
         ({"server": True, "connections": 0}, "at least 1"),
         ({"tls_creds": "nope"}, "No TLS credentials with id 'nope'"),
-        ({"handshake_timeout_ms": -1}, "'handshake-timeout-ms' must not be negative"),
+        ({"handshake_timeout_ms": -1}, "'handshake-timeout-ms' must be at least 0, not -1"),
+        ({"reconnect_ms": 5, "reconnect_max_ms": 1}, "must not be below 'reconnect-ms'"),
     ],
 )
 def test_option_errors(kwargs: dict[str, Any], message: str) -> None:
@@ -664,7 +666,7 @@ def test_handshake_timeout_option() -> None:
             ({"handshake-timeout-ms": 250}, 0.25),
             ({"handshake-timeout-ms": 0}, None),
         ):
-            chr = SocketChardev.from_qapi("h", {"addr": addr, **data}, Registry(loop))
+            chr = SocketChardev.from_qapi("h", qapi({"addr": addr, **data}), Registry(loop))
             assert chr.setup.handshake_timeout == seconds
             chr.close()
         checked = parse_chardev("socket,id=h,path=p,server=on,handshake-timeout-ms=5")
@@ -827,6 +829,16 @@ class Registry:
         self.loop = loop
         self.objects = objects
 
+    def get(self, id: str) -> Chardev | None:
+        return None
+
+
+def qapi(data: dict[str, Any]) -> dict[str, Any]:
+    """QMP's ``ChardevSocket`` *data* as a factory takes it: validated, defaults filled in."""
+    spec = validate_spec({"id": "x", "backend": {"type": "socket", "data": data}})
+    checked: dict[str, Any] = spec["backend"]["data"]
+    return checked
+
 
 def test_from_qapi_defaults_and_shape(tmp_path: Path) -> None:
     async def main() -> None:
@@ -834,7 +846,7 @@ def test_from_qapi_defaults_and_shape(tmp_path: Path) -> None:
         path = str(tmp_path / "q.sock")
         chr = SocketChardev.from_qapi(
             "q",
-            {"addr": {"type": "unix", "data": {"path": path}}, "closed-writes": {"mode": "drop"}},
+            qapi({"addr": {"type": "unix", "data": {"path": path}}, "closed-writes": "drop"}),
             Registry(loop),
         )
         assert chr.is_server and not chr.wait  # QMP: server true, wait false
@@ -845,25 +857,29 @@ def test_from_qapi_defaults_and_shape(tmp_path: Path) -> None:
         chr.close()
         flat = SocketChardev.from_qapi(
             "f",
-            {
-                "addr": {"type": "inet", "data": {"host": "127.0.0.1", "port": "0"}},
-                "server": False,
-                "reconnect": 2,
-                "closed-writes": "buffer",
-                "closed-writes-limit": 8,
-            },
+            qapi(
+                {
+                    "addr": {"type": "inet", "data": {"host": "127.0.0.1", "port": "0"}},
+                    "server": False,
+                    "reconnect": 2,
+                    "closed-writes": "buffer",
+                    "closed-writes-limit": 8,
+                }
+            ),
             Registry(loop),
         )
         assert flat.reconnect_ms == 2000 and flat.closed_writes.limit == 8
         flat.close()
-        with pytest.raises(ChardevError, match="Parameter 'bogus' is unexpected"):
-            SocketChardev.from_qapi("x", {"addr": {}, "bogus": 1}, Registry(loop))
-        with pytest.raises(ChardevError, match=r"addr\.data\.path"):
-            SocketChardev.from_qapi("x", {"addr": {"type": "unix", "data": {}}}, Registry(loop))
+        with pytest.raises(ChardevError, match=r"Invalid parameter 'backend\.data\.bogus'"):
+            qapi({"addr": {}, "bogus": 1})
+        with pytest.raises(ChardevError, match=r"'backend\.data\.addr\.data\.path' is missing"):
+            qapi({"addr": {"type": "unix", "data": {}}})
         with pytest.raises(ChardevError, match="not TLS credentials"):
             SocketChardev.from_qapi(
                 "x",
-                {"addr": {"type": "inet", "data": {"host": "h", "port": "1"}}, "tls-creds": "o"},
+                qapi(
+                    {"addr": {"type": "inet", "data": {"host": "h", "port": "1"}}, "tls-creds": "o"}
+                ),
                 Registry(loop, o=object()),
             )
 
@@ -1138,28 +1154,35 @@ def test_add_client_adopts_a_connected_socket() -> None:
 
 def test_from_qapi_address_kinds() -> None:
     vsock = SocketChardev.from_qapi(
-        "v", {"addr": {"type": "vsock", "data": {"cid": "3", "port": "1234"}}}, Registry(None)
+        "v", qapi({"addr": {"type": "vsock", "data": {"cid": "3", "port": "1234"}}}), Registry(None)
     )
     assert vsock.filename == "disconnected:vsock:3:1234"
     inet = SocketChardev.from_qapi(
         "i",
-        {
-            "addr": {"type": "inet", "data": {"host": "::1", "port": "5", "to": 9, "ipv6": True}},
-            "server": False,
-            "telnet": True,
-        },
+        qapi(
+            {
+                "addr": {
+                    "type": "inet",
+                    "data": {"host": "::1", "port": "5", "to": 9, "ipv6": True},
+                },
+                "server": False,
+                "telnet": True,
+            }
+        ),
         Registry(None),
     )
     assert inet.addr == InetAddress("::1", "5", to=9, ipv6=True)
     assert inet.filename == "disconnected:telnet:::1:5"
     fd = SocketChardev.from_qapi(
-        "f", {"addr": {"type": "fd", "data": {"str": "7"}}}, Registry(None)
+        "f", qapi({"addr": {"type": "fd", "data": {"str": "7"}}}), Registry(None)
     )
     assert fd.addr == FdAddress(7) and fd.filename == "disconnected:fd:7,server=on"
     with pytest.raises(ChardevError, match="named fds"):
-        SocketChardev.from_qapi("n", {"addr": {"type": "fd", "data": {"str": "x"}}}, Registry(None))
-    with pytest.raises(ChardevError, match=r"'addr\.type'"):
-        SocketChardev.from_qapi("n", {"addr": {"type": "tcp", "data": {}}}, Registry(None))
+        SocketChardev.from_qapi(
+            "n", qapi({"addr": {"type": "fd", "data": {"str": "x"}}}), Registry(None)
+        )
+    with pytest.raises(ChardevError, match=r"'backend\.data\.addr\.type'"):
+        qapi({"addr": {"type": "tcp", "data": {}}})
     for chr in (vsock, inet, fd):
         chr.close()
 

@@ -174,6 +174,42 @@ def test_check_prints_the_graph(capsys: pytest.CaptureFixture[str]) -> None:
     assert "web: console of hub viewers at http://127.0.0.1:0/" in out
 
 
+def test_check_prints_every_setting_that_takes_effect(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        *("-chardev", "socket,id=c,host=h,port=1,reconnect-ms=1000,reconnect-max-ms=8000"),
+        *("-chardev", "file,id=log,path=/tmp/l,timestamp=on,append=on"),
+        *("-chardev", "ringbuf,id=r,size=4k,closed-writes=drop"),
+        *("-chardev", "hub,id=h,chardevs.0=log,chardevs.1=r,policy.0=drop,limit.0=4k"),
+        *("-chardev", "socket,id=v,host=::1,port=7,ipv6=on,server=on,wait=off"),
+        *("-chardev", "udp,id=u,port=5,localport=6"),
+        "--check",
+    ]
+    assert entry(argv) == 0
+    out = capsys.readouterr().out
+    assert "  c    socket tcp:h:1 reconnect-ms=1000 reconnect-max-ms=8000\n" in out
+    assert "  log  file /tmp/l append=on timestamp=on\n" in out
+    assert "  r    ringbuf closed-writes=drop size=4096\n" in out
+    assert "  h    hub of log, r policies.log.mode=drop policies.log.limit=4096\n" in out
+    assert "  v    socket tcp:[::1]:7,ipv6=on server\n" in out
+    assert "  u    udp remote=localhost:5 local=:6\n" in out
+
+
+def test_chardev_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert entry(["-chardev", "help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Available chardev backend types:\n")
+    assert "\n  socket " in out and "\n  command " in out and "parallel" not in out
+    assert entry(["-chardev", "null,id=n", "--chardev", "socket,help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("socket options:\n") and "  reconnect-ms=<num>\n" in out
+    assert entry(["-chardev", "file,path=a,,help"]) == 1  # ",," escapes: a path, not help
+    assert "Parameter 'id' is missing" in capsys.readouterr().err
+    assert entry(["-chardev", "sockt,help"]) == 1
+    assert "'sockt' is not a valid char driver name; did you mean 'socket'?" in (
+        capsys.readouterr().err
+    )
+
+
 def test_bad_usage_exits_1_with_the_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert entry(["--relay", "chardev=a,peer=b"]) == 1
     assert "iochannel: --relay id=relay0: 'chardev': no chardev with id 'a'" in (

@@ -148,7 +148,8 @@ def test_a_huge_ringbuf_is_refused_with_a_message(
         ],
     )
     for n, error in zip(sizes, errors, strict=True):
-        assert "Parameter 'size'" in error and "power of two of at most 1073741824" in error
+        assert "Parameter 'backend.data.size'" in error
+        assert "power of two of at most 1073741824" in error
         assert error.endswith(f"not {n}")
     assert "Traceback" not in d.log()
     done = iochannel("--check", "-chardev", "ringbuf,id=r,size=1T")

@@ -17,16 +17,26 @@ from .chardev import (
     Stats,
     WhileClosed,
 )
+from .command import CommandChardev
 from .events import ChardevEvent, LifecycleError, set_strict
 from .file import FileChardev
 from .frontend import Frontend
 from .hub import HubChardev, MemberPolicy, SlowConsumer
 from .mux import MuxChardev
 from .null import NullChardev
-from .options import ChardevOptionError, ChardevRef, parse_chardev, parse_legacy, validate_spec
+from .options import (
+    ChardevLookup,
+    ChardevOptionError,
+    ChardevRef,
+    Schema,
+    parse_chardev,
+    parse_legacy,
+    register_backend,
+    validate_spec,
+)
 from .pipe import PipeChardev
 from .pty import PtyChardev
-from .registry import ChardevRegistry, register_backend
+from .registry import ChardevRegistry
 from .ringbuf import RingbufChardev
 from .serial import SerialChardev
 from .server import ChardevServer, SessionChardev, SessionSetup
@@ -43,11 +53,13 @@ __all__ = [
     "ChardevClosedError",
     "ChardevError",
     "ChardevEvent",
+    "ChardevLookup",
     "ChardevOptionError",
     "ChardevRef",
     "ChardevRegistry",
     "ChardevServer",
     "ClosedWrites",
+    "CommandChardev",
     "FileChardev",
     "Frontend",
     "HubChardev",
@@ -58,6 +70,7 @@ __all__ = [
     "PipeChardev",
     "PtyChardev",
     "RingbufChardev",
+    "Schema",
     "SerialChardev",
     "SessionChardev",
     "SessionSetup",
@@ -75,10 +88,3 @@ __all__ = [
     "set_strict",
     "validate_spec",
 ]
-
-# The command backend (not in QEMU) registers its -chardev keys and its factory.
-from .command import CommandChardev
-from .registry import register_backend as _register
-
-_register(CommandChardev.type_name, CommandChardev.from_qapi)
-__all__ += ["CommandChardev"]

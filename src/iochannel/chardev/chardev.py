@@ -156,8 +156,8 @@ class Chardev:
     max_frontends: ClassVar[int] = 1
     #: The policy used when none is configured.
     default_closed_writes: ClassVar[ClosedWrites] = ClosedWrites(WhileClosed.ERROR)
-    #: Whether frontends may pass fds through this backend.
-    supports_fd_pass: ClassVar[bool] = False
+    #: A mux or a hub: it cannot be stacked on another, nor hot-swapped.
+    multiplexer: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -36,17 +36,23 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from .. import command as _command
-from . import options
 from .backoff import Backoff
 from .channel_backend import ChannelChardev
 from .chardev import ChardevError
 from .events import ChardevEvent
-
-if TYPE_CHECKING:
-    from .registry import ChardevRegistry
+from .options import (
+    REQUIRED,
+    ChardevLookup,
+    ChardevOptionError,
+    Field,
+    Names,
+    Schema,
+    chardev_kwargs,
+    register_backend,
+)
 
 __all__ = ["STOP_GRACE", "CommandChardev"]
 
@@ -56,6 +62,50 @@ log = logging.getLogger(__name__)
 STOP_GRACE = 2.0
 
 
+def _from_cli(o: Mapping[str, Any]) -> dict[str, Any]:
+    if "cmd" not in o:
+        raise ChardevOptionError("Parameter 'cmd' is missing")
+    try:
+        argv = shlex.split(o["cmd"])
+    except ValueError as exc:
+        raise ChardevOptionError(f"Parameter 'cmd' cannot be split: {exc}") from None
+    return {**{k: v for k, v in o.items() if k != "cmd"}, "argv": argv}
+
+
+def _check(data: dict[str, Any], name: Names) -> None:
+    if not data["argv"]:
+        raise ChardevOptionError(f"Parameter '{name('argv')}' must name a program")
+    if data["restart-max-ms"] < data["restart-ms"]:
+        raise ChardevOptionError(
+            f"Parameter '{name('restart-max-ms')}' must not be below '{name('restart-ms')}'"
+        )
+
+
+@register_backend(
+    Schema(
+        "command",
+        "a program on a pty or pipes (not in QEMU)",
+        {
+            "cmd": "str",
+            "pty": "bool",
+            "restart": "bool",
+            "restart-ms": "num",
+            "restart-max-ms": "num",
+            "cwd": "str",
+        },
+        {
+            "argv": Field("strlist", REQUIRED),
+            "pty": Field("bool", True),
+            "restart": Field("bool", False),
+            "restart-ms": Field("int", 1000, minimum=1),
+            "restart-max-ms": Field("int", 30000, minimum=1),
+            "cwd": Field("str"),
+        },
+        cli_names={"argv": "cmd"},
+        from_cli=_from_cli,
+        check=_check,
+    )
+)
 class CommandChardev(ChannelChardev):
     """A program on a pty or pipes; see the module docstring."""
 
@@ -91,9 +141,7 @@ class CommandChardev(ChannelChardev):
         self._reaping: dict[asyncio.Task[None], _command.CommandChannel] = {}
 
     @classmethod
-    def from_qapi(
-        cls, id: str, data: Mapping[str, Any], registry: ChardevRegistry
-    ) -> CommandChardev:
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> CommandChardev:
         return cls(
             id,
             data["argv"],
@@ -102,7 +150,7 @@ class CommandChardev(ChannelChardev):
             restart_ms=data["restart-ms"],
             restart_max_ms=data["restart-max-ms"],
             cwd=data.get("cwd"),
-            **registry.chardev_kwargs(data),
+            **chardev_kwargs(data, registry.loop),
         )
 
     # ---- the child ----------------------------------------------------------------------
@@ -218,53 +266,3 @@ def _stop(child: _command.CommandChannel, pty: bool) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     child.close()
-
-
-# ---- options ---------------------------------------------------------------------------
-# The option tables of iochannel.chardev.options list QEMU's backends; this
-# extension adds its own entries so that -chardev strings and QMP specs of
-# type "command" go through the same parsing and validation as every other.
-
-
-def _cli_command(o: Mapping[str, Any]) -> dict[str, Any]:
-    if "cmd" not in o:
-        raise options.ChardevOptionError("Parameter 'cmd' is missing")
-    try:
-        argv = shlex.split(o["cmd"])
-    except ValueError as exc:
-        raise options.ChardevOptionError(f"Parameter 'cmd' cannot be split: {exc}") from None
-    data: dict[str, Any] = {k: v for k, v in o.items() if k != "cmd"}
-    data["argv"] = argv
-    return data
-
-
-def _check_command(data: dict[str, Any]) -> None:
-    if not data["argv"]:
-        raise options.ChardevOptionError("Parameter 'backend.data.argv' must name a program")
-    if data["restart-max-ms"] < data["restart-ms"]:
-        raise options.ChardevOptionError(
-            "Parameter 'restart-max-ms' must not be below 'restart-ms'"
-        )
-
-
-options.register_options(
-    "command",
-    cli_keys={
-        "cmd": options.parse_string,
-        "pty": options.parse_bool,
-        "restart": options.parse_bool,
-        "restart-ms": options.parse_number,
-        "restart-max-ms": options.parse_number,
-        "cwd": options.parse_string,
-    },
-    cli_build=_cli_command,
-    qapi={
-        "argv": options.Field("strlist", options.REQUIRED),
-        "pty": options.Field("bool", True),
-        "restart": options.Field("bool", False),
-        "restart-ms": options.Field("int", 1000, minimum=1),
-        "restart-max-ms": options.Field("int", 30000, minimum=1),
-        "cwd": options.Field("str"),
-    },
-    check=_check_command,
-)

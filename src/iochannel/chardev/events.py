@@ -56,10 +56,6 @@ def set_strict(on: bool) -> None:
     _strict = on
 
 
-def is_strict() -> bool:
-    return _strict
-
-
 _observers: list[Callable[[], None]] = []
 
 

@@ -25,23 +25,49 @@ import logging
 import os
 import stat
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ..channel import Channel
 from ..file import FileChannel
 from ..flags import Condition
 from .channel_backend import ChannelChardev
+from .options import (
+    REQUIRED,
+    ChardevLookup,
+    Field,
+    Schema,
+    chardev_kwargs,
+    escape,
+    register_backend,
+)
 from .ratelimit import log_peer
 from .timestamps import LineStamper
-
-if TYPE_CHECKING:
-    from .registry import ChardevRegistry
 
 __all__ = ["FileChardev"]
 
 log = logging.getLogger(__name__)
 
 
+def _legacy(text: str) -> str | None:
+    return f"file,path={escape(text[5:])}" if text.startswith("file:") else None
+
+
+@register_backend(
+    Schema(
+        "file",
+        "output to a file, optional input from another",
+        {"path": "str", "input-path": "str", "append": "bool", "timestamp": "bool"},
+        {
+            "in": Field("str"),
+            "out": Field("str", REQUIRED),
+            "append": Field("bool", False),
+            # Extension: a wall-clock stamp before each line.
+            "timestamp": Field("bool", False),
+        },
+        cli_names={"out": "path", "in": "input-path"},
+        legacy=_legacy,
+    )
+)
 class FileChardev(ChannelChardev):
     type_name: ClassVar[str] = "file"
 
@@ -67,14 +93,14 @@ class FileChardev(ChannelChardev):
         self._lost = 0
 
     @classmethod
-    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevRegistry) -> FileChardev:
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> FileChardev:
         return cls(
             id,
             data["out"],
             in_=data.get("in"),
             append=data["append"],
             timestamp=data.get("timestamp", False),
-            **registry.chardev_kwargs(data),
+            **chardev_kwargs(data, registry.loop),
         )
 
     def _open(self) -> bool:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
 
 from ..channel import Buffer
 from .chardev import Chardev, ChardevError
@@ -41,6 +41,7 @@ Event = Callable[[ChardevEvent], None]
 BeChange = Callable[[], bool]
 
 
+@final
 class Frontend:
     def __init__(self, chardev: Chardev | None = None) -> None:
         self.chardev: Chardev | None = None

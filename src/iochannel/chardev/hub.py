@@ -56,8 +56,17 @@ from .chardev import (
 )
 from .events import ChardevEvent, changed
 from .frontend import Frontend
-from .mux import ChardevLookup, MuxChardev, lookup
-from .options import chardev_kwargs
+from .options import (
+    REQUIRED,
+    ChardevLookup,
+    ChardevOptionError,
+    Field,
+    Names,
+    Schema,
+    chardev_kwargs,
+    check_id,
+    register_backend,
+)
 
 __all__ = [
     "Backlog",
@@ -75,6 +84,9 @@ log = logging.getLogger(__name__)
 
 #: Most queued bytes offered to a member at once (one socket buffer's worth).
 SEND_CHUNK = 65536
+#: Hub members the command line names (``chardevs.0`` … ``chardevs.3``, as QEMU's);
+#: a spec's list is not limited.
+MAX_HUB = 4
 
 
 class SlowConsumer(enum.Enum):
@@ -449,10 +461,73 @@ class FanoutChardev(Chardev):
         return self.fanout.add_write_watch(callback)
 
 
+def _from_cli(o: Mapping[str, Any]) -> dict[str, Any]:
+    members: list[str] = []
+    policies: dict[str, dict[str, Any]] = {}
+    for i in range(MAX_HUB):
+        key = f"chardevs.{i}"
+        if key not in o:
+            break
+        members.append(o[key])
+        policy = {
+            name: o[f"{option}.{i}"]
+            for name, option in (("mode", "policy"), ("limit", "limit"))
+            if f"{option}.{i}" in o
+        }
+        if policy:
+            policies[o[key]] = policy
+    used = {f"{k}.{i}" for k in ("chardevs", "policy", "limit") for i in range(len(members))}
+    extra = sorted(set(o) - used)
+    if extra:
+        kind, _, n = extra[0].partition(".")
+        missing = f"chardevs.{len(members) if kind == 'chardevs' else n}"
+        raise ChardevOptionError(f"Parameter '{extra[0]}' given without '{missing}'")
+    return {"chardevs": members, **({"policies": policies} if policies else {})}
+
+
+def _members(data: Mapping[str, Any]) -> list[str]:
+    members: list[str] | None = data.get("chardevs")
+    if not members:
+        raise ChardevOptionError("hub: 'chardevs' list is not defined")
+    return members
+
+
+def _check(data: dict[str, Any], name: Names) -> None:
+    for i, member in enumerate(_members(data)):
+        check_id(name(f"chardevs.{i}"), member)
+
+
+def _mux_be(id: str, data: Mapping[str, Any], registry: ChardevLookup) -> HubChardev:
+    return HubChardev.from_mux_be(id, data, registry)
+
+
+@register_backend(
+    Schema(
+        "hub",
+        "one frontend, many backends (chardevs.N=ID)",
+        {
+            **{f"chardevs.{i}": "str" for i in range(MAX_HUB)},
+            # Extension: each member's slow-consumer policy and its queue bound.
+            **{f"policy.{i}": "str" for i in range(MAX_HUB)},
+            **{f"limit.{i}": "size" for i in range(MAX_HUB)},
+        },
+        {"chardevs": Field("strlist", REQUIRED), "policies": Field("object")},
+        from_cli=_from_cli,
+        check=_check,
+    ),
+    Schema(
+        "mux-be",
+        "an empty hub; chardevs join it with mux-be-id=ID",
+        {},
+        {"policies": Field("object")},
+        factory=_mux_be,
+    ),
+)
 class HubChardev(FanoutChardev):
     """One frontend, many backend chardevs; see the module docstring."""
 
     type_name: ClassVar[str] = "hub"
+    multiplexer: ClassVar[bool] = True
     #: With nothing open, output goes nowhere, as in QEMU.
     default_closed_writes: ClassVar[ClosedWrites] = ClosedWrites(WhileClosed.DROP)
 
@@ -482,10 +557,7 @@ class HubChardev(FanoutChardev):
 
         ``{"chardevs": [ids], "policies": {id: {"mode": "drop", "limit": N}}}``.
         """
-        ids = data.get("chardevs")
-        if not ids:
-            raise ChardevError("hub: 'chardevs' list is not defined")
-        return cls._build(id, ids, data, registry)
+        return cls._build(id, _members(data), data, registry)
 
     @classmethod
     def from_mux_be(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> HubChardev:
@@ -505,7 +577,7 @@ class HubChardev(FanoutChardev):
         parsed = {key: MemberPolicy.from_qapi(value) for key, value in policies.items()}
         chardevs = []
         for member_id in ids:
-            chardev = lookup(registry, member_id)
+            chardev = registry.get(member_id)
             if chardev is None:
                 raise ChardevError(f"hub: chardev can't be found by id '{member_id}'")
             chardevs.append(chardev)
@@ -516,7 +588,7 @@ class HubChardev(FanoutChardev):
 
         Without *policy*, the one configured for its id applies, else ``block``.
         """
-        if isinstance(chardev, (HubChardev, MuxChardev)):
+        if chardev.multiplexer:
             raise ChardevError(
                 "hub: multiplexers and hub devices can't be stacked, check chardev "
                 f"'{chardev.id}', chardev should not be a hub device or have 'mux=on' enabled"

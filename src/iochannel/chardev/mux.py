@@ -32,17 +32,25 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from .chardev import Chardev, ChardevBusyError, ChardevError, WatchCallback
 from .events import ChardevEvent
 from .frontend import Frontend
-from .options import chardev_kwargs
+from .options import (
+    REQUIRED,
+    ChardevLookup,
+    Field,
+    Names,
+    Schema,
+    chardev_kwargs,
+    check_id,
+    register_backend,
+)
 from .timestamps import LineStamper
 
 __all__ = [
     "INPUT_BUFFER",
-    "ChardevLookup",
     "LineStamper",
     "MuxChardev",
     "MuxCommand",
@@ -56,23 +64,6 @@ log = logging.getLogger(__name__)
 INPUT_BUFFER = 32
 
 _LIFECYCLE = (ChardevEvent.OPENED, ChardevEvent.CLOSED)
-
-
-class ChardevLookup(Protocol):
-    """What ``from_qapi`` needs from a registry: chardevs by id, and the loop."""
-
-    @property
-    def loop(self) -> Any: ...
-
-    def get(self, id: str) -> Chardev | None: ...
-
-
-def lookup(registry: ChardevLookup, id: str) -> Chardev | None:
-    """*id* in *registry*, or ``None``; registries that raise KeyError are accepted."""
-    try:
-        return registry.get(id)
-    except KeyError:
-        return None
 
 
 class MuxCommand(enum.Enum):
@@ -151,11 +142,25 @@ def _log_quit(mux: MuxChardev) -> None:
     log.warning("mux '%s': quit requested from the console", mux.id)
 
 
+def _check(data: dict[str, Any], name: Names) -> None:
+    check_id(name("chardev"), data["chardev"])
+
+
+@register_backend(
+    Schema(
+        "mux",
+        "one backend shared by many frontends (mux=on builds one)",
+        {"chardev": "str"},
+        {"chardev": Field("str", REQUIRED)},
+        check=_check,
+    )
+)
 class MuxChardev(Chardev):
     """One base chardev, any number of frontends; see the module docstring."""
 
     type_name: ClassVar[str] = "mux"
     max_frontends: ClassVar[int] = 1 << 30
+    multiplexer: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -167,9 +172,7 @@ class MuxChardev(Chardev):
         clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
     ) -> None:
-        from .hub import HubChardev  # a hub imports this module
-
-        if isinstance(base, (MuxChardev, HubChardev)):
+        if base.multiplexer:
             raise ChardevError(
                 f"mux: multiplexers and hub devices can't be stacked, check chardev '{base.id}'"
             )
@@ -189,7 +192,7 @@ class MuxChardev(Chardev):
     def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> MuxChardev:
         """Build from QAPI ``ChardevMux`` (``{"chardev": base_id}``)."""
         base_id = data.get("chardev")
-        base = lookup(registry, base_id) if isinstance(base_id, str) else None
+        base = registry.get(base_id) if isinstance(base_id, str) else None
         if base is None:
             raise ChardevError(f"mux: base chardev {base_id} not found")
         if base.busy:

@@ -1,4 +1,11 @@
-"""Chardev options: QEMU's ``-chardev`` strings, its legacy strings, and QAPI specs.
+"""Chardev options: the engine that reads each backend's declared schema.
+
+Every backend class declares, in its own module, one :class:`Schema` per type
+name it builds and registers it with the :func:`register_backend` class
+decorator: its ``-chardev`` keys and their types, its QAPI ``backend.data``
+fields with defaults, how the first become the second, its cross-field
+checks, its legacy (``-serial``) forms and its factory.  This module owns no
+backend: it parses, checks types and words the errors the same way for all.
 
 Every entry point returns (or checks) one *spec*, the shape QMP's
 ``chardev-add`` takes::
@@ -21,53 +28,60 @@ plus a mux ``<id>``) and ``"mux-be-id": "H"`` (join hub ``H``).
 * :func:`validate_spec` checks a spec given directly (QMP), filling QMP's
   defaults, which differ from the command line's for socket ``server`` and
   ``wait``.
+* :func:`backend_help` and :func:`options_help` answer ``-chardev help`` and
+  ``-chardev TYPE,help``; :func:`backend_names` is ``query-chardev-backends``.
 
 Unlike QEMU, keys that the chosen backend does not use are rejected rather
-than ignored.  Socket specs always come out with ``reconnect-ms`` (the
-deprecated ``reconnect``, in seconds, is converted).  Every problem raises
-:class:`ChardevOptionError` naming the key and the value; nothing else escapes.
+than ignored, with the nearest valid names suggested.  Every problem raises
+:class:`ChardevOptionError` naming the key as the user wrote it: the
+``-chardev`` key for a string, ``backend.data.FIELD`` for a spec; nothing
+else escapes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import logging
+import difflib
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from .. import keyval
 from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress, VsockAddress
-from .chardev import ChardevError, ClosedWrites, WhileClosed
+from .chardev import Chardev, ChardevError, ClosedWrites, WhileClosed
 
 __all__ = [
-    "BACKEND_TYPES",
     "REQUIRED",
+    "ChardevLookup",
     "ChardevOptionError",
     "ChardevRef",
+    "Factory",
     "Field",
+    "Names",
+    "Schema",
+    "address_text",
+    "backend_help",
+    "backend_names",
     "chardev_kwargs",
-    "check_ringbuf_size",
+    "check_id",
+    "escape",
+    "host_port",
+    "options_help",
+    "options_table",
     "parse_bool",
     "parse_chardev",
     "parse_keyval",
     "parse_legacy",
-    "parse_number",
-    "parse_string",
     "qapi_address",
-    "register_options",
+    "register_backend",
+    "schema",
+    "settings",
     "validate_spec",
 ]
 
-log = logging.getLogger(__name__)
-
 #: Longest chardev id.
 MAX_ID = 127
-#: Hub members the command line names (``chardevs.0`` … ``chardevs.3``, as QEMU's);
-#: a spec's list is not limited.
-MAX_HUB = 4
-#: Largest ``ringbuf`` size: its memory is taken whole when the chardev is created.
-MAX_RINGBUF = 1 << 30
 
 
 class ChardevOptionError(ChardevError, ValueError):
@@ -81,6 +95,131 @@ class ChardevRef:
     id: str
 
 
+class ChardevLookup(Protocol):
+    """What a factory may use of the registry that builds a chardev."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+
+    @property
+    def objects(self) -> Mapping[str, object]: ...
+
+    def get(self, id: str) -> Chardev | None: ...
+
+
+#: ``factory(id, data, registry)``: a chardev, unopened, from validated ``backend.data``.
+Factory = Callable[[str, Mapping[str, Any], ChardevLookup], Chardev]
+#: The name the user wrote for a ``backend.data`` path (``"size"``, ``"addr.data.port"``).
+Names = Callable[[str], str]
+
+REQUIRED = object()
+_ABSENT = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One QAPI field: its kind, its default (:data:`REQUIRED`: none) and an integer's minimum."""
+
+    kind: str  # "str", "bool", "int", "addr", "strlist" or "object"
+    default: object = _ABSENT
+    minimum: int = 0
+
+
+def _rename(names: Mapping[str, str]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """The ``-chardev`` keys as ``backend.data`` fields: the QAPI names of *names*' values."""
+    back = {cli: field for field, cli in names.items()}
+    return lambda o: {back.get(k, k): v for k, v in o.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """Everything the options engine knows of one backend type (see the module docstring)."""
+
+    type_name: str
+    #: One line for ``-chardev help``.
+    summary: str
+    #: ``-chardev`` keys and their kinds: ``str``, ``bool``, ``num``, ``size`` or ``port``.
+    cli: Mapping[str, str]
+    #: ``backend.data`` fields (the keys every backend takes are added by the engine).
+    qapi: Mapping[str, Field]
+    #: ``backend.data`` paths whose ``-chardev`` key has another name (``{"out": "path"}``).
+    cli_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The converted ``-chardev`` keys as ``backend.data`` (default: renamed by *cli_names*).
+    from_cli: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    #: Cross-field checks of ``backend.data`` (defaults filled in); may normalise it.
+    check: Callable[[dict[str, Any], Names], None] | None = None
+    #: A legacy string (``file:PATH``) as ``-chardev`` text without ``id``, ``None`` if not ours.
+    legacy: Callable[[str], str | None] | None = None
+    #: Builds the chardev; by default the class's ``from_qapi``.
+    factory: Factory | None = None
+    #: A mux or a hub: it cannot be stacked on another (set from the class).
+    multiplexer: bool = False
+
+    def cli_to_qapi(self, typed: Mapping[str, Any]) -> dict[str, Any]:
+        return (self.from_cli or _rename(self.cli_names))(typed)
+
+    def cli_name(self, path: str) -> str:
+        """The ``-chardev`` key for a ``backend.data`` path (an address's key: its last part)."""
+        if path in self.cli_names:
+            return self.cli_names[path]
+        return path.rpartition(".data.")[2]
+
+    def build(self, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> Chardev:
+        assert self.factory is not None  # register_backend sets it
+        return self.factory(id, data, registry)
+
+
+_BACKENDS: dict[str, Schema] = {}
+_C = TypeVar("_C", bound=type[Chardev])
+
+
+def register_backend(*schemas: Schema) -> Callable[[_C], _C]:
+    """Class decorator: the class builds these backend types (one :class:`Schema` each).
+
+    A schema without a factory is built by the class's ``from_qapi``.  A
+    type registered again replaces the earlier one.
+    """
+
+    def register(cls: _C) -> _C:
+        for s in schemas:
+            factory = s.factory or getattr(cls, "from_qapi", None)
+            if factory is None:
+                raise TypeError(f"{cls.__name__} has no from_qapi to build '{s.type_name}'")
+            _BACKENDS[s.type_name] = dataclasses.replace(
+                s, factory=factory, multiplexer=cls.multiplexer
+            )
+        return cls
+
+    return register
+
+
+def backend_names() -> list[str]:
+    """The registered backend types, sorted (``query-chardev-backends``)."""
+    return sorted(_BACKENDS)
+
+
+def schema(type_name: object) -> Schema:
+    """The schema of *type_name*; an unknown one suggests the nearest names."""
+    if isinstance(type_name, str) and type_name in _BACKENDS:
+        return _BACKENDS[type_name]
+    raise ChardevOptionError(
+        f"'{type_name}' is not a valid char driver name" + _did_you_mean(type_name, _BACKENDS)
+    )
+
+
+def _did_you_mean(given: object, valid: Iterable[str]) -> str:
+    if not isinstance(given, str):
+        return ""
+    close = difflib.get_close_matches(given, list(valid), n=3)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+
+
+def _invalid(name: str, key: str, valid: Iterable[str]) -> ChardevOptionError:
+    return ChardevOptionError(f"Invalid parameter '{name}'" + _did_you_mean(key, valid))
+
+
 # ---- keyval syntax ----------------------------------------------------------------
 
 
@@ -90,6 +229,11 @@ def parse_keyval(text: str, implied: str | None = None) -> list[tuple[str, str]]
         return keyval.split(text, implied=implied)
     except keyval.KeyvalError as exc:
         raise ChardevOptionError(str(exc)) from None
+
+
+def escape(value: str) -> str:
+    """*value* inside ``-chardev`` text (a comma doubled)."""
+    return value.replace(",", ",,")
 
 
 # ---- typed values from strings -----------------------------------------------------
@@ -110,7 +254,7 @@ def parse_bool(key: str, value: str) -> bool:
         ) from None
 
 
-def parse_number(key: str, value: str) -> int:
+def _number(key: str, value: str) -> int:
     # The length check comes first: int() refuses very long digit strings.
     if not value.isascii() or not value.isdigit() or len(value) > 20 or int(value) >= 1 << 64:
         raise ChardevOptionError(f"Parameter '{key}' expects a number, got '{value}'")
@@ -132,217 +276,55 @@ def _size(key: str, value: str) -> int:
 
 
 def _port(key: str, value: str) -> str:
-    if parse_number(key, value) > 65535:
+    if _number(key, value) > 65535:
         raise ChardevOptionError(
             f"Parameter '{key}' expects a port number (0-65535), got '{value}'"
         )
     return value
 
 
-def parse_string(key: str, value: str) -> str:
+def _string(key: str, value: str) -> str:
     return value
 
 
-Conv = Callable[[str, str], Any]
-
-# ---- the command line: keys of every backend ---------------------------------------------
-
-_COMMON_CLI: dict[str, Conv] = {
-    "mux": parse_bool,
-    "mux-be-id": parse_string,
-    "logfile": parse_string,
-    "logappend": parse_bool,
-    "closed-writes": parse_string,
-    "closed-writes-limit": _size,
-    "closed-writes-overflow": parse_string,
+#: Each ``-chardev`` key kind: its converter and how ``help`` shows it (QEMU's words).
+_KINDS: dict[str, tuple[Callable[[str, str], Any], str]] = {
+    "str": (_string, "str"),
+    "bool": (parse_bool, "bool (on/off)"),
+    "num": (_number, "num"),
+    "size": (_size, "size"),
+    "port": (_port, "port"),
 }
 
-_CLI_KEYS: dict[str, dict[str, Conv]] = {
-    "null": {},
-    "file": {
-        "path": parse_string,
-        "input-path": parse_string,
-        "append": parse_bool,
-        "timestamp": parse_bool,  # extension: a wall-clock stamp before each line
-    },
-    "pipe": {"path": parse_string},
-    "serial": {"path": parse_string},
-    "parallel": {"path": parse_string},
-    "pty": {"path": parse_string},
-    "stdio": {"signal": parse_bool},
-    "ringbuf": {"size": _size},
-    "memory": {"size": _size},
-    "mux": {"chardev": parse_string},
-    "hub": {
-        **{f"chardevs.{i}": parse_string for i in range(MAX_HUB)},
-        # Extension: each member's slow-consumer policy and its queue bound.
-        **{f"policy.{i}": parse_string for i in range(MAX_HUB)},
-        **{f"limit.{i}": _size for i in range(MAX_HUB)},
-    },
-    "mux-be": {},
-    "udp": {
-        "host": parse_string,
-        "port": _port,
-        "localaddr": parse_string,
-        "localport": _port,
-        "ipv4": parse_bool,
-        "ipv6": parse_bool,
-    },
-    "socket": {
-        "host": parse_string,
-        "port": _port,
-        "to": parse_number,
-        "ipv4": parse_bool,
-        "ipv6": parse_bool,
-        "path": parse_string,
-        "abstract": parse_bool,
-        "tight": parse_bool,
-        "fd": parse_string,
-        "server": parse_bool,
-        "wait": parse_bool,
-        "nodelay": parse_bool,
-        "delay": parse_bool,
-        "telnet": parse_bool,
-        "tn3270": parse_bool,
-        "websocket": parse_bool,
-        "reconnect": parse_number,
-        "reconnect-ms": parse_number,
-        "reconnect-max-ms": parse_number,
-        "tls-creds": parse_string,
-        "tls-authz": parse_string,
-        "connections": parse_number,
-        "handshake-timeout-ms": parse_number,
-    },
-}
+# ---- the keys every backend takes ---------------------------------------------------
 
-#: Backend types this module knows (``query-chardev-backends`` lists those the registry builds).
-BACKEND_TYPES = tuple(_CLI_KEYS)
+_COMMON_CLI = {
+    "mux": "bool",
+    "mux-be-id": "str",
+    "logfile": "str",
+    "logappend": "bool",
+    "closed-writes": "str",
+    "closed-writes-limit": "size",
+    "closed-writes-overflow": "str",
+}
+_COMMON: dict[str, Field] = {
+    "logfile": Field("str"),
+    "logappend": Field("bool", False),
+    "closed-writes": Field("str"),
+    "closed-writes-limit": Field("int"),
+    "closed-writes-overflow": Field("str"),
+}
+#: Top-level spec keys beside ``id`` and ``backend`` (command-line extensions).
+_TOP = ("mux", "mux-be-id")
+_CLOSED_WRITES = ("drop", "error", "buffer")
+_OVERFLOW = ("drop-oldest", "error")
 
 
 def _missing(key: str) -> ChardevOptionError:
     return ChardevOptionError(f"Parameter '{key}' is missing")
 
 
-def _inet(host: str, port: str, opts: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    data: dict[str, Any] = {"host": host, "port": port}
-    data.update({k: opts[k] for k in keys if k in opts})
-    return {"type": "inet", "data": data}
-
-
-def _cli_file(o: Mapping[str, Any]) -> dict[str, Any]:
-    if "path" not in o:
-        raise _missing("path")
-    data: dict[str, Any] = {
-        "out": o["path"],
-        "append": o.get("append", False),
-        "timestamp": o.get("timestamp", False),
-    }
-    if "input-path" in o:
-        data["in"] = o["input-path"]
-    return data
-
-
-def _cli_device(o: Mapping[str, Any]) -> dict[str, Any]:
-    if "path" not in o:
-        raise _missing("path")
-    return {"device": o["path"]}
-
-
-def _cli_same(o: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(o)
-
-
-def _cli_hub(o: Mapping[str, Any]) -> dict[str, Any]:
-    members: list[str] = []
-    policies: dict[str, dict[str, Any]] = {}
-    for i in range(MAX_HUB):
-        key = f"chardevs.{i}"
-        if key not in o:
-            break
-        members.append(o[key])
-        policy = {
-            name: o[f"{option}.{i}"]
-            for name, option in (("mode", "policy"), ("limit", "limit"))
-            if f"{option}.{i}" in o
-        }
-        if policy:
-            policies[o[key]] = policy
-    used = {f"{k}.{i}" for k in ("chardevs", "policy", "limit") for i in range(len(members))}
-    extra = sorted(set(o) - used)
-    if extra:
-        kind, _, n = extra[0].partition(".")
-        missing = f"chardevs.{len(members) if kind == 'chardevs' else n}"
-        raise ChardevOptionError(f"Parameter '{extra[0]}' given without '{missing}'")
-    return {"chardevs": members, **({"policies": policies} if policies else {})}
-
-
-def _cli_udp(o: Mapping[str, Any]) -> dict[str, Any]:
-    if not o.get("port"):
-        raise _missing("port")
-    family = ("ipv4", "ipv6")
-    data: dict[str, Any] = {"remote": _inet(o.get("host") or "localhost", o["port"], o, family)}
-    if o.get("localaddr") or o.get("localport"):
-        local = _inet(o.get("localaddr", ""), o.get("localport") or "0", o, family)
-        data["local"] = local
-    return data
-
-
-# Socket keys that only some address kinds take.
-_ADDRESS_KEYS = {
-    "path": frozenset({"path", "abstract", "tight"}),
-    "host": frozenset({"host", "port", "to", "ipv4", "ipv6"}),
-    "fd": frozenset({"fd"}),
-}
-_ANY_ADDRESS_KEY = frozenset().union(*_ADDRESS_KEYS.values())
-
-
-def _cli_socket(o: Mapping[str, Any]) -> dict[str, Any]:
-    given = [k for k in ("path", "host", "fd") if k in o]
-    if len(given) != 1:
-        raise ChardevOptionError("Exactly one of 'path', 'host' or 'fd' is required")
-    wrong = sorted(_ANY_ADDRESS_KEY.intersection(o) - _ADDRESS_KEYS[given[0]])
-    if wrong:
-        raise ChardevOptionError(f"Parameter '{wrong[0]}' cannot be used with '{given[0]}'")
-    if "path" in o:
-        unix = {k: o[k] for k in ("path", "abstract", "tight") if k in o}
-        addr: dict[str, Any] = {"type": "unix", "data": unix}
-    elif "host" in o:
-        if "port" not in o:
-            raise _missing("port")
-        addr = _inet(o["host"], o["port"], o, ("to", "ipv4", "ipv6"))
-    else:
-        addr = {"type": "fd", "data": {"str": o["fd"]}}
-    if "delay" in o and "nodelay" in o:
-        raise ChardevOptionError("'delay' and 'nodelay' are mutually exclusive")
-    server = o.get("server", False)
-    data: dict[str, Any] = {
-        "addr": addr,
-        "server": server,
-        "nodelay": o.get("nodelay", not o.get("delay", True)),
-    }
-    data["wait"] = o.get("wait", server)
-    keep = ("telnet", "tn3270", "websocket", "reconnect", "reconnect-ms", "reconnect-max-ms")
-    ours = ("connections", "handshake-timeout-ms")
-    data.update({k: o[k] for k in (*keep, "tls-creds", "tls-authz", *ours) if k in o})
-    return data
-
-
-_CLI_BUILD: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
-    "null": _cli_same,
-    "file": _cli_file,
-    "pipe": _cli_device,
-    "serial": _cli_device,
-    "parallel": _cli_device,
-    "pty": _cli_same,
-    "stdio": _cli_same,
-    "ringbuf": _cli_same,
-    "memory": _cli_same,
-    "mux": _cli_same,
-    "hub": _cli_hub,
-    "mux-be": _cli_same,
-    "udp": _cli_udp,
-    "socket": _cli_socket,
-}
+# ---- the command line ------------------------------------------------------------------
 
 
 def parse_chardev(text: str) -> dict[str, Any]:
@@ -353,36 +335,31 @@ def parse_chardev(text: str) -> dict[str, Any]:
     backend = opts.pop("backend", None)
     if backend is None:
         raise _missing("backend")
-    if backend not in _CLI_KEYS:
-        raise ChardevOptionError(f"'{backend}' is not a valid char driver name")
+    s = schema(backend)
     id = opts.pop("id", None)
     if id is None:
         raise _missing("id")
-    keys = _CLI_KEYS[backend]
     common: dict[str, Any] = {}
     typed: dict[str, Any] = {}
     for key, value in opts.items():
         if key in _COMMON_CLI:
-            common[key] = _COMMON_CLI[key](key, value)
-        elif key in keys:
-            typed[key] = keys[key](key, value)
+            common[key] = _KINDS[_COMMON_CLI[key]][0](key, value)
+        elif key in s.cli:
+            typed[key] = _KINDS[s.cli[key]][0](key, value)
         else:
-            raise ChardevOptionError(f"Invalid parameter '{key}'")
-    spec: dict[str, Any] = {
-        "id": id,
-        "backend": {"type": backend, "data": _CLI_BUILD[backend](typed)},
-    }
-    for key in ("mux", "mux-be-id"):
+            raise _invalid(key, key, [*s.cli, *_COMMON_CLI, "id"])
+    spec: dict[str, Any] = {"id": id, "backend": {"type": backend, "data": s.cli_to_qapi(typed)}}
+    for key in _TOP:
         if key in common:
             spec[key] = common.pop(key)
     spec["backend"]["data"].update(common)
-    return validate_spec(spec)
+    return _validate(spec, s.cli_name)
 
 
 # ---- legacy strings ------------------------------------------------------------------
 
 
-def _host_port(text: str) -> tuple[str, str, int]:
+def host_port(text: str) -> tuple[str, str, int]:
     """``[host]:port`` at the start of *text*, up to a comma: host, port, end index."""
     end = text.find(",")
     end = len(text) if end < 0 else end
@@ -400,39 +377,10 @@ def _host_port(text: str) -> tuple[str, str, int]:
 
 def _legacy_string(text: str) -> str | None:
     """The ``-chardev`` string for legacy *text* (without ``id``), or ``None`` if unknown."""
-
-    def esc(value: str) -> str:
-        return value.replace(",", ",,")
-
-    if text in ("null", "pty", "stdio"):
-        return text
-    for prefix, backend in (("file:", "file"), ("pipe:", "pipe"), ("pty:", "pty")):
-        if text.startswith(prefix):
-            return f"{backend},path={esc(text[len(prefix) :])}"
-    for prefix in ("tcp:", "telnet:", "tn3270:", "websocket:"):
-        if text.startswith(prefix):
-            host, port, end = _host_port(text[len(prefix) :])
-            rest = text[len(prefix) + end :]
-            flag = "" if prefix == "tcp:" else f",{prefix[:-1]}=on"
-            return f"socket,host={esc(host)},port={esc(port)}{rest}{flag}"
-    if text.startswith("unix:"):
-        return f"socket,path={text[5:]}"
-    if text.startswith("udp:"):
-        remote, at, local = text[4:].partition("@")
-        host, port, end = _host_port(remote)
-        out = f"udp,host={esc(host)},port={esc(port)}"
-        if end < len(remote):
-            raise ChardevOptionError(f"invalid udp address '{remote}'")
-        if at:
-            lhost, lport, lend = _host_port(local)
-            if lend < len(local):
-                raise ChardevOptionError(f"invalid udp address '{local}'")
-            out += f",localaddr={esc(lhost)},localport={esc(lport)}"
-        return out
-    if text.startswith(("/dev/parport", "/dev/ppi")):
-        return f"parallel,path={esc(text)}"
-    if text.startswith("/dev/"):
-        return f"serial,path={esc(text)}"
+    for s in _BACKENDS.values():
+        cli = s.legacy(text) if s.legacy is not None else None
+        if cli is not None:
+            return cli
     return None
 
 
@@ -445,77 +393,19 @@ def parse_legacy(text: str, id: str) -> dict[str, Any] | ChardevRef:
     if not isinstance(text, str):
         raise ChardevOptionError(f"a chardev string is needed, got {type(text).__name__}")
     if text.startswith("chardev:"):
-        return ChardevRef(_check_id("id", text[8:]))
+        return ChardevRef(check_id("id", text[8:]))
     monitor = text.startswith("mon:")
     inner = text[4:] if monitor else text
     cli = _legacy_string(inner)
     if cli is None:
         raise ChardevOptionError(f"'{text}' is not a valid char driver")
-    cli += f",id={id.replace(',', ',,')}"
+    cli += f",id={escape(id)}"
     if monitor:
         cli += ",mux=on" + (",signal=off" if cli.startswith("stdio,") else "")
     return parse_chardev(cli)
 
 
 # ---- QAPI specs ------------------------------------------------------------------------
-
-REQUIRED = object()
-_ABSENT = object()
-
-
-@dataclasses.dataclass(frozen=True)
-class Field:
-    kind: str  # "str", "bool", "int", "addr", "strlist" or "object"
-    default: object = _ABSENT
-    minimum: int = 0
-
-
-_COMMON: dict[str, Field] = {
-    "logfile": Field("str"),
-    "logappend": Field("bool", False),
-    "closed-writes": Field("str"),
-    "closed-writes-limit": Field("int"),
-    "closed-writes-overflow": Field("str"),
-}
-_DEVICE = {"device": Field("str", REQUIRED)}
-_RINGBUF = {"size": Field("int", 65536, minimum=1)}
-
-_QAPI: dict[str, dict[str, Field]] = {
-    "null": {},
-    "file": {
-        "in": Field("str"),
-        "out": Field("str", REQUIRED),
-        "append": Field("bool", False),
-        "timestamp": Field("bool", False),
-    },
-    "pipe": _DEVICE,
-    "serial": _DEVICE,
-    "parallel": _DEVICE,
-    "pty": {"path": Field("str")},
-    "stdio": {"signal": Field("bool", True)},
-    "ringbuf": _RINGBUF,
-    "memory": _RINGBUF,
-    "mux": {"chardev": Field("str", REQUIRED)},
-    "hub": {"chardevs": Field("strlist", REQUIRED), "policies": Field("object")},
-    "mux-be": {"policies": Field("object")},
-    "udp": {"remote": Field("addr", REQUIRED), "local": Field("addr")},
-    "socket": {
-        "addr": Field("addr", REQUIRED),
-        "tls-creds": Field("str"),
-        "tls-authz": Field("str"),
-        "server": Field("bool", True),
-        "wait": Field("bool", False),
-        "nodelay": Field("bool", False),
-        "telnet": Field("bool", False),
-        "tn3270": Field("bool", False),
-        "websocket": Field("bool", False),
-        "reconnect": Field("int"),
-        "reconnect-ms": Field("int"),
-        "reconnect-max-ms": Field("int"),
-        "connections": Field("int", 1, minimum=1),
-        "handshake-timeout-ms": Field("int"),
-    },
-}
 
 _ADDRESSES: dict[str, dict[str, Field]] = {
     "inet": {
@@ -536,206 +426,150 @@ _ADDRESSES: dict[str, dict[str, Field]] = {
     "fd": {"str": Field("str", REQUIRED)},
 }
 
-_CLOSED_WRITES = ("drop", "error", "buffer")
-_OVERFLOW = ("drop-oldest", "error")
+
+def _type_error(name: str, expected: str, value: object) -> ChardevOptionError:
+    return ChardevOptionError(f"Parameter '{name}' expects {expected}, got {value!r}")
 
 
-def _type_error(path: str, expected: str, value: object) -> ChardevOptionError:
-    return ChardevOptionError(f"Parameter '{path}' expects {expected}, got {value!r}")
-
-
-def _check_dict(path: str, value: object) -> Mapping[str, Any]:
+def _check_dict(name: str, value: object) -> Mapping[str, Any]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise _type_error(path or "spec", "an object", value)
+        raise _type_error(name or "spec", "an object", value)
     return value
 
 
-def _check_fields(path: str, value: object, fields: Mapping[str, Field]) -> dict[str, Any]:
-    obj = _check_dict(path, value)
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_fields(
+    path: str, value: object, fields: Mapping[str, Field], name: Names
+) -> dict[str, Any]:
+    """Check the object at data *path* (``""``: the data itself) against *fields*."""
+    obj = _check_dict(name(path) if path else "backend.data", value)
     for key in obj:
         if key not in fields:
-            raise ChardevOptionError(f"Invalid parameter '{path}.{key}'")
+            raise _invalid(name(_join(path, key)), key, fields)
     out: dict[str, Any] = {}
     for key, field in fields.items():
-        where = f"{path}.{key}"
+        where = _join(path, key)
         if key in obj:
-            out[key] = _check_value(where, obj[key], field)
+            out[key] = _check_value(where, obj[key], field, name)
         elif field.default is REQUIRED:
-            raise _missing(where)
+            raise _missing(name(where))
         elif field.default is not _ABSENT:
             out[key] = field.default
     return out
 
 
-def _check_value(path: str, value: object, field: Field) -> Any:
+def _check_value(path: str, value: object, field: Field, name: Names) -> Any:
     kind = field.kind
     if kind == "str":
         if not isinstance(value, str):
-            raise _type_error(path, "a string", value)
+            raise _type_error(name(path), "a string", value)
         return value
     if kind == "bool":
         if not isinstance(value, bool):
-            raise _type_error(path, "a boolean", value)
+            raise _type_error(name(path), "a boolean", value)
         return value
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _type_error(path, "an integer", value)
+            raise _type_error(name(path), "an integer", value)
         if not field.minimum <= value < 1 << 64:
-            raise _type_error(path, f"an integer of at least {field.minimum}", value)
+            raise _type_error(name(path), f"an integer of at least {field.minimum}", value)
         return value
     if kind == "object":
-        return dict(_check_dict(path, value))
+        return dict(_check_dict(name(path), value))
     if kind == "strlist":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise _type_error(path, "a list of strings", value)
+            raise _type_error(name(path), "a list of strings", value)
         return list(value)
-    return _check_address(path, value)
+    return _check_address(path, value, name)
 
 
-def _check_address(path: str, value: object) -> dict[str, Any]:
-    obj = _check_dict(path, value)
+def _check_address(path: str, value: object, name: Names) -> dict[str, Any]:
+    obj = _check_dict(name(path), value)
     kind = obj.get("type")
     if kind not in _ADDRESSES:
-        raise _type_error(f"{path}.type", "one of " + ", ".join(_ADDRESSES), kind)
+        raise _type_error(name(f"{path}.type"), "one of " + ", ".join(_ADDRESSES), kind)
     extra = set(obj) - {"type", "data"}
     if extra:
-        raise ChardevOptionError(f"Invalid parameter '{path}.{sorted(extra)[0]}'")
-    data = _check_fields(f"{path}.data", obj.get("data"), _ADDRESSES[kind])
+        raise ChardevOptionError(f"Invalid parameter '{name(path)}.{sorted(extra)[0]}'")
+    data = _check_fields(f"{path}.data", obj.get("data"), _ADDRESSES[kind], name)
     if kind == "inet":
         port = data["port"]
         if port.isascii() and port.isdigit():
             if len(port) > 5 or int(port) > 65535:
-                raise _type_error(f"{path}.data.port", "a port number (0-65535)", port)
+                raise _type_error(name(f"{path}.data.port"), "a port number (0-65535)", port)
         elif not _SERVICE.fullmatch(port):
-            raise _type_error(f"{path}.data.port", "a port number or service name", port)
+            raise _type_error(name(f"{path}.data.port"), "a port number or service name", port)
         if not 0 <= data.get("to", 0) <= 65535:
-            raise _type_error(f"{path}.data.to", "a port number (0-65535)", data["to"])
+            raise _type_error(name(f"{path}.data.to"), "a port number (0-65535)", data["to"])
     if kind == "unix" and "\0" in data["path"]:
-        raise _type_error(f"{path}.data.path", "a file name without NUL characters", data["path"])
+        raise _type_error(
+            name(f"{path}.data.path"), "a file name without NUL characters", data["path"]
+        )
     return {"type": kind, "data": data}
 
 
-def _check_id(path: str, value: object) -> str:
+def check_id(name: str, value: object) -> str:
+    """A chardev id: a letter, then letters, digits, ``-``, ``.``, ``_``; at most 127."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise _type_error(
-            path, "an identifier (a letter, then letters, digits, '-', '.', '_')", value
+            name, "an identifier (a letter, then letters, digits, '-', '.', '_')", value
         )
     if len(value) > MAX_ID:
-        raise ChardevOptionError(f"Parameter '{path}' is longer than {MAX_ID} characters")
+        raise ChardevOptionError(f"Parameter '{name}' is longer than {MAX_ID} characters")
     return value
 
 
-def _check_socket(data: dict[str, Any]) -> None:
-    addr, server = data["addr"]["type"], data["server"]
-    if "reconnect" in data:
-        if "reconnect-ms" in data:
-            raise ChardevOptionError("'reconnect' and 'reconnect-ms' are mutually exclusive")
-        log.warning("chardev socket option 'reconnect' is deprecated: use 'reconnect-ms'")
-        data["reconnect-ms"] = data.pop("reconnect") * 1000
-    data.setdefault("reconnect-ms", 0)
-    if "tls-creds" in data and (addr in ("unix", "vsock") or (addr == "fd" and not server)):
-        raise ChardevOptionError(f"'tls-creds' option is incompatible with '{addr}' addresses")
-    if "tls-authz" in data and "tls-creds" not in data:
-        raise ChardevOptionError("'tls-authz' option requires 'tls-creds' option")
-    top = data.get("reconnect-max-ms")
-    if top is not None and not data["reconnect-ms"]:
-        raise ChardevOptionError("'reconnect-max-ms' option requires 'reconnect-ms' option")
-    if top is not None and top < data["reconnect-ms"]:
-        raise ChardevOptionError(
-            f"'reconnect-max-ms' ({top}) must not be below 'reconnect-ms' ({data['reconnect-ms']})"
-        )
-    if server:
-        if data["reconnect-ms"]:
-            raise ChardevOptionError(
-                "'reconnect-ms' option is incompatible with socket in server listen mode"
-            )
-    else:
-        if data["wait"]:
-            raise ChardevOptionError(
-                "'wait' option is incompatible with socket in client connect mode"
-            )
-        if data["websocket"]:
-            raise ChardevOptionError("Websocket client is not implemented")
-        if data["connections"] != 1:
-            raise ChardevOptionError(
-                "'connections' option is incompatible with socket in client connect mode"
-            )
-
-
-def _check_hub(data: dict[str, Any]) -> None:
-    members = data["chardevs"]
-    if not members:
-        raise ChardevOptionError("hub: 'chardevs' list is not defined")
-    for i, member in enumerate(members):
-        _check_id(f"backend.data.chardevs.{i}", member)
-
-
-def _check_common(data: dict[str, Any]) -> None:
+def _check_common(data: dict[str, Any], name: Names) -> None:
     mode = data.get("closed-writes")
     if mode is not None and mode not in _CLOSED_WRITES:
-        raise _type_error("closed-writes", "one of " + ", ".join(_CLOSED_WRITES), mode)
+        raise _type_error(name("closed-writes"), "one of " + ", ".join(_CLOSED_WRITES), mode)
     overflow = data.get("closed-writes-overflow")
     if overflow is not None and overflow not in _OVERFLOW:
-        raise _type_error("closed-writes-overflow", "one of " + ", ".join(_OVERFLOW), overflow)
-
-
-def _check_mux(data: dict[str, Any]) -> None:
-    _check_id("backend.data.chardev", data["chardev"])
-
-
-def check_ringbuf_size(size: int) -> None:
-    """QEMU's rule (a power of two) and a bound, as every ring is allocated whole at once."""
-    if not 0 < size <= MAX_RINGBUF or size & (size - 1):
-        raise ChardevOptionError(
-            "Parameter 'size': size of ringbuf chardev must be a power of two "
-            f"of at most {MAX_RINGBUF} (1G), not {size}"
+        raise _type_error(
+            name("closed-writes-overflow"), "one of " + ", ".join(_OVERFLOW), overflow
         )
 
 
-def _check_ringbuf(data: dict[str, Any]) -> None:
-    check_ringbuf_size(data["size"])
-
-
-_SEMANTICS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "socket": _check_socket,
-    "hub": _check_hub,
-    "mux": _check_mux,
-    "ringbuf": _check_ringbuf,
-    "memory": _check_ringbuf,
-}
+def _qapi_name(path: str) -> str:
+    return _join("backend.data", path)
 
 
 def validate_spec(spec: object) -> dict[str, Any]:
     """Check a spec (QMP ``chardev-add`` arguments); returns a copy with defaults filled in."""
+    return _validate(spec, _qapi_name)
+
+
+def _validate(spec: object, name: Names) -> dict[str, Any]:
     top = _check_dict("", spec)
-    extra = set(top) - {"id", "backend", "mux", "mux-be-id"}
+    extra = set(top) - {"id", "backend", *_TOP}
     if extra:
-        raise ChardevOptionError(f"Invalid parameter '{sorted(extra)[0]}'")
+        raise _invalid(sorted(extra)[0], sorted(extra)[0], ["id", "backend", *_TOP])
     if "id" not in top:
         raise _missing("id")
-    out: dict[str, Any] = {"id": _check_id("id", top["id"])}
+    out: dict[str, Any] = {"id": check_id("id", top["id"])}
     backend = _check_dict("backend", top.get("backend"))
     extra = set(backend) - {"type", "data"}
     if extra:
         raise ChardevOptionError(f"Invalid parameter 'backend.{sorted(extra)[0]}'")
-    kind = backend.get("type")
-    if not isinstance(kind, str) or kind not in _QAPI:
-        raise ChardevOptionError(f"'{kind}' is not a valid char driver name")
-    data = _check_fields("backend.data", backend.get("data", {}), {**_COMMON, **_QAPI[kind]})
-    _check_common(data)
-    if kind in _SEMANTICS:
-        _SEMANTICS[kind](data)
-    out["backend"] = {"type": kind, "data": data}
+    s = schema(backend.get("type"))
+    data = _check_fields("", backend.get("data", {}), {**_COMMON, **s.qapi}, name)
+    _check_common(data, name)
+    if s.check is not None:
+        s.check(data, name)
+    out["backend"] = {"type": s.type_name, "data": data}
     if "mux" in top:
-        out["mux"] = _check_value("mux", top["mux"], Field("bool"))
+        out["mux"] = _check_value("mux", top["mux"], Field("bool"), str)
     if "mux-be-id" in top:
-        out["mux-be-id"] = _check_id("mux-be-id", top["mux-be-id"])
+        out["mux-be-id"] = check_id("mux-be-id", top["mux-be-id"])
     if out.get("mux") and "mux-be-id" in out:
         raise ChardevOptionError(
             "'mux' and 'mux-be-id' cannot be combined: muxes and hubs do not stack"
         )
-    if kind in ("mux", "hub", "mux-be") and (out.get("mux") or "mux-be-id" in out):
-        raise ChardevOptionError(f"a {kind} cannot be stacked on a mux or a hub")
+    if s.multiplexer and (out.get("mux") or "mux-be-id" in out):
+        raise ChardevOptionError(f"a {s.type_name} cannot be stacked on a mux or a hub")
     return out
 
 
@@ -779,7 +613,9 @@ def qapi_address(addr: Mapping[str, Any]) -> Address:
     )
 
 
-def chardev_kwargs(data: Mapping[str, Any], loop: Any) -> dict[str, Any]:
+def chardev_kwargs(
+    data: Mapping[str, Any], loop: asyncio.AbstractEventLoop | None
+) -> dict[str, Any]:
     """:class:`Chardev` constructor arguments from a spec's common keys.
 
     ``closed-writes`` may be a mode with the flat ``closed-writes-limit`` and
@@ -811,23 +647,90 @@ def chardev_kwargs(data: Mapping[str, Any], loop: Any) -> dict[str, Any]:
     return kwargs
 
 
-def register_options(
-    type_name: str,
-    *,
-    cli_keys: Mapping[str, Conv],
-    cli_build: Callable[[Mapping[str, Any]], dict[str, Any]],
-    qapi: Mapping[str, Field],
-    check: Callable[[dict[str, Any]], None] | None = None,
-) -> None:
-    """Teach the parser a backend type defined outside this module.
+# ---- what a spec sets, and help ------------------------------------------------------------
 
-    *cli_keys* converts each ``-chardev`` key, *cli_build* turns the converted
-    keys into the QAPI ``data`` object, *qapi* declares that object's fields
-    (type, default, bounds) and *check* validates across fields.  Both the
-    command line and QMP ``chardev-add`` then go through the same checks.
+
+def _word(value: object) -> str:
+    """A setting as the command line writes it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def address_text(addr: Mapping[str, Any]) -> str:
+    """A valid ``SocketAddressLegacy`` in one word, then its other settings (``,ipv6=on``).
+
+    ``HOST:PORT[-TO]`` (``[V6]:PORT``), ``unix:PATH``, ``vsock:CID:PORT`` or ``fd:N``.
     """
-    _CLI_KEYS[type_name] = dict(cli_keys)
-    _CLI_BUILD[type_name] = cli_build
-    _QAPI[type_name] = dict(qapi)
-    if check is not None:
-        _SEMANTICS[type_name] = check
+    kind, data = addr["type"], dict(addr["data"])
+    if kind == "inet":
+        host = data.pop("host")
+        text = f"[{host}]:{data.pop('port')}" if ":" in host else f"{host}:{data.pop('port')}"
+        text += f"-{data.pop('to')}" if "to" in data else ""
+    elif kind == "unix":
+        text = f"unix:{data.pop('path')}"
+    elif kind == "vsock":
+        text = f"vsock:{data.pop('cid')}:{data.pop('port')}"
+    else:
+        text = f"fd:{data.pop('str')}"
+    return text + "".join(f",{k}={_word(v)}" for k, v in data.items())
+
+
+def settings(spec: Mapping[str, Any]) -> dict[str, str]:
+    """The ``backend.data`` fields of a valid *spec* that differ from their declared defaults,
+    each written as on the command line.
+
+    An address is one word (:func:`address_text`); other objects are
+    flattened to dotted paths (``policies.log.mode``), so each entry is one
+    setting that takes effect beyond the defaults.
+    """
+    s = schema(spec["backend"]["type"])
+    fields = {**_COMMON, **s.qapi}
+    out: dict[str, str] = {}
+
+    def walk(path: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                walk(f"{path}.{k}", v)
+        else:
+            out[path] = _word(value)
+
+    for key, value in spec["backend"]["data"].items():
+        field = fields.get(key)
+        if field is not None and value == field.default:
+            continue
+        if field is not None and field.kind == "addr":
+            out[key] = address_text(value)
+        else:
+            walk(key, value)
+    return out
+
+
+def backend_help() -> str:
+    """``-chardev help``: the backend types, one per line with its summary."""
+    width = max(map(len, _BACKENDS))
+    lines = [f"  {n:<{width}}  {_BACKENDS[n].summary}" for n in backend_names()]
+    return "Available chardev backend types:\n" + "\n".join(lines) + "\n"
+
+
+def _key_lines(keys: Mapping[str, str]) -> list[str]:
+    return [f"  {k}=<{_KINDS[kind][1]}>" for k, kind in sorted(keys.items())]
+
+
+def options_help(type_name: str) -> str:
+    """``-chardev TYPE,help``: the keys of *type_name* with their types, as QEMU lists them."""
+    s = schema(type_name)
+    lines = [f"{s.type_name} options:", "  id=<str>", *_key_lines(s.cli)]
+    lines += ["options of every backend:", *_key_lines(_COMMON_CLI)]
+    return "\n".join(lines) + "\n"
+
+
+def options_table() -> str:
+    """Every backend's ``-chardev`` keys as a Markdown table (docs/chardev.md carries it)."""
+    lines = ["| type | keys |", "|---|---|"]
+    for n in backend_names():
+        keys = ", ".join(f"`{k}=<{_KINDS[v][1]}>`" for k, v in sorted(_BACKENDS[n].cli.items()))
+        lines.append(f"| `{n}` | {keys or '—'} |")
+    return "\n".join(lines) + "\n"

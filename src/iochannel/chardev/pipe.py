@@ -10,17 +10,37 @@ default to ``error``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ..file import FileChannel
 from .channel_backend import ChannelChardev
-
-if TYPE_CHECKING:
-    from .registry import ChardevRegistry
+from .options import (
+    REQUIRED,
+    ChardevLookup,
+    Field,
+    Schema,
+    chardev_kwargs,
+    escape,
+    register_backend,
+)
 
 __all__ = ["PipeChardev"]
 
 
+def _legacy(text: str) -> str | None:
+    return f"pipe,path={escape(text[5:])}" if text.startswith("pipe:") else None
+
+
+@register_backend(
+    Schema(
+        "pipe",
+        "a pair of fifos, PATH.in and PATH.out, or PATH",
+        {"path": "str"},
+        {"device": Field("str", REQUIRED)},
+        cli_names={"device": "path"},
+        legacy=_legacy,
+    )
+)
 class PipeChardev(ChannelChardev):
     type_name: ClassVar[str] = "pipe"
 
@@ -30,8 +50,8 @@ class PipeChardev(ChannelChardev):
         self.filename = f"pipe:{path}"
 
     @classmethod
-    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevRegistry) -> PipeChardev:
-        return cls(id, data["device"], **registry.chardev_kwargs(data))
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> PipeChardev:
+        return cls(id, data["device"], **chardev_kwargs(data, registry.loop))
 
     def _open(self) -> bool:
         try:

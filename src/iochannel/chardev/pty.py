@@ -21,15 +21,13 @@ import os
 import select
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ..file import FileChannel
 from .channel_backend import ChannelChardev
 from .chardev import ClosedWrites, WhileClosed
 from .events import ChardevEvent
-
-if TYPE_CHECKING:
-    from .registry import ChardevRegistry
+from .options import ChardevLookup, Field, Schema, chardev_kwargs, escape, register_backend
 
 __all__ = ["PtyChardev"]
 
@@ -39,6 +37,21 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.1
 
 
+def _legacy(text: str) -> str | None:
+    if text == "pty":
+        return "pty"
+    return f"pty,path={escape(text[4:])}" if text.startswith("pty:") else None
+
+
+@register_backend(
+    Schema(
+        "pty",
+        "a pseudo-terminal; path= adds a symlink to it",
+        {"path": "str"},
+        {"path": Field("str")},
+        legacy=_legacy,
+    )
+)
 class PtyChardev(ChannelChardev):
     type_name: ClassVar[str] = "pty"
     default_closed_writes: ClassVar[ClosedWrites] = ClosedWrites(WhileClosed.BUFFER)
@@ -52,8 +65,8 @@ class PtyChardev(ChannelChardev):
         self._linked = False
 
     @classmethod
-    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevRegistry) -> PtyChardev:
-        return cls(id, data.get("path"), **registry.chardev_kwargs(data))
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> PtyChardev:
+        return cls(id, data.get("path"), **chardev_kwargs(data, registry.loop))
 
     def _open(self) -> bool:
         master, slave = FileChannel.open_pty(raw=True)

@@ -12,98 +12,37 @@ hub cannot be hot-swapped.  :meth:`change` builds the replacement first, so a
 failure leaves the old chardev untouched, and rolls back when the frontend's
 ``be_change`` refuses.
 
-Factories: ``factory(id, data, registry) -> Chardev`` where *data* is the
-validated ``backend.data`` of the spec (defaults filled in, common keys
-``logfile``, ``logappend`` and ``closed-writes*`` included).  A factory returns
-the chardev unopened; the registry opens it.  :meth:`chardev_kwargs` turns the
-common keys into constructor arguments.  Types whose module is optional
-(socket, mux, hub) are imported on first use and build through their class's
-``from_qapi`` with the same signature.
+Backends: each backend class declares its types with
+:func:`~iochannel.chardev.options.register_backend`; the registry builds a
+spec through the factory of its type's schema, ``factory(id, data, registry)
+-> Chardev``, where *data* is the validated ``backend.data`` (defaults filled
+in, common keys ``logfile``, ``logappend`` and ``closed-writes*`` included)
+and *registry* is this registry as a
+:class:`~iochannel.chardev.options.ChardevLookup`.  A factory returns the
+chardev unopened; the registry opens it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, final
 
 from .chardev import Chardev, ChardevBusyError, ChardevError
-from .file import FileChardev
-from .null import NullChardev
-from .options import ChardevRef, chardev_kwargs, parse_chardev, parse_legacy, validate_spec
-from .pipe import PipeChardev
-from .pty import PtyChardev
+from .options import (
+    ChardevRef,
+    backend_names,
+    parse_chardev,
+    parse_legacy,
+    schema,
+    validate_spec,
+)
 from .ringbuf import RingbufChardev
-from .serial import SerialChardev
-from .stdio import StdioChardev
-from .udp import UdpChardev
 
-__all__ = ["ChardevRegistry", "Factory", "check_buildable", "register_backend"]
-
-Factory = Callable[[str, Mapping[str, Any], "ChardevRegistry"], Chardev]
-
-_FACTORIES: dict[str, Factory] = {}
-# Types built by a class method in a module imported on first use: module, class, method.
-_LAZY: dict[str, tuple[str, str, str]] = {
-    "socket": ("socket", "SocketChardev", "from_qapi"),
-    "mux": ("mux", "MuxChardev", "from_qapi"),
-    "hub": ("hub", "HubChardev", "from_qapi"),
-    "mux-be": ("hub", "HubChardev", "from_mux_be"),
-}
+__all__ = ["ChardevRegistry"]
 
 
-def register_backend(type_name: str, factory: Factory) -> None:
-    """Make *type_name* buildable by every registry (replacing any earlier factory)."""
-    _FACTORIES[type_name] = factory
-
-
-def _module_available(module: str) -> bool:
-    return importlib.util.find_spec(f"{__package__}.{module}") is not None
-
-
-def _factory(type_name: str) -> Factory:
-    if type_name in _FACTORIES:
-        return _FACTORIES[type_name]
-    if type_name not in _LAZY:
-        raise ChardevError(f"'{type_name}' is not a valid char driver name")
-    module, cls_name, method = _LAZY[type_name]
-    if not _module_available(module):
-        raise ChardevError(
-            f"chardev type '{type_name}' is not available: module {__package__}.{module} is missing"
-        )
-    cls = getattr(importlib.import_module(f"{__package__}.{module}"), cls_name)
-    factory: Factory = getattr(cls, method)
-    return factory
-
-
-def check_buildable(spec: Mapping[str, Any]) -> None:
-    """Raise :class:`ChardevError` unless a registry can build every chardev a valid *spec* makes.
-
-    :meth:`ChardevRegistry.add` checks this first; a configuration checker
-    calls it to refuse exactly what building would refuse.
-    """
-    _factory(spec["backend"]["type"])
-    if spec.get("mux"):
-        _factory("mux")
-
-
-def _null_from_qapi(id: str, data: Mapping[str, Any], registry: ChardevRegistry) -> Chardev:
-    return NullChardev(id, **registry.chardev_kwargs(data))
-
-
-def _ringbuf_from_qapi(id: str, data: Mapping[str, Any], registry: ChardevRegistry) -> Chardev:
-    return RingbufChardev(id, size=data["size"], **registry.chardev_kwargs(data))
-
-
-register_backend("null", _null_from_qapi)
-register_backend("ringbuf", _ringbuf_from_qapi)
-register_backend("memory", _ringbuf_from_qapi)
-for _cls in (FileChardev, PipeChardev, PtyChardev, StdioChardev, SerialChardev, UdpChardev):
-    register_backend(_cls.type_name, _cls.from_qapi)
-
-
+@final
 class ChardevRegistry:
     """Chardevs by id, with QMP's management operations (see module docstring)."""
 
@@ -130,10 +69,6 @@ class ChardevRegistry:
             raise ChardevError(f"Chardev '{id}' not found")
         return chr
 
-    def chardev_kwargs(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        """Constructor arguments of :class:`Chardev` from a spec's common keys."""
-        return chardev_kwargs(data, self.loop)
-
     # ---- creation ---------------------------------------------------------
 
     def add(self, spec: Mapping[str, Any] | str) -> Chardev:
@@ -142,7 +77,6 @@ class ChardevRegistry:
         With ``mux=on`` the mux is returned (its backend is ``<id>-base``).
         """
         checked = parse_chardev(spec) if isinstance(spec, str) else validate_spec(spec)
-        check_buildable(checked)
         id = checked["id"]
         names = [id, f"{id}-base"] if checked.get("mux") else [id]
         for name in names:
@@ -206,7 +140,7 @@ class ChardevRegistry:
 
     def _build(self, id: str, backend: Mapping[str, Any]) -> Chardev:
         """Create and open a chardev (not registered); nothing is left behind on failure."""
-        chr = _factory(backend["type"])(id, backend["data"], self)
+        chr = schema(backend["type"]).build(id, backend["data"], self)
         try:
             chr.open()
         except BaseException:
@@ -231,7 +165,7 @@ class ChardevRegistry:
         ``-chardev`` string without ``id``.
         """
         old = self._find(id)
-        if old.type_name in ("mux", "hub", "mux-be"):
+        if old.multiplexer:
             raise ChardevError(f"Chardev '{id}' is a {old.type_name}: it cannot be hot-swapped")
         if old.owner is not None:
             raise ChardevBusyError(f"Chardev '{id}' is used by a mux or a hub")
@@ -244,7 +178,7 @@ class ChardevRegistry:
             spec = validate_spec({"id": id, "backend": backend})
         if spec.get("mux") or "mux-be-id" in spec:
             raise ChardevError(f"Chardev '{id}' cannot be changed into a mux or a hub member")
-        if spec["backend"]["type"] in ("mux", "hub", "mux-be"):
+        if schema(spec["backend"]["type"]).multiplexer:
             raise ChardevError(f"Chardev '{id}' cannot be changed into a {spec['backend']['type']}")
         new = self._build(id, spec["backend"])
         if fe is not None and not fe._swap(new):
@@ -272,9 +206,7 @@ class ChardevRegistry:
     @staticmethod
     def backends() -> list[str]:
         """``query-chardev-backends``: the type names that can be built here."""
-        names = set(_FACTORIES)
-        names |= {name for name, (module, _, _) in _LAZY.items() if _module_available(module)}
-        return sorted(names)
+        return backend_names()
 
     def _ringbuf(self, id: str) -> RingbufChardev:
         chr = self._chardevs.get(id)

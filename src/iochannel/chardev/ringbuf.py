@@ -14,21 +14,56 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from .chardev import Chardev, ChardevError
-from .options import check_ringbuf_size
+from .options import (
+    ChardevLookup,
+    ChardevOptionError,
+    Field,
+    Names,
+    Schema,
+    chardev_kwargs,
+    register_backend,
+)
 
-__all__ = ["RingbufChardev"]
+__all__ = ["MAX_RINGBUF", "RingbufChardev"]
 
 FORMATS = ("utf8", "base64")
+#: Largest size: the memory is taken whole when the chardev is created.
+MAX_RINGBUF = 1 << 30
 
 
+def check_size(size: int, name: str = "size") -> None:
+    """QEMU's rule (a power of two) and a bound, as every ring is allocated whole at once."""
+    if not 0 < size <= MAX_RINGBUF or size & (size - 1):
+        raise ChardevOptionError(
+            f"Parameter '{name}': size of ringbuf chardev must be a power of two "
+            f"of at most {MAX_RINGBUF} (1G), not {size}"
+        )
+
+
+def _check(data: dict[str, Any], name: Names) -> None:
+    check_size(data["size"], name("size"))
+
+
+def _schema(type_name: str) -> Schema:
+    return Schema(
+        type_name,
+        "frontend output kept in a ring buffer (ringbuf-read)",
+        {"size": "size"},
+        {"size": Field("int", 65536, minimum=1)},
+        check=_check,
+    )
+
+
+@register_backend(_schema("ringbuf"), _schema("memory"))
 class RingbufChardev(Chardev):
     type_name: ClassVar[str] = "ringbuf"
 
     def __init__(self, id: str, size: int = 65536, **kwargs: Any) -> None:
-        check_ringbuf_size(size)
+        check_size(size)
         super().__init__(id, **kwargs)
         self.size = size
         self._data = bytearray(size)
@@ -36,6 +71,10 @@ class RingbufChardev(Chardev):
         self._cons = 0  # total bytes ever read
         self._lock = threading.Lock()
         self.filename = "ringbuf"
+
+    @classmethod
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> RingbufChardev:
+        return cls(id, size=data["size"], **chardev_kwargs(data, registry.loop))
 
     @property
     def count(self) -> int:

@@ -24,15 +24,22 @@ import os
 import struct
 import termios
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ..file import FileChannel
 from .channel_backend import ChannelChardev
 from .chardev import ChardevError
+from .options import (
+    REQUIRED,
+    ChardevLookup,
+    ChardevOptionError,
+    Field,
+    Schema,
+    chardev_kwargs,
+    escape,
+    register_backend,
+)
 from .terminal import CFLAG, ISPEED, OSPEED, raw_mode
-
-if TYPE_CHECKING:
-    from .registry import ChardevRegistry
 
 __all__ = ["MODEM_LINES", "SerialChardev"]
 
@@ -65,6 +72,23 @@ def _baud(speed: int) -> int:
     return best
 
 
+def _legacy(text: str) -> str | None:
+    if text.startswith(("/dev/parport", "/dev/ppi")):
+        # QEMU's parallel backend; a parallel port is not a serial line.
+        raise ChardevOptionError(f"'{text}': parallel ports are not supported")
+    return f"serial,path={escape(text)}" if text.startswith("/dev/") else None
+
+
+@register_backend(
+    Schema(
+        "serial",
+        "a host serial line (/dev/ttyS0, a USB adapter, a pty slave)",
+        {"path": "str"},
+        {"device": Field("str", REQUIRED)},
+        cli_names={"device": "path"},
+        legacy=_legacy,
+    )
+)
 class SerialChardev(ChannelChardev):
     type_name: ClassVar[str] = "serial"
 
@@ -75,10 +99,8 @@ class SerialChardev(ChannelChardev):
         self._fd = -1
 
     @classmethod
-    def from_qapi(
-        cls, id: str, data: Mapping[str, Any], registry: ChardevRegistry
-    ) -> SerialChardev:
-        return cls(id, data["device"], **registry.chardev_kwargs(data))
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> SerialChardev:
+        return cls(id, data["device"], **chardev_kwargs(data, registry.loop))
 
     def _open(self) -> bool:
         ch = FileChannel.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)

@@ -271,7 +271,6 @@ class SessionChardev(ChannelChardev):
     """
 
     type_name: ClassVar[str] = "socket"
-    supports_fd_pass: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -61,7 +61,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress
+from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress, VsockAddress
 from ..channel import Channel, close_fds
 from ..crypto.authz import AuthzList, Policy
 from ..crypto.creds import Credentials, Endpoint
@@ -72,7 +72,19 @@ from .backoff import Backoff
 from .chardev import ChardevError
 from .events import ChardevEvent
 from .hub import FanoutChardev, Member
-from .options import chardev_kwargs, qapi_address
+from .options import (
+    REQUIRED,
+    ChardevLookup,
+    ChardevOptionError,
+    Field,
+    Names,
+    Schema,
+    chardev_kwargs,
+    escape,
+    host_port,
+    qapi_address,
+    register_backend,
+)
 from .ratelimit import log_peer
 from .server import (
     HANDSHAKE_TIMEOUT,
@@ -88,31 +100,181 @@ __all__ = ["SocketChardev"]
 
 log = logging.getLogger(__name__)
 
-_QAPI_KEYS = frozenset(
-    {
-        "addr",
-        "server",
-        "wait",
-        "nodelay",
-        "telnet",
-        "tn3270",
-        "websocket",
-        "reconnect",
-        "reconnect-ms",
-        "reconnect-max-ms",
-        "tls-creds",
-        "tls-authz",
-        "connections",
-        "handshake-timeout-ms",
-        "logfile",
-        "logappend",
-        "closed-writes",
-        "closed-writes-limit",
-        "closed-writes-overflow",
-    }
+# ---- options ----------------------------------------------------------------------------
+
+# QAPI's name of each address kind.
+_ADDRESS_KINDS: dict[type, str] = {
+    InetAddress: "inet",
+    UnixAddress: "unix",
+    VsockAddress: "vsock",
+    FdAddress: "fd",
+}
+# Keys that only some address kinds take, by the key that names the kind.
+_ADDRESS_KEYS = {
+    "path": frozenset({"path", "abstract", "tight"}),
+    "host": frozenset({"host", "port", "to", "ipv4", "ipv6"}),
+    "fd": frozenset({"fd"}),
+}
+_ANY_ADDRESS_KEY = frozenset().union(*_ADDRESS_KEYS.values())
+# Keys that pass unchanged from the command line into the spec.
+_SAME = (
+    "telnet",
+    "tn3270",
+    "websocket",
+    "reconnect",
+    "reconnect-ms",
+    "reconnect-max-ms",
+    "tls-creds",
+    "tls-authz",
+    "connections",
+    "handshake-timeout-ms",
 )
 
 
+def _from_cli(o: Mapping[str, Any]) -> dict[str, Any]:
+    given = [k for k in ("path", "host", "fd") if k in o]
+    if len(given) != 1:
+        raise ChardevOptionError("Exactly one of 'path', 'host' or 'fd' is required")
+    wrong = sorted(_ANY_ADDRESS_KEY.intersection(o) - _ADDRESS_KEYS[given[0]])
+    if wrong:
+        raise ChardevOptionError(f"Parameter '{wrong[0]}' cannot be used with '{given[0]}'")
+    if "path" in o:
+        addr: dict[str, Any] = {
+            "type": "unix",
+            "data": {k: o[k] for k in _ADDRESS_KEYS["path"] if k in o},
+        }
+    elif "host" in o:
+        if "port" not in o:
+            raise ChardevOptionError("Parameter 'port' is missing")
+        inet = {k: o[k] for k in ("host", "port", "to", "ipv4", "ipv6") if k in o}
+        addr = {"type": "inet", "data": inet}
+    else:
+        addr = {"type": "fd", "data": {"str": o["fd"]}}
+    if "delay" in o and "nodelay" in o:
+        raise ChardevOptionError("'delay' and 'nodelay' are mutually exclusive")
+    server = o.get("server", False)
+    data: dict[str, Any] = {
+        "addr": addr,
+        "server": server,
+        # The command line's defaults: a server waits for its first client.
+        "wait": o.get("wait", server),
+        "nodelay": o.get("nodelay", not o.get("delay", True)),
+    }
+    data.update({k: o[k] for k in _SAME if k in o})
+    return data
+
+
+def _check(data: dict[str, Any], name: Names) -> None:
+    """QEMU's rules across a socket's options, for specs and the constructor alike."""
+    if "reconnect" in data:
+        if data["reconnect-ms"]:
+            raise ChardevOptionError("'reconnect' and 'reconnect-ms' are mutually exclusive")
+        log.warning("chardev socket option 'reconnect' is deprecated: use 'reconnect-ms'")
+        data["reconnect-ms"] = data.pop("reconnect") * 1000
+    addr, server, reconnect = data["addr"]["type"], data["server"], data["reconnect-ms"]
+    for key, least in (("connections", 1), ("reconnect-ms", 0), ("handshake-timeout-ms", 0)):
+        if data.get(key, least) < least:
+            raise ChardevOptionError(
+                f"Parameter '{name(key)}' must be at least {least}, not {data[key]}"
+            )
+    if data.get("telnet") and data.get("tn3270"):
+        raise ChardevOptionError("'telnet' and 'tn3270' are mutually exclusive")
+    if "tls-creds" in data and (addr in ("unix", "vsock") or (addr == "fd" and not server)):
+        raise ChardevOptionError(f"'tls-creds' option is incompatible with '{addr}' addresses")
+    if "tls-authz" in data and "tls-creds" not in data:
+        raise ChardevOptionError("'tls-authz' option requires 'tls-creds' option")
+    top = data.get("reconnect-max-ms")
+    if top is not None and not reconnect:
+        raise ChardevOptionError("'reconnect-max-ms' option requires 'reconnect-ms' option")
+    if top is not None and top < reconnect:
+        raise ChardevOptionError(
+            f"'reconnect-max-ms' ({top}) must not be below 'reconnect-ms' ({reconnect})"
+        )
+    if server:
+        if reconnect:
+            raise ChardevOptionError(
+                "'reconnect-ms' option is incompatible with socket in server listen mode"
+            )
+        return
+    if data["wait"]:
+        raise ChardevOptionError("'wait' option is incompatible with socket in client connect mode")
+    if data.get("websocket"):
+        raise ChardevOptionError("Websocket client is not implemented")
+    if data.get("connections", 1) != 1:
+        raise ChardevOptionError(
+            "'connections' option is incompatible with socket in client connect mode"
+        )
+    if reconnect and addr == "fd":
+        raise ChardevOptionError(
+            "'reconnect-ms' cannot be used with an 'fd' address (it connects once)"
+        )
+
+
+def _legacy(text: str) -> str | None:
+    for prefix in ("tcp:", "telnet:", "tn3270:", "websocket:"):
+        if text.startswith(prefix):
+            host, port, end = host_port(text[len(prefix) :])
+            rest = text[len(prefix) + end :]
+            flag = "" if prefix == "tcp:" else f",{prefix[:-1]}=on"
+            return f"socket,host={escape(host)},port={escape(port)}{rest}{flag}"
+    if text.startswith("unix:"):
+        return f"socket,path={text[5:]}"
+    return None
+
+
+_SCHEMA = Schema(
+    "socket",
+    "a stream socket, server or client (unix, inet, vsock or an open fd)",
+    {
+        "host": "str",
+        "port": "port",
+        "to": "num",
+        "ipv4": "bool",
+        "ipv6": "bool",
+        "path": "str",
+        "abstract": "bool",
+        "tight": "bool",
+        "fd": "str",
+        "server": "bool",
+        "wait": "bool",
+        "nodelay": "bool",
+        "delay": "bool",
+        "telnet": "bool",
+        "tn3270": "bool",
+        "websocket": "bool",
+        "reconnect": "num",
+        "reconnect-ms": "num",
+        "reconnect-max-ms": "num",
+        "tls-creds": "str",
+        "tls-authz": "str",
+        "connections": "num",
+        "handshake-timeout-ms": "num",
+    },
+    {
+        "addr": Field("addr", REQUIRED),
+        "tls-creds": Field("str"),
+        "tls-authz": Field("str"),
+        # QMP's defaults; the command line's differ (see _from_cli).
+        "server": Field("bool", True),
+        "wait": Field("bool", False),
+        "nodelay": Field("bool", False),
+        "telnet": Field("bool", False),
+        "tn3270": Field("bool", False),
+        "websocket": Field("bool", False),
+        "reconnect": Field("int"),
+        "reconnect-ms": Field("int", 0),
+        "reconnect-max-ms": Field("int"),
+        "connections": Field("int", 1),
+        "handshake-timeout-ms": Field("int"),
+    },
+    cli_names={"addr.data.str": "fd"},
+    from_cli=_from_cli,
+    check=_check,
+    legacy=_legacy,
+)
+
+
+@register_backend(_SCHEMA)
 class SocketChardev(FanoutChardev):
     """A socket chardev; see the module docstring.
 
@@ -122,7 +284,6 @@ class SocketChardev(FanoutChardev):
     """
 
     type_name: ClassVar[str] = "socket"
-    supports_fd_pass: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -145,16 +306,24 @@ class SocketChardev(FanoutChardev):
         backoff: Backoff | None = None,
         **kwargs: Any,
     ) -> None:
-        _validate(addr, server, wait, telnet, tn3270, websocket, reconnect_ms, tls_creds, tls_authz)
-        if connections < 1:
-            raise ChardevError(f"connections must be at least 1, not {connections}")
-        if connections > 1 and not server:
-            raise ChardevError("'connections' is only valid with 'server=on'")
-        if handshake_timeout_ms < 0:
-            raise ChardevError(
-                "'handshake-timeout-ms' must not be negative (0: no deadline), "
-                f"not {handshake_timeout_ms}"
-            )
+        options = {
+            "addr": {"type": _ADDRESS_KINDS[type(addr)]},
+            "server": server,
+            "wait": wait,
+            "telnet": telnet,
+            "tn3270": tn3270,
+            "websocket": websocket,
+            "reconnect-ms": reconnect_ms,
+            "connections": connections,
+            "handshake-timeout-ms": handshake_timeout_ms,
+        }
+        optional = {
+            "reconnect-max-ms": reconnect_max_ms,
+            "tls-creds": tls_creds,
+            "tls-authz": tls_authz,
+        }
+        options.update({k: v for k, v in optional.items() if v is not None})
+        _check(options, str)
         objects = objects or {}
         creds = _credentials(objects, tls_creds, server)
         super().__init__(id, **kwargs)
@@ -199,44 +368,30 @@ class SocketChardev(FanoutChardev):
     # ---- construction from QMP ---------------------------------------------
 
     @classmethod
-    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: Any) -> SocketChardev:
-        """A chardev from QMP's ``ChardevSocket`` (``server`` defaults to true, ``wait`` false).
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> SocketChardev:
+        """A chardev from QMP's ``ChardevSocket``, validated (defaults filled in).
 
         ``registry.objects`` provides the TLS objects, ``registry.loop`` the
-        loop (``None``: the running one).  Extensions: ``connections``,
-        ``handshake-timeout-ms``, ``reconnect-max-ms`` and the
-        writes-while-closed policy, either ``closed-writes: {mode, limit,
-        overflow}`` or the flat keys ``closed-writes``, ``closed-writes-limit``,
-        ``closed-writes-overflow``.
+        loop (``None``: the running one).
         """
-        unknown = sorted(set(data) - _QAPI_KEYS)
-        if unknown:
-            raise ChardevError(f"Parameter '{unknown[0]}' is unexpected")
-        if "addr" not in data:
-            raise ChardevError("Parameter 'addr' is missing")
-        if "reconnect" in data and "reconnect-ms" in data:
-            raise ChardevError("'reconnect' and 'reconnect-ms' are mutually exclusive")
-        reconnect_ms = int(data.get("reconnect-ms", int(data.get("reconnect", 0)) * 1000))
-        max_ms = data.get("reconnect-max-ms")
+        timeout = data.get("handshake-timeout-ms")
         return cls(
             id,
             qapi_address(data["addr"]),
-            server=bool(data.get("server", True)),
-            wait=bool(data.get("wait", False)),
-            nodelay=bool(data.get("nodelay", False)),
-            telnet=bool(data.get("telnet", False)),
-            tn3270=bool(data.get("tn3270", False)),
-            websocket=bool(data.get("websocket", False)),
-            reconnect_ms=reconnect_ms,
-            reconnect_max_ms=int(max_ms) if max_ms is not None else None,
+            server=data["server"],
+            wait=data["wait"],
+            nodelay=data["nodelay"],
+            telnet=data["telnet"],
+            tn3270=data["tn3270"],
+            websocket=data["websocket"],
+            reconnect_ms=data["reconnect-ms"],
+            reconnect_max_ms=data.get("reconnect-max-ms"),
             tls_creds=data.get("tls-creds"),
             tls_authz=data.get("tls-authz"),
-            connections=int(data.get("connections", 1)),
-            handshake_timeout_ms=int(
-                data.get("handshake-timeout-ms", int(HANDSHAKE_TIMEOUT * 1000))
-            ),
-            objects=getattr(registry, "objects", None),
-            **chardev_kwargs(data, getattr(registry, "loop", None)),
+            connections=data["connections"],
+            handshake_timeout_ms=int(HANDSHAKE_TIMEOUT * 1000) if timeout is None else timeout,
+            objects=registry.objects,
+            **chardev_kwargs(data, registry.loop),
         )
 
     # ---- names --------------------------------------------------------------
@@ -665,38 +820,6 @@ def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-def _validate(
-    addr: Address,
-    server: bool,
-    wait: bool,
-    telnet: bool,
-    tn3270: bool,
-    websocket: bool,
-    reconnect_ms: int,
-    tls_creds: str | None,
-    tls_authz: str | None,
-) -> None:
-    """QEMU's checks of a socket chardev's options, with its messages."""
-    if wait and not server:
-        raise ChardevError("'wait' option is incompatible with socket in client connect mode")
-    if reconnect_ms < 0:
-        raise ChardevError(f"'reconnect-ms' must not be negative, not {reconnect_ms}")
-    if reconnect_ms and isinstance(addr, FdAddress):
-        raise ChardevError("'reconnect-ms' cannot be used with an 'fd' address (it connects once)")
-    if reconnect_ms and server:
-        raise ChardevError(
-            "'reconnect-ms' option is incompatible with socket in server listen mode"
-        )
-    if websocket and not server:
-        raise ChardevError("Websocket client is not implemented")
-    if telnet and tn3270:
-        raise ChardevError("'telnet' and 'tn3270' are mutually exclusive")
-    if tls_authz and not tls_creds:
-        raise ChardevError("'tls_authz' provided but TLS is not used")
-    if tls_creds and not server and not isinstance(addr, InetAddress):
-        raise ChardevError("TLS on a client socket needs an inet address (its name is checked)")
 
 
 def _credentials(

@@ -16,15 +16,13 @@ import os
 import termios
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ..file import FileChannel
 from .channel_backend import ChannelChardev
 from .chardev import ChardevError
+from .options import ChardevLookup, Field, Schema, chardev_kwargs, register_backend
 from .terminal import CFLAG, raw_mode
-
-if TYPE_CHECKING:
-    from .registry import ChardevRegistry
 
 __all__ = ["StdioChardev"]
 
@@ -33,6 +31,19 @@ _in_use = threading.Lock()
 # termios attribute list indexes
 
 
+def _legacy(text: str) -> str | None:
+    return "stdio" if text == "stdio" else None
+
+
+@register_backend(
+    Schema(
+        "stdio",
+        "the process's standard input and output",
+        {"signal": "bool"},
+        {"signal": Field("bool", True)},
+        legacy=_legacy,
+    )
+)
 class StdioChardev(ChannelChardev):
     type_name: ClassVar[str] = "stdio"
 
@@ -45,8 +56,8 @@ class StdioChardev(ChannelChardev):
         self._owner = False
 
     @classmethod
-    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevRegistry) -> StdioChardev:
-        return cls(id, signal=data["signal"], **registry.chardev_kwargs(data))
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> StdioChardev:
+        return cls(id, signal=data["signal"], **chardev_kwargs(data, registry.loop))
 
     def _open(self) -> bool:
         if not _in_use.acquire(blocking=False):

@@ -13,7 +13,7 @@ frontends that wait for OPENED work over it.  It closes only with
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ..address import Address
 from ..channel import Channel
@@ -21,14 +21,75 @@ from ..flags import Condition
 from ..socket import SocketChannel
 from .channel_backend import ChannelChardev
 from .chardev import READ_CHUNK
-from .options import qapi_address
-
-if TYPE_CHECKING:
-    from .registry import ChardevRegistry
+from .options import (
+    REQUIRED,
+    ChardevLookup,
+    ChardevOptionError,
+    Field,
+    Schema,
+    chardev_kwargs,
+    escape,
+    host_port,
+    qapi_address,
+    register_backend,
+)
 
 __all__ = ["UdpChardev"]
 
 
+_FAMILY = ("ipv4", "ipv6")
+
+
+def _inet(host: str, port: str, o: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "inet",
+        "data": {"host": host, "port": port, **{k: o[k] for k in _FAMILY if k in o}},
+    }
+
+
+def _from_cli(o: Mapping[str, Any]) -> dict[str, Any]:
+    if not o.get("port"):
+        raise ChardevOptionError("Parameter 'port' is missing")
+    data: dict[str, Any] = {"remote": _inet(o.get("host") or "localhost", o["port"], o)}
+    if o.get("localaddr") or o.get("localport"):
+        data["local"] = _inet(o.get("localaddr", ""), o.get("localport") or "0", o)
+    return data
+
+
+def _legacy(text: str) -> str | None:
+    if not text.startswith("udp:"):
+        return None
+    remote, at, local = text[4:].partition("@")
+    host, port, end = host_port(remote)
+    out = f"udp,host={escape(host)},port={escape(port)}"
+    if end < len(remote):
+        raise ChardevOptionError(f"invalid udp address '{remote}'")
+    if at:
+        lhost, lport, lend = host_port(local)
+        if lend < len(local):
+            raise ChardevOptionError(f"invalid udp address '{local}'")
+        out += f",localaddr={escape(lhost)},localport={escape(lport)}"
+    return out
+
+
+@register_backend(
+    Schema(
+        "udp",
+        "a connected datagram socket",
+        {
+            "host": "str",
+            "port": "port",
+            "localaddr": "str",
+            "localport": "port",
+            "ipv4": "bool",
+            "ipv6": "bool",
+        },
+        {"remote": Field("addr", REQUIRED), "local": Field("addr")},
+        cli_names={"local.data.host": "localaddr", "local.data.port": "localport"},
+        from_cli=_from_cli,
+        legacy=_legacy,
+    )
+)
 class UdpChardev(ChannelChardev):
     type_name: ClassVar[str] = "udp"
 
@@ -43,10 +104,10 @@ class UdpChardev(ChannelChardev):
         self._drain_scheduled = False
 
     @classmethod
-    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevRegistry) -> UdpChardev:
+    def from_qapi(cls, id: str, data: Mapping[str, Any], registry: ChardevLookup) -> UdpChardev:
         remote = qapi_address(data["remote"])
         local = qapi_address(data["local"]) if "local" in data else None
-        return cls(id, remote, local, **registry.chardev_kwargs(data))
+        return cls(id, remote, local, **chardev_kwargs(data, registry.loop))
 
     def _open(self) -> bool:
         ch = SocketChannel.dgram(self.local, self.remote)

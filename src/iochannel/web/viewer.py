@@ -54,7 +54,6 @@ class ViewerChardev(SessionChardev):
     """One viewer over *channel* (see the module docstring)."""
 
     type_name: ClassVar[str] = "web-viewer"
-    supports_fd_pass: ClassVar[bool] = False
 
     def __init__(
         self,
