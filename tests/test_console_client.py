@@ -227,3 +227,29 @@ def test_websocket_target_with_a_real_server() -> None:
             server.shutdown()
             thread.join(10)
     assert b"".join(got) == b"typed"
+
+
+def test_web_console_page_url_frames_the_keys_as_input_messages() -> None:
+    from websockets.sync.server import ServerConnection, serve
+
+    got: list[bytes] = []
+    paths: list[str] = []
+
+    def handler(ws: ServerConnection) -> None:
+        paths.append(ws.request.path if ws.request is not None else "")
+        ws.send(b"web console\r\n")
+        for message in ws:
+            got.append(message if isinstance(message, bytes) else message.encode())
+
+    with serve(handler, "127.0.0.1", 0, subprotocols=["binary"]) as server:  # type: ignore[list-item]
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            port = server.socket.getsockname()[1]
+            _relay(f"http://127.0.0.1:{port}/?token=T0K", b"web console\r\n", b"typed")
+        finally:
+            server.shutdown()
+            thread.join(10)
+    # The page's WebSocket, and each key batch as an input message (type 0, u16 length).
+    assert paths == ["/ws?token=T0K"]
+    assert b"".join(got) == b"\x00\x00\x05typed"

@@ -2,13 +2,15 @@
 
 QEMU serves the serial port on a unix socket; the console connects, waits for
 busybox's shell prompt with ``Kernel panic`` as a failure pattern, and runs
-commands that succeed and fail.
+commands that succeed and fail.  A console with ``reconnect`` follows the
+guest through a restart of QEMU.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from iochannel.console import CommandFailedError, Console
+from iochannel.console import CommandFailedError, Console, Reconnect
 from iochannel.expect import ExpectFailure
 
 from .conftest import require_tool
@@ -27,10 +29,9 @@ pytestmark = pytest.mark.slow
 SHELL = "PS1='guest# ' exec sh -i\n"
 
 
-@contextmanager
-def _guest(tmp_path: Path, append: str = "") -> Iterator[Console[str]]:
+def _qemu(tmp_path: Path, sock: str, append: str = "") -> subprocess.Popen[bytes]:
+    """A TCG guest whose serial port QEMU serves on the unix socket *sock*."""
     kernel, initrd = build_initrd(tmp_path, SHELL)
-    sock = str(tmp_path / "serial.sock")
     qemu = subprocess.Popen(
         [
             require_tool("qemu-system-x86_64"),
@@ -44,16 +45,27 @@ def _guest(tmp_path: Path, append: str = "") -> Iterator[Console[str]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sock):
+        assert qemu.poll() is None and time.monotonic() < deadline, "QEMU did not start"
+        time.sleep(0.05)
+    return qemu
+
+
+def _stop(qemu: subprocess.Popen[bytes]) -> None:
+    qemu.kill()
+    qemu.wait()
+
+
+@contextmanager
+def _guest(tmp_path: Path, append: str = "") -> Iterator[Console[str]]:
+    sock = str(tmp_path / "serial.sock")
+    qemu = _qemu(tmp_path, sock, append)
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(sock):
-            assert qemu.poll() is None and time.monotonic() < deadline, "QEMU did not start"
-            time.sleep(0.05)
         with Console.connect(f"unix:{sock}", linesep="\r", timeout=20) as console:
             yield console
     finally:
-        qemu.kill()
-        qemu.wait()
+        _stop(qemu)
 
 
 def test_boot_expect_prompt_and_run_commands(tmp_path: Path) -> None:
@@ -78,3 +90,30 @@ def test_kernel_panic_is_a_failure_at_once(tmp_path: Path) -> None:
         with pytest.raises(ExpectFailure, match="'Kernel panic' appeared while waiting for"):
             c.expect_exact("guest# ", timeout=180, failures=["Kernel panic"])
         assert time.monotonic() - t0 < 170
+
+
+def test_console_reconnects_to_a_restarted_guest(tmp_path: Path) -> None:
+    sock = str(tmp_path / "serial.sock")
+    qemus = [_qemu(tmp_path, sock)]
+    try:
+        with Console.connect(
+            f"unix:{sock}", reconnect=Reconnect(delay=0.1), linesep="\r", timeout=180
+        ) as c:
+            c.expect_exact("guest# ", failures=["Kernel panic"])
+            assert c.run("echo first boot", timeout=20) == ("first boot\n", 0)
+            c.expect_exact("guest# ", timeout=20)  # the prompt after the command
+            # The guest goes away and a new one boots: the expect below starts while no
+            # QEMU is running and waits through the reconnection to the new one.
+            _stop(qemus[0])
+            restart = threading.Timer(1.0, lambda: qemus.append(_qemu(tmp_path, sock)))
+            restart.start()
+            try:
+                c.expect_exact("guest# ", failures=["Kernel panic"])
+            finally:
+                restart.join()
+            assert c.channel.connections == 2  # type: ignore[attr-defined]
+            assert c.run("cat /proc/uptime | cut -d. -f1", timeout=20)[1] == 0
+            assert c.run("(exit 3)", timeout=20) == ("", 3)
+    finally:
+        for qemu in qemus:
+            _stop(qemu)

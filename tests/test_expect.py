@@ -12,7 +12,7 @@ import tracemalloc
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from iochannel import SocketChannel
@@ -316,6 +316,109 @@ def test_async_console_expect_and_run_markers() -> None:
                 async with asyncio.timeout(0.05):
                     await c.expect(b"never", timeout=5)
             assert not isinstance(e.value, ExpectTimeout)
+        peer.close()
+
+    asyncio.run(main())
+
+
+@settings(max_examples=500, deadline=None)
+@example(literal="ab", pieces=[["b"] * 18 + ["L"]])  # a match right after the last miss
+@given(
+    literal=st.text(alphabet="ab :", min_size=1, max_size=5),
+    pieces=st.lists(
+        st.lists(st.sampled_from(["a", "b", " ", ":", "ab", "L", "P"]), max_size=120),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_literal_search_finds_what_find_finds(literal: str, pieces: list[list[str]]) -> None:
+    # Texts of near misses ("P": the literal's prefix) make every anchor common: the
+    # search must change anchors and fall back to plain find, over several calls,
+    # and still agree with str.find.
+    searcher = Searcher([literal], exact=True, kind=str)
+    bsearcher = Searcher([literal.encode()], exact=True, kind=bytes)
+    for piece in pieces:
+        text = "".join(literal if p == "L" else literal[:-1] if p == "P" else p for p in piece)
+        found = searcher.find(text)
+        assert (found[0] if found else -1) == text.find(literal)
+        bfound = bsearcher.find(text.encode())
+        assert (bfound[0] if bfound else -1) == text.find(literal)
+
+
+def _trickle(peer: socket.socket, pieces: list[bytes], pause: float, stop: threading.Event) -> None:
+    for piece in pieces:
+        if stop.wait(pause):
+            return
+        peer.sendall(piece)
+
+
+def test_async_timeout_is_for_the_whole_wait_not_each_read() -> None:
+    # A byte arrives every 0.15 s: each read is quick, but the pattern is
+    # complete only after 0.75 s, past the 0.5 s timeout.
+    async def main() -> None:
+        peer, channel = _pair()
+        stop = threading.Event()
+        pieces = [b"l", b"o", b"g", b"i", b"n", b":", b" "]
+        writer = threading.Thread(target=_trickle, args=(peer, pieces, 0.15, stop))
+        c = AsyncConsole(channel)
+        writer.start()
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(
+                ExpectTimeout, match=r"timed out after 0.5 s .* last bytes received: b'log'"
+            ):
+                await c.expect_exact("login: ", timeout=0.5)
+            assert 0.5 <= time.monotonic() - t0 < 0.65
+            # Nothing was lost: the rest completes the pattern for the next expect.
+            m = await c.expect_exact("login: ", timeout=5)
+            assert m.before == ""
+        finally:
+            stop.set()
+            writer.join()
+            await c.aclose()
+            peer.close()
+
+    asyncio.run(main())
+
+
+def test_async_cancelled_expect_leaves_the_console_usable_and_loses_nothing() -> None:
+    async def main() -> None:
+        peer, channel = _pair()
+        async with AsyncConsole(channel, timeout=10) as c:
+            peer.sendall(b"boot 1\r\nlog")
+            task = asyncio.create_task(c.expect_exact("login: "))
+            await asyncio.sleep(0.1)  # the task has read "log" and waits for more
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # Bytes that arrive after the cancellation and a flood in between all count.
+            flood = b"".join(b"line %06d\r\n" % i for i in range(20_000))
+            sender = threading.Thread(target=peer.sendall, args=(b"in: " + flood + b"PROMPT# ",))
+            sender.start()
+            m = await c.expect_exact("login: ")
+            assert m.before == "boot 1\r\n"
+            m = await c.expect_exact("PROMPT# ")
+            sender.join()
+            assert m.before == flood.decode()
+            assert c.expecter.received == len(b"boot 1\r\nlogin: " + flood + b"PROMPT# ")
+            # Cancelled again and again in the middle of a flood: whatever was read is kept.
+            # (three floods: less than max_before, so before holds them all)
+            sender = threading.Thread(target=peer.sendall, args=(flood * 3 + b"END",))
+            sender.start()
+            for i in range(10_000):
+                task = asyncio.create_task(c.expect_exact("END"))
+                for _ in range(i % 5):
+                    await asyncio.sleep(0)
+                task.cancel()
+                try:
+                    m = await task  # it may have matched before the cancellation
+                    break
+                except asyncio.CancelledError:
+                    pass
+            else:
+                m = await c.expect_exact("END")
+            sender.join()
+            assert m.before == flood.decode() * 3
         peer.close()
 
     asyncio.run(main())

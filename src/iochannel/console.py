@@ -16,6 +16,15 @@ terminal line wrapping of the echo therefore cannot confuse the result.  The
 command runs through ``eval`` in the console's shell (``cd`` and variables
 persist) and must not read from the console.  Output has ``\\r\\n`` turned into
 ``\\n``; standard error is mixed in, as on any terminal.
+
+:meth:`Console.connect` with *reconnect* follows a server that restarts (QEMU
+serving its serial port): the connection is a socket chardev client's, which
+retries (:mod:`iochannel.console_channel`).  A wait in progress waits across
+a reconnection, the text on either side of the gap kept; what the server
+printed while nobody was connected is lost, and a send while disconnected
+raises :class:`ConnectionError`.  With a *deadline*, that long without a
+connection ends the stream (:class:`~iochannel.expect.ExpectEOF` says so).
+:meth:`Console.attach` drives a chardev of this process the same way.
 """
 
 from __future__ import annotations
@@ -27,9 +36,11 @@ import shlex
 import string
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Generic, Self, overload
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Self, overload
+from urllib.parse import urlsplit
 
-from .address import Address, parse_address
+from .address import Address, UnixAddress, parse_address
 from .channel import Channel
 from .command import CommandChannel
 from .errors import ChannelError
@@ -37,7 +48,12 @@ from .expect import AnyText, Expecter, ExpectMatch, ExpectTimeout, LogTarget, Pa
 from .flags import Condition
 from .socket import SocketChannel
 
-__all__ = ["AsyncConsole", "CommandFailedError", "Console"]
+if TYPE_CHECKING:
+    # The chardev layer is imported only by consoles that use it.
+    from .chardev.chardev import Chardev
+    from .console_channel import ChardevChannel
+
+__all__ = ["AsyncConsole", "CommandFailedError", "Console", "Reconnect"]
 
 _READ_SIZE = 65536
 # Letters a terminal or shell never turns into something else.
@@ -84,13 +100,130 @@ class _RunPlan(Generic[AnyText]):
         return end.before.replace(self._crlf, self._lf), int(end.match.group(1))
 
 
+@dataclass(frozen=True)
+class Reconnect:
+    """How a console follows a socket that goes away and comes back.
+
+    *delay*: seconds before each new attempt (QEMU's ``reconnect-ms``);
+    *max_delay*: if set, the delays grow exponentially, jittered, up to it;
+    *deadline*: if set, seconds without a connection after which the stream
+    ends (an ``expect`` then raises ``ExpectEOF`` naming it); ``None`` keeps
+    trying, and only each wait's own timeout bounds it.
+    """
+
+    delay: float = 0.1
+    max_delay: float | None = None
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.delay >= 0.001:
+            raise ValueError(f"reconnect delay={self.delay}: give at least 0.001 seconds")
+        if self.max_delay is not None and self.max_delay < self.delay:
+            raise ValueError(
+                f"reconnect max_delay={self.max_delay}: must be at least delay={self.delay}"
+            )
+        if self.deadline is not None and self.deadline <= 0:
+            raise ValueError(f"reconnect deadline={self.deadline}: must be positive, or None")
+
+
+WEBSOCKET_KINDS = ("ws", "wss", "http", "https")
+
+
+def parse_target(target: str) -> tuple[str, Address, str]:
+    """(kind, address, resource) for a console target; see :meth:`Console.connect`.
+
+    kind: unix, tcp, telnet, ws, wss, or http/https for the web console's page URL
+    (the resource is then its WebSocket's, ``/ws`` with the page's query).
+    """
+    for scheme in ("telnet", *WEBSOCKET_KINDS):
+        if target.startswith(f"{scheme}://"):
+            url = urlsplit(target)
+            if url.hostname is None or url.port is None:
+                raise ValueError(f"{target!r}: give the host and port, e.g. {scheme}://HOST:PORT")
+            host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+            path = url.path or "/"
+            if scheme.startswith("http"):
+                path = path.rstrip("/") + "/ws"
+            resource = path + (f"?{url.query}" if url.query else "")
+            return scheme, parse_address(f"{host}:{url.port}"), resource
+    if target.startswith("unix:"):
+        return "unix", UnixAddress(target[5:]), ""
+    if "/" in target or ":" not in target:
+        return "unix", UnixAddress(target), ""
+    return "tcp", parse_address(target), ""
+
+
+def websocket_layers(
+    raw: Channel, kind: str, target: str, resource: str, tls_creds: str | None
+) -> Channel:
+    """TLS (wss, https), the WebSocket client and, for the web console, its input framing."""
+    from .websock import WebsockChannel
+
+    host = target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+    channel = raw
+    if kind in ("wss", "https"):
+        if tls_creds is None:
+            raw.close()
+            raise ValueError(
+                f"{target!r}: {kind} needs TLS credentials (tls_creds=, --tls-creds): "
+                "a directory with ca-cert.pem"
+            )
+        from .crypto.x509 import X509Credentials
+        from .tls import TLSChannel
+
+        creds = X509Credentials(tls_creds, "client")
+        channel = TLSChannel.client(channel, creds, urlsplit(target).hostname)
+    channel = WebsockChannel.client(channel, host=host, path=resource)
+    if kind.startswith("http"):
+        from .console_channel import WebConsoleChannel
+
+        channel = WebConsoleChannel(channel)
+    return channel
+
+
+class _Target:
+    """Where a console connects, and whether through a socket chardev client."""
+
+    def __init__(self, target: str | Address, reconnect: Reconnect | bool | float | None) -> None:
+        if isinstance(target, str):
+            self.kind, self.addr, self.resource = parse_target(target)
+        else:
+            self.kind, self.addr, self.resource = "tcp", target, ""
+        self.text = str(target)
+        if reconnect is True:
+            reconnect = Reconnect()
+        elif reconnect is False:
+            reconnect = None
+        elif isinstance(reconnect, (int, float)):
+            reconnect = Reconnect(delay=float(reconnect))
+        self.reconnect = reconnect
+        if reconnect is not None and self.kind in WEBSOCKET_KINDS:
+            raise ValueError(f"reconnect: not available for {self.kind}:// targets")
+        # Telnet needs the chardev's negotiation; reconnecting needs its timer.
+        self.via_chardev = self.kind == "telnet" or reconnect is not None
+
+    def chardev_channel(self, loop: asyncio.AbstractEventLoop | None) -> ChardevChannel:
+        from .console_channel import chardev_client
+
+        rc = self.reconnect
+        return chardev_client(
+            self.addr,
+            telnet=self.kind == "telnet",
+            retry=rc.delay if rc else None,
+            max_retry=rc.max_delay if rc else None,
+            deadline=rc.deadline if rc else None,
+            loop=loop,
+            name=self.text,
+        )
+
+
 class _ConsoleBase(Generic[AnyText]):
     """What both shells share: the matcher, encoding of what is sent, results."""
 
     @overload
     def __init__(
         self: _ConsoleBase[str],
-        channel: Channel,
+        channel: Channel | Chardev,
         *,
         encoding: str = ...,
         errors: str = ...,
@@ -105,7 +238,7 @@ class _ConsoleBase(Generic[AnyText]):
     @overload
     def __init__(
         self: _ConsoleBase[bytes],
-        channel: Channel,
+        channel: Channel | Chardev,
         *,
         encoding: None,
         errors: str = ...,
@@ -119,7 +252,7 @@ class _ConsoleBase(Generic[AnyText]):
     ) -> None: ...
     def __init__(
         self,
-        channel: Channel,
+        channel: Channel | Chardev,
         *,
         encoding: str | None = "utf-8",
         errors: str = "replace",
@@ -133,12 +266,18 @@ class _ConsoleBase(Generic[AnyText]):
     ) -> None:
         """Drive *channel*; the console owns it and closes it.
 
+        A :class:`~iochannel.chardev.Chardev` is attached as its frontend
+        instead (see :meth:`attach`).
         *encoding* ``None`` matches bytes; otherwise text decoded with
         *errors*.  *timeout* is the default for every wait, in seconds.
         *linesep* ends each :meth:`sendline` (``"\\r"`` for serial consoles
         is what a typing user sends; ``"\\n"`` works for most shells).
         The other options are :class:`~iochannel.expect.Expecter`'s.
         """
+        if not isinstance(channel, Channel):
+            from .console_channel import ChardevChannel
+
+            channel = ChardevChannel(channel)
         self.channel = channel
         self._encoding = encoding or "utf-8"
         self.expecter: Expecter[AnyText] = Expecter(
@@ -171,6 +310,20 @@ class _ConsoleBase(Generic[AnyText]):
         channel.resize(rows, cols)
         return cls(channel, **options)
 
+    @classmethod
+    def attach(cls, chardev: Chardev, *, deadline: float | None = None, **options: Any) -> Self:
+        """Drive *chardev* as its frontend (it must have none); closing detaches.
+
+        The console follows the chardev's connections: a wait goes on across a
+        CLOSED and the next OPENED.  The stream ends when the chardev is
+        closed while connected, or after *deadline* seconds without a
+        connection.  The chardev's loop must run in another thread for a
+        blocking :class:`Console`; on that loop, use :class:`AsyncConsole`.
+        """
+        from .console_channel import ChardevChannel
+
+        return cls(ChardevChannel(chardev, deadline=deadline), **options)
+
     def _searcher(
         self, patterns: Pattern | Sequence[Pattern], failures: Sequence[Pattern], exact: bool
     ) -> Searcher:
@@ -194,7 +347,9 @@ class _ConsoleBase(Generic[AnyText]):
         if m is not None:
             self.last = m
         elif self.expecter.eof:
-            raise self.expecter.eof_error(searcher, self.channel.name)
+            channel = self.channel
+            why: str = getattr(channel, "eof_reason", "")  # a chardev's channel says why
+            raise self.expecter.eof_error(searcher, channel.name, why)
         return m
 
     @property
@@ -214,14 +369,33 @@ class Console(_ConsoleBase[AnyText]):
     """A blocking console over *channel* (switched to non-blocking mode internally)."""
 
     @classmethod
-    def connect(cls, address: str | Address, **options: Any) -> Console[Any]:
-        """Connect to a socket, e.g. QEMU's ``-serial unix:PATH,server=on,wait=off``.
+    def connect(
+        cls,
+        target: str | Address,
+        *,
+        reconnect: Reconnect | bool | float | None = None,
+        tls_creds: str | None = None,
+        **options: Any,
+    ) -> Console[Any]:
+        """Connect to a console socket, e.g. QEMU's ``-serial unix:PATH,server=on,wait=off``.
 
-        *address* is an :class:`~iochannel.Address` or its QEMU-style text
-        (``unix:PATH``, ``HOST:PORT``).
+        *target* is an :class:`~iochannel.Address` or text: ``unix:PATH`` (or
+        a path), ``HOST:PORT``, ``telnet://HOST:PORT``, ``ws://HOST:PORT/PATH``,
+        the web console's page ``http://HOST:PORT/?token=T``, or ``wss://…``
+        and ``https://…`` (*tls_creds*: a directory with ``ca-cert.pem``).
+        *reconnect* (a :class:`Reconnect`, ``True`` for its defaults, or a delay
+        in seconds) follows a server that restarts; see the module docstring.
+        WebSocket targets cannot reconnect.
         """
-        addr = parse_address(address) if isinstance(address, str) else address
-        return cls(SocketChannel.connect(addr), **options)
+        plan = _Target(target, reconnect)
+        if plan.kind in WEBSOCKET_KINDS:
+            raw = SocketChannel.connect(plan.addr)
+            return cls(
+                websocket_layers(raw, plan.kind, plan.text, plan.resource, tls_creds), **options
+            )
+        if plan.via_chardev:
+            return cls(plan.chardev_channel(None), **options)
+        return cls(SocketChannel.connect(plan.addr), **options)
 
     def _wait(self, searcher: Searcher, timeout: float | None) -> ExpectMatch[AnyText]:
         total, deadline = self._deadline(timeout)
@@ -303,10 +477,24 @@ class AsyncConsole(_ConsoleBase[AnyText]):
     """The asyncio shell: the same methods as :class:`Console`, awaited."""
 
     @classmethod
-    async def connect(cls, address: str | Address, **options: Any) -> AsyncConsole[Any]:
-        """:meth:`Console.connect` without blocking the loop."""
-        addr = parse_address(address) if isinstance(address, str) else address
-        return cls(await SocketChannel.connect_async(addr), **options)
+    async def connect(
+        cls,
+        target: str | Address,
+        *,
+        reconnect: Reconnect | bool | float | None = None,
+        tls_creds: str | None = None,
+        **options: Any,
+    ) -> AsyncConsole[Any]:
+        """:meth:`Console.connect` without blocking the loop; chardevs run on this loop."""
+        plan = _Target(target, reconnect)
+        if plan.kind in WEBSOCKET_KINDS:
+            raw = await SocketChannel.connect_async(plan.addr)
+            return cls(
+                websocket_layers(raw, plan.kind, plan.text, plan.resource, tls_creds), **options
+            )
+        if plan.via_chardev:
+            return cls(plan.chardev_channel(asyncio.get_running_loop()), **options)
+        return cls(await SocketChannel.connect_async(plan.addr), **options)
 
     async def _wait(self, searcher: Searcher, timeout: float | None) -> ExpectMatch[AnyText]:
         total, deadline = self._deadline(timeout)

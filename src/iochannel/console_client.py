@@ -8,8 +8,10 @@ TARGET is one of:
 * ``telnet://HOST:PORT``: telnet negotiation from the server is stripped and a
   0xFF byte typed is sent as ``IAC IAC``;
 * ``ws://HOST:PORT/PATH?QUERY`` or ``wss://…`` (with ``--tls-creds DIR``, the
-  QEMU-style x509 directory holding ``ca-cert.pem``): a WebSocket, such as a
-  socket chardev with ``websocket=on`` or the web console's ``/ws?token=T``.
+  QEMU-style x509 directory holding ``ca-cert.pem``): a WebSocket carrying the
+  byte stream, such as a socket chardev with ``websocket=on``;
+* ``http://HOST:PORT/?token=T`` or ``https://…``: the web console, by the page
+  address the daemon prints; keys go out as the page's input messages.
 
 The terminal is put in raw mode, so every key, Ctrl-C and Ctrl-D included,
 goes to the peer; the escape key (Ctrl-] unless ``--escape`` says otherwise)
@@ -29,11 +31,10 @@ import termios
 import tty
 from collections.abc import Sequence
 from typing import IO
-from urllib.parse import urlsplit
 
-from .address import Address, UnixAddress, parse_address
 from .channel import Channel
 from .chardev.telnet import TelnetFilter
+from .console import WEBSOCKET_KINDS, parse_target, websocket_layers
 from .errors import ChannelError
 from .socket import SocketChannel
 
@@ -52,41 +53,12 @@ def escape_byte(text: str) -> int | None:
     raise ValueError(f"--escape {text!r}: use ^X for Ctrl+X (e.g. ^] or ^A), or none")
 
 
-def _address(target: str) -> tuple[str, Address, str]:
-    """(kind, address, text after the address) for *target*; kind: unix, tcp, telnet, ws, wss."""
-    for scheme in ("telnet", "ws", "wss"):
-        if target.startswith(f"{scheme}://"):
-            url = urlsplit(target)
-            if url.hostname is None or url.port is None:
-                raise ValueError(f"{target!r}: give the host and port, e.g. {scheme}://HOST:PORT")
-            host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
-            resource = (url.path or "/") + (f"?{url.query}" if url.query else "")
-            return scheme, parse_address(f"{host}:{url.port}"), resource
-    if target.startswith("unix:"):
-        return "unix", UnixAddress(target[5:]), ""
-    if "/" in target or ":" not in target:
-        return "unix", UnixAddress(target), ""
-    return "tcp", parse_address(target), ""
-
-
 async def open_target(target: str, tls_creds: str | None = None) -> tuple[Channel, bool]:
     """Connect to *target*; return the channel and whether it speaks telnet."""
-    kind, addr, resource = _address(target)
+    kind, addr, resource = parse_target(target)
     channel: Channel = await SocketChannel.connect_async(addr)
-    if kind in ("ws", "wss"):
-        from .websock import WebsockChannel
-
-        host = target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
-        if kind == "wss":
-            if tls_creds is None:
-                channel.close()
-                raise ValueError(f"{target!r}: wss needs --tls-creds DIR (with ca-cert.pem)")
-            from .crypto.x509 import X509Credentials
-            from .tls import TLSChannel
-
-            creds = X509Credentials(tls_creds, "client")
-            channel = TLSChannel.client(channel, creds, urlsplit(target).hostname)
-        channel = WebsockChannel.client(channel, host=host, path=resource)
+    if kind in WEBSOCKET_KINDS:
+        channel = websocket_layers(channel, kind, target, resource, tls_creds)
     return channel, kind == "telnet"
 
 
@@ -209,13 +181,15 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="iochannel console",
         description="Interactive terminal on a console socket (unix path, HOST:PORT, "
-        "telnet://HOST:PORT, ws:// or wss:// URL).",
+        "telnet://HOST:PORT, ws:// or wss:// URL, or the web console's http(s):// page URL).",
     )
-    parser.add_argument("target", help="unix path, HOST:PORT, telnet://HOST:PORT or ws(s):// URL")
+    parser.add_argument(
+        "target", help="unix path, HOST:PORT, telnet://HOST:PORT, ws(s):// or http(s):// URL"
+    )
     parser.add_argument("--escape", default="^]", help="key that leaves: ^X or none (default ^])")
     parser.add_argument("--log", metavar="FILE", help="append everything received to FILE")
     parser.add_argument(
-        "--tls-creds", metavar="DIR", help="x509 directory for wss:// (ca-cert.pem)"
+        "--tls-creds", metavar="DIR", help="x509 directory for wss:// and https:// (ca-cert.pem)"
     )
     args = parser.parse_args(list(argv))
     try:
