@@ -16,13 +16,28 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+import pytest
 from sybil import Example, Sybil
-from sybil.parsers.myst import CodeBlockParser, PythonCodeBlockParser, SkipParser
+from sybil.evaluators.python import PythonEvaluator
+from sybil.parsers.myst import CodeBlockParser, SkipParser
 
 _SCRIPTS = str(Path(sys.executable).parent)
+
+
+_run_python_block = PythonEvaluator()
+
+
+def _run_python(example: Example) -> object:
+    try:
+        return _run_python_block(example)
+    except Exception as exc:
+        # The whole traceback as the message: pytest's report of a sample's chained
+        # exceptions fails inside Sybil when a link of the chain is one frame deep.
+        raise AssertionError("".join(traceback.format_exception(exc))) from None
 
 
 def _run_shell(example: Example) -> None:
@@ -41,27 +56,27 @@ def _run_shell(example: Example) -> None:
         )
 
 
-def _setup(namespace: dict[str, Any]) -> None:
-    namespace["_docs_cwd"] = os.getcwd()
-    namespace["_docs_dir"] = tempfile.mkdtemp(prefix="iochannel-docs-")
-    os.chdir(namespace["_docs_dir"])
-
-
-def _teardown(namespace: dict[str, Any]) -> None:
-    where = namespace["_docs_dir"]
-    os.chdir(namespace["_docs_cwd"])
-    left = sorted(os.listdir(where))
-    shutil.rmtree(where)
+@pytest.fixture(scope="module")
+def docs_page_dir() -> Iterator[str]:
+    """An empty working directory for one page, which must be empty again after it."""
+    cwd = os.getcwd()
+    where = tempfile.mkdtemp(prefix="iochannel-docs-")
+    os.chdir(where)
+    try:
+        yield where
+    finally:
+        os.chdir(cwd)
+        left = sorted(os.listdir(where))
+        shutil.rmtree(where)
     assert not left, f"the samples left files behind: {left}"
 
 
 pytest_collect_file = Sybil(
     parsers=[
-        PythonCodeBlockParser(),
+        CodeBlockParser(language="python", evaluator=_run_python),
         CodeBlockParser(language="sh", evaluator=_run_shell),
         SkipParser(),
     ],
     patterns=["README.md", "docs/*.md"],
-    setup=_setup,
-    teardown=_teardown,
+    fixtures=["docs_page_dir"],
 ).pytest()
