@@ -4,13 +4,15 @@ A ``python`` block runs in the namespace of its page (blocks run in order); a
 ``sh`` block runs in bash with ``set -euo pipefail`` and the interpreter's
 scripts directory first on PATH, so ``iochannel`` and ``python`` are this
 installation's.  Each page runs in an empty temporary directory, which must be
-empty again when the page is done: a sample cleans up after itself.  A block a
+empty again when the page is done, with no fd left open and no channel left for
+the garbage collector to close: a sample cleans up after itself.  A block a
 test cannot run (it needs a terminal, or serves until stopped) is preceded by
 ``<!-- skip: next "the reason" -->``, and a test elsewhere covers it.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -57,18 +59,28 @@ def _run_shell(example: Example) -> None:
 
 
 @pytest.fixture(scope="module")
-def docs_page_dir() -> Iterator[str]:
-    """An empty working directory for one page, which must be empty again after it."""
+def docs_page() -> Iterator[str]:
+    """One page's samples: an empty working directory that must be empty again
+    after them, and no fd left open or channel left to the garbage collector."""
     cwd = os.getcwd()
     where = tempfile.mkdtemp(prefix="iochannel-docs-")
+    fds = set(os.listdir("/proc/self/fd"))
+    unraisable: list[str] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: unraisable.append(f"{u.exc_type.__name__}: {u.exc_value}")
     os.chdir(where)
     try:
         yield where
+        gc.collect()
     finally:
+        sys.unraisablehook = hook
         os.chdir(cwd)
         left = sorted(os.listdir(where))
         shutil.rmtree(where)
     assert not left, f"the samples left files behind: {left}"
+    assert not unraisable, f"the samples left objects to the garbage collector: {unraisable}"
+    opened = set(os.listdir("/proc/self/fd")) - fds
+    assert not opened, f"the samples left fds open: {sorted(opened)}"
 
 
 pytest_collect_file = Sybil(
@@ -78,5 +90,5 @@ pytest_collect_file = Sybil(
         SkipParser(),
     ],
     patterns=["README.md", "docs/*.md"],
-    fixtures=["docs_page_dir"],
+    fixtures=["docs_page"],
 ).pytest()

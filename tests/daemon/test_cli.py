@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -251,3 +253,38 @@ def test_x509_object_from_a_directory(tmp_path: Path) -> None:
 )
 def test_web_address(text: str, expected: tuple[str, int]) -> None:
     assert split_host_port(text, "addr") == expected
+
+
+def _readme_default(directory: str) -> list[str]:
+    """The README's written-out default, as a shell would split it."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    after = readme.split("Written out as options, that default is:", 1)[1]
+    block = after.split("```sh\n", 1)[1].split("```", 1)[0]
+    text = block.replace("\\\n", " ").replace("DIR", directory).replace("$SHELL", "/bin/sh")
+    argv = shlex.split(text)
+    assert argv[0] == "iochannel"
+    return argv[1:]
+
+
+def test_the_readme_writes_out_the_built_in_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHELL", "/bin/sh")
+    assert entry([*_readme_default("/run/x"), "--check"]) == 0
+    written_out = capsys.readouterr().out
+    argv, _ = default_config("/run/x", web=True)
+    assert entry([*argv, "--check"]) == 0
+    assert written_out == capsys.readouterr().out
+
+
+def test_check_of_the_default_leaves_nothing_behind(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None  # read TMPDIR again
+    try:
+        assert entry(["--check"]) == 0
+    finally:
+        tempfile.tempdir = None
+    assert "console.sock" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []

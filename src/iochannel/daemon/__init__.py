@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from .cli import USAGE, Config, ConfigError, parse_args, trace_logging, wants_help
@@ -31,8 +33,10 @@ def main(argv: Sequence[str]) -> int:
         print(USAGE, end="")
         return 0
     banner = ""
+    default_dir = None
     if not [a for a in args if a != "--check"]:
-        args, banner = default_config()
+        default_dir = tempfile.mkdtemp(prefix="iochannel-")
+        args, banner = default_config(default_dir)
         args += argv
     if not logging.getLogger().handlers:
         # Per-connection chatter of the library stays quiet; what the daemon,
@@ -45,11 +49,16 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"iochannel: {exc}", file=sys.stderr)
         return 1
+    if config.help_text is not None:
+        print(config.help_text, end="")
+        return 0
     if config.version:
         print("iochannel {}.{}.{} (qemu-storage-daemon 7.2 options)".format(*VERSION))
         return 0
     trace_logging(config.trace)
     if config.check_only:
         print(config.describe(), end="")
+        if default_dir is not None:
+            os.rmdir(default_dir)  # nothing was created in it
         return 0
     return run(config, banner=banner)

@@ -44,8 +44,7 @@ from typing import Any, NoReturn
 
 from .. import keyval
 from ..chardev import ChardevError, parse_chardev
-from ..chardev.options import parse_bool
-from ..chardev.registry import check_buildable
+from ..chardev.options import address_text, backend_help, options_help, parse_bool, settings
 from ..vhost_user.cli import UsageError
 from ..vhost_user.cli import check as check_storage
 from .objects import ObjectSpec, parse_object
@@ -68,6 +67,7 @@ _TOML_KEYS = {
     "web": "--web",
     "blockdev": "--blockdev",
     "export": "--export",
+    "nbd-server": "--nbd-server",
 }
 
 
@@ -126,6 +126,8 @@ class Config:
     argv: list[str] = dataclasses.field(default_factory=list)
     #: Where each chardev came from (option and text, or file and entry), for error messages.
     origin: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: ``-chardev help`` or ``-chardev TYPE,help``: the text to print instead of running.
+    help_text: str | None = None
 
     # ---- adding items ------------------------------------------------------------
 
@@ -133,7 +135,11 @@ class Config:
         """Parse one option value; *where* prefixes error messages."""
         try:
             if option == "-chardev":
-                self._add_chardev(parse_chardev(text), where)
+                help_text = _chardev_help(text)
+                if help_text is None:
+                    self._add_chardev(parse_chardev(text), where)
+                else:
+                    self.help_text = self.help_text or help_text
             elif option == "--object" and _is_iothread(text):
                 self.storage += [option, text]  # the storage layer's object
             elif option == "--object":
@@ -159,7 +165,6 @@ class Config:
             raise ConfigError(f"{where}: {exc}") from None
 
     def _add_chardev(self, spec: dict[str, Any], where: str) -> None:
-        check_buildable(spec)  # what the registry cannot build fails --check too
         ids = [spec["id"], f"{spec['id']}-base"] if spec.get("mux") else [spec["id"]]
         for id in ids:
             self._unique(self.chardevs, id)
@@ -281,33 +286,45 @@ class Config:
         return "\n".join(lines) + "\n"
 
 
+def _chardev_help(text: str) -> str | None:
+    """What ``-chardev help`` or ``-chardev TYPE,help`` prints; ``None`` for other text."""
+    if text == "help":
+        return backend_help()
+    head = text.removesuffix("help")
+    # ",help" ends the text unless its comma is the second of an escaped ",,".
+    if head == text or (len(head) - len(head.rstrip(","))) % 2 == 0:
+        return None
+    pairs = keyval.split(head[:-1], implied="backend")
+    return options_help(pairs[0][1] if pairs and pairs[0][0] == "backend" else "")
+
+
 def describe_chardev(spec: Mapping[str, Any]) -> str:
-    """One line about a chardev spec: its type and what it connects to."""
+    """One line about a chardev spec: its type, what it connects to, and every other setting
+    that differs from the defaults."""
     kind, data = spec["backend"]["type"], spec["backend"]["data"]
+    shown = {"logfile", "addr", "server", "telnet", "websocket", "tn3270", "connections"}
     if kind == "socket":
-        addr, a = data["addr"], data["addr"]["data"]
-        if addr["type"] == "unix":
-            where = f"unix:{a['path']}"
-        elif addr["type"] == "inet":
-            where = f"tcp:{a['host']}:{a['port']}" + (f"-{a['to']}" if "to" in a else "")
-        else:
-            where = f"{addr['type']}:" + ":".join(str(v) for v in a.values())
+        where = ("tcp:" if data["addr"]["type"] == "inet" else "") + address_text(data["addr"])
         flags = [k for k in ("server", "telnet", "websocket", "tn3270") if data.get(k)]
         if data.get("connections", 1) > 1:
             flags.append(f"connections={data['connections']}")
         text = f"socket {where} {' '.join(flags)}".rstrip()
     elif kind == "hub":
         text = "hub of " + ", ".join(data["chardevs"])
+        shown.add("chardevs")
     elif kind == "command":
         mode = "pty" if data["pty"] else "pipes"
         text = (
             f"command {shlex.join(data['argv'])} ({mode}{', restart' if data['restart'] else ''})"
         )
+        shown |= {"argv", "pty", "restart"}
     elif kind == "file":
         text = f"file {data['out']}"
+        shown.add("out")
     else:
-        details = {k: v for k, v in data.items() if k != "logappend"}
-        text = f"{kind} {details}" if details else kind
+        text = kind
+    extra = {k: v for k, v in settings(spec).items() if k.partition(".")[0] not in shown}
+    text += "".join(f" {k}={v}" for k, v in extra.items())
     if spec.get("mux"):
         text += " (mux)"
     if "mux-be-id" in spec:
@@ -498,6 +515,7 @@ def _parser() -> _Parser:
         (("--monitor",), "--monitor", "chardev=ID"),
         (("--blockdev",), "--blockdev", "OPTS"),
         (("--export",), "--export", "OPTS"),
+        (("--nbd-server",), "--nbd-server", "OPTS"),
     ):
         p.add_argument(*names, dest=dest, action=_Ordered, metavar=meta)
     p.add_argument("--web", dest="--web", action=_Ordered, nargs="?", metavar="ADDR")
@@ -514,7 +532,7 @@ def _parser() -> _Parser:
 USAGE = """\
 usage: iochannel [-chardev OPTS]... [--object TYPE,id=ID,...]...
                  [--relay chardev=A,peer=B[,id=R]]... [--monitor chardev=ID]... [--web [ADDR]]
-                 [--blockdev OPTS --export OPTS]...
+                 [--blockdev OPTS --export OPTS]... [--nbd-server OPTS]
                  [--config FILE] [--pidfile FILE] [--daemonize] [--check] [-T PATTERN] [-V]
        iochannel                 (no arguments: the built-in demo console)
 
@@ -523,7 +541,8 @@ usage: iochannel [-chardev OPTS]... [--object TYPE,id=ID,...]...
   --relay OPTS         make chardevs A and B each other's frontend
   --monitor OPTS       a QMP monitor on a chardev
   --web [ADDR]         the web console of a hub ([HOST:]PORT, or hub=H,addr=...,rw-token=...)
-  --blockdev/--export  block nodes and vhost-user-blk exports, qemu-storage-daemon's syntax
+  --blockdev/--export  block nodes and vhost-user-blk or NBD exports, qemu-storage-daemon's syntax
+  --nbd-server OPTS    the NBD server: addr.type=inet|unix|fd,... (qemu-storage-daemon's)
   --config FILE        read options from a TOML file (SIGHUP reloads it)
   --pidfile FILE       write the pid once ready; removed on exit
   --daemonize          detach once ready
@@ -556,5 +575,6 @@ def parse_args(argv: Sequence[str]) -> Config:
     config.trace = ns.trace
     for text in ns.trace:
         _trace_spec(text)
-    config.check()
+    if config.help_text is None:
+        config.check()
     return config
