@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from iochannel import CommandChannel
+from iochannel import CommandChannel, UnsupportedFeatureError
 from iochannel.testing import check_transfer
 
 from .conftest import require_tool
@@ -99,7 +99,8 @@ def test_spawn_error_names_the_program() -> None:
 
 
 def test_write_only_channel_refuses_reads() -> None:
-    ch = CommandChannel.spawn(["true"], "w")
-    with pytest.raises(OSError, match="not connected"):
+    with (
+        CommandChannel.spawn(["true"], "w") as ch,
+        pytest.raises(UnsupportedFeatureError, match=r"not connected \(mode 'w'\)"),
+    ):
         ch.read(1)
-    ch.close()

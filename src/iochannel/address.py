@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import socket
 
+from .errors import ConfigurationError
+
 __all__ = [
     "Address",
     "AddressError",
@@ -37,8 +39,8 @@ __all__ = [
 UNIX_PATH_MAX = 108
 
 
-class AddressError(ValueError):
-    """A socket address string or field is invalid."""
+class AddressError(ConfigurationError):
+    """A socket address string or field is invalid; ``field`` names the field at fault, if any."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,18 +57,18 @@ class InetAddress:
 
     def __post_init__(self) -> None:
         if self.ipv4 is False and self.ipv6 is False:
-            raise AddressError("ipv4 and ipv6 cannot both be off")
+            raise AddressError("ipv4 and ipv6 cannot both be off", field="ipv4")
         if self.port.isdigit():
             if int(self.port) > 65535:
-                raise AddressError(f"port {self.port!r} is out of range 0-65535")
+                raise AddressError(f"port {self.port!r} is out of range 0-65535", field="port")
         elif self.port and (self.numeric or not self.port.replace("-", "").isalnum()):
             # Non-numeric ports are service names ("http"), resolved by getaddrinfo.
-            raise AddressError(f"invalid port {self.port!r}")
+            raise AddressError(f"invalid port {self.port!r}", field="port")
         if self.to is not None:
             if not 0 <= self.to <= 65535:
-                raise AddressError(f"to={self.to} is out of range 0-65535")
+                raise AddressError(f"to={self.to} is out of range 0-65535", field="to")
             if self.port and self.port.isdigit() and self.to < int(self.port):
-                raise AddressError(f"to={self.to} is lower than port {self.port}")
+                raise AddressError(f"to={self.to} is lower than port {self.port}", field="to")
 
     @property
     def family(self) -> int:
@@ -111,7 +113,7 @@ class VsockAddress:
     def __post_init__(self) -> None:
         for field, value in (("cid", self.cid), ("port", self.port)):
             if not 0 <= value <= 0xFFFFFFFF:
-                raise AddressError(f"vsock {field} {value} is out of range")
+                raise AddressError(f"vsock {field} {value} is out of range", field=field)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +122,7 @@ class FdAddress:
 
     def __post_init__(self) -> None:
         if self.fd < 0:
-            raise AddressError(f"invalid fd {self.fd}")
+            raise AddressError(f"invalid fd {self.fd}", field="fd")
 
 
 Address = InetAddress | UnixAddress | VsockAddress | FdAddress
@@ -131,7 +133,7 @@ def _bool(key: str, value: str | None) -> bool:
         return True
     if value in ("off", "no", "false"):
         return False
-    raise AddressError(f"{key}={value!r} is not a boolean (on/off)")
+    raise AddressError(f"{key}={value!r} is not a boolean (on/off)", field=key)
 
 
 def _int(what: str, text: str) -> int:

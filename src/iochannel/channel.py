@@ -34,6 +34,11 @@ they add):
   wait with :class:`ChannelClosedError` and cancels every watch.
 * ``set_delay`` and ``set_cork`` are hints that never fail; ``shutdown``,
   ``seek``/``pread``/``pwrite`` and ``flush`` need their :class:`Feature`.
+* Errors come from :mod:`iochannel.errors`.  An :class:`OSError` of the
+  transport in any of the calls above is raised as a
+  :class:`~iochannel.errors.ChannelBrokenError` naming the channel (``EBADF``
+  as :class:`ChannelClosedError`), chained from the original and also an
+  instance of its builtin class (``ConnectionResetError`` …).
 
 Implementations override the ``_``-prefixed hooks, and only those:
 ``_readv``, ``_writev``, ``_close`` and ``_set_blocking`` are mandatory;
@@ -53,8 +58,10 @@ from typing import TYPE_CHECKING, TypeVar
 from .errors import (
     ChannelClosedError,
     ChannelEOFError,
+    ChannelError,
     IncompleteReadError,
     UnsupportedFeatureError,
+    os_error,
 )
 from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
 from .watch import Continuation, FdSpec, Waits, Watch, WatchCallback, add_watch
@@ -197,6 +204,19 @@ class Channel:
         if self._closed:
             raise ChannelClosedError(f"{self._name}: channel is closed")
 
+    def _os_call(self, hook: Callable[..., T], *args: object) -> T:
+        """Call *hook*: the one place an OS error of a transport becomes a channel error.
+
+        Errors that already are channel errors (a layer's master reported
+        them, naming itself) pass unchanged.
+        """
+        try:
+            return hook(*args)
+        except ChannelError:
+            raise
+        except OSError as exc:
+            raise os_error(self._name, exc) from exc
+
     # ---- implementation hooks -----------------------------------------
 
     def _readv(
@@ -266,7 +286,13 @@ class Channel:
         # instructions without the check's calls.
         if self._closed or flags or (fds is not None and not self._features & _FD_PASS):
             self._check_read(flags, fds)
-        return self._readv(buffers, flags, fds)
+        # _os_call inlined: a try costs nothing until it catches (3.11+), a call does.
+        try:
+            return self._readv(buffers, flags, fds)
+        except ChannelError:
+            raise
+        except OSError as exc:
+            raise os_error(self._name, exc) from exc
 
     def _check_read(self, flags: int, fds: list[int] | None) -> None:
         """Raise if this channel cannot do a read with *flags* and *fds* now."""
@@ -287,7 +313,12 @@ class Channel:
         # As in readv.
         if self._closed or flags or (fds and not self._features & _FD_PASS):
             self._check_write(fds, flags)
-        return self._writev(buffers, fds, flags)
+        try:
+            return self._writev(buffers, fds, flags)
+        except ChannelError:
+            raise
+        except OSError as exc:
+            raise os_error(self._name, exc) from exc
 
     def _check_write(self, fds: Sequence[int], flags: int) -> None:
         """Raise if this channel cannot do a write with *fds* and *flags* now."""
@@ -616,23 +647,23 @@ class Channel:
         """Shut down reading, writing or both; needs ``Feature.SHUTDOWN``."""
         self._check_open()
         self._require(Feature.SHUTDOWN, "shutdown")
-        self._shutdown(how)
+        self._os_call(self._shutdown, how)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         """Move the file position; returns the new position.  Needs ``SEEKABLE``."""
         self._check_open()
         self._require(Feature.SEEKABLE, "random access (seek)")
-        return self._seek(offset, whence)
+        return self._os_call(self._seek, offset, whence)
 
     def preadv(self, buffers: Sequence[Buffer], offset: int) -> int:
         self._check_open()
         self._require(Feature.SEEKABLE, "positioned reads (preadv)")
-        return self._preadv(buffers, offset)
+        return self._os_call(self._preadv, buffers, offset)
 
     def pwritev(self, buffers: Sequence[Buffer], offset: int) -> int:
         self._check_open()
         self._require(Feature.SEEKABLE, "positioned writes (pwritev)")
-        return self._pwritev(buffers, offset)
+        return self._os_call(self._pwritev, buffers, offset)
 
     def pread(self, size: int, offset: int) -> bytes:
         buf = bytearray(size)
@@ -651,7 +682,7 @@ class Channel:
         self._check_open()
         if not self._features & _WRITE_ZERO_COPY:
             return 0
-        return self._flush()
+        return self._os_call(self._flush)
 
     # ---- closing -------------------------------------------------------
 

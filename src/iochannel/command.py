@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import final
 
 from .channel import Buffer, Channel
+from .errors import ConfigurationError, UnsupportedFeatureError
 from .file import fd_readv, fd_writev
 from .flags import Condition, Feature, ReadFlag, WriteFlag
 from .watch import FdSpec, forget_fd
@@ -70,9 +71,9 @@ class CommandChannel(Channel):
     ) -> CommandChannel:
         """Start *argv*; raises :class:`OSError` naming the program if it cannot run."""
         if mode not in ("r", "w", "rw"):
-            raise ValueError(f"invalid mode {mode!r}: use 'r', 'w' or 'rw'")
+            raise ConfigurationError(f"invalid mode {mode!r}: use 'r', 'w' or 'rw'", field="mode")
         if not argv:
-            raise ValueError("argv must name a program")
+            raise ConfigurationError("argv must name a program", field="argv")
         name = name or f"command {argv[0]}"
         if pty:
             master, slave = _pty.openpty()
@@ -156,14 +157,20 @@ class CommandChannel(Channel):
         self, buffers: Sequence[Buffer], flags: ReadFlag, fds: list[int] | None
     ) -> int | None:
         if self._rfd < 0:
-            raise OSError(9, f"{self.name}: the command's output is not connected (mode 'w')")
+            raise UnsupportedFeatureError(
+                f"{self.name}: the command's output is not connected (mode 'w'): "
+                "reading needs mode 'r' or 'rw'"
+            )
         return fd_readv(self._rfd, buffers, self._pty)
 
     def _writev(
         self, buffers: Sequence[Buffer], fds: Sequence[int], flags: WriteFlag
     ) -> int | None:
         if self._wfd < 0:
-            raise OSError(9, f"{self.name}: the command's input is not connected (mode 'r')")
+            raise UnsupportedFeatureError(
+                f"{self.name}: the command's input is not connected (mode 'r'): "
+                "writing needs mode 'w' or 'rw'"
+            )
         return fd_writev(self._wfd, buffers)
 
     def _wait_fds(self, cond: Condition) -> FdSpec:

@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Generic, TypeVar, Union, cast
 
-from .errors import ChannelError
+from .errors import ChannelEOFError, ChannelError, ChannelTimeoutError
 
 __all__ = [
     "ExpectEOF",
@@ -96,11 +96,11 @@ class ExpectError(ChannelError):
         """The success patterns that were waited for."""
 
 
-class ExpectTimeout(ExpectError, TimeoutError):
+class ExpectTimeout(ExpectError, ChannelTimeoutError):
     """No pattern appeared within the timeout."""
 
 
-class ExpectEOF(ExpectError, EOFError):
+class ExpectEOF(ExpectError, ChannelEOFError):
     """The stream ended before any pattern appeared."""
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import final
 
 from .channel import Buffer, Channel
+from .errors import ConfigurationError
 from .flags import Condition, Feature, ReadFlag, WriteFlag
 from .watch import FdSpec, forget_fd
 
@@ -61,8 +62,9 @@ class FileChannel(Channel):
             try:
                 flags = _MODES[mode]
             except KeyError:
-                raise ValueError(
-                    f"invalid mode {mode!r}: use one of {', '.join(_MODES)} or os.O_* flags"
+                raise ConfigurationError(
+                    f"invalid mode {mode!r}: use one of {', '.join(_MODES)} or os.O_* flags",
+                    field="mode",
                 ) from None
         else:
             flags = mode

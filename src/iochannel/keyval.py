@@ -21,6 +21,8 @@ import logging
 import re
 from typing import Any
 
+from .errors import ConfigurationError
+
 __all__ = ["KeyvalError", "split", "to_tree"]
 
 log = logging.getLogger(__name__)
@@ -28,8 +30,8 @@ log = logging.getLogger(__name__)
 _NAME_END = re.compile("[=,]")
 
 
-class KeyvalError(ValueError):
-    """Option text that is not ``key=value,…``."""
+class KeyvalError(ConfigurationError):
+    """Option text that is not ``key=value,…``; ``field`` is the key at fault."""
 
 
 def split(
@@ -44,7 +46,7 @@ def split(
         if stop < end and text[stop] == "=":
             key = text[pos:stop]
             if not key:
-                raise KeyvalError(f"invalid parameter name '' at '{text[pos:]}'")
+                raise KeyvalError(f"invalid parameter name '' at '{text[pos:]}'", field="")
             value, pos = _read_value(text, stop + 1)
         elif not pairs and implied is not None:
             key = implied
@@ -54,7 +56,7 @@ def split(
             key, value = (key[2:], "off") if key.startswith("no") else (key, "on")
             log.warning("short-form boolean option '%s' is deprecated: use %s=%s", key, key, value)
         else:
-            raise KeyvalError(f"expected 'key=value' at '{text[pos:]}'")
+            raise KeyvalError(f"expected 'key=value' at '{text[pos:]}'", field=text[pos:stop])
         pairs.append((key, value))
     return pairs
 
@@ -82,15 +84,15 @@ def to_tree(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     for key, value in pairs:
         parts = key.split(".")
         if not all(parts):
-            raise KeyvalError(f"invalid parameter name '{key}'")
+            raise KeyvalError(f"invalid parameter name '{key}'", field=key)
         node = tree
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise KeyvalError(f"'{key}' conflicts with '{part}={child}'")
+                raise KeyvalError(f"'{key}' conflicts with '{part}={child}'", field=key)
             node = child
         leaf = parts[-1]
         if leaf in node:
-            raise KeyvalError(f"'{key}' given twice")
+            raise KeyvalError(f"'{key}' given twice", field=key)
         node[leaf] = value
     return tree

@@ -44,6 +44,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from .channel import Buffer, Channel
+from .errors import ChannelBusyError
 from .flags import Condition, Feature, Shutdown, WriteFlag
 from .task import Task
 from .watch import FdSpec, Watch
@@ -257,7 +258,7 @@ class LayerChannel(Channel):
         if loop is None:
             loop = asyncio.get_running_loop()
         if self._hs_task is not None:
-            raise RuntimeError(f"{self.name}: a handshake task is already running")
+            raise ChannelBusyError(f"{self.name}: a handshake task is already running")
         self.set_blocking(False)
         task: Task[LayerChannel] = Task(self, callback, loop=loop)
         self._hs_task = task

@@ -11,7 +11,7 @@ the semantics of a unix stream socket:
   them, as the kernel does; peeking returns no fds;
 * ``shutdown(WRITE)`` or ``close()`` gives the peer end of stream after the
   queued data; writing to a peer that closed or shut its read side raises
-  :class:`BrokenPipeError`.
+  :class:`~iochannel.errors.ChannelBrokenPipeError` (also a :class:`BrokenPipeError`).
 
 Readiness is exposed through eventfds kept level-triggered (readable exactly
 while the condition holds), so memory channels work with blocking waits,
@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import final
 
 from .channel import Buffer, Channel, close_fds
+from .errors import ChannelBrokenPipeError
 from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
 from .watch import FdSpec, forget_fd
 
@@ -188,9 +189,11 @@ class MemoryChannel(Channel):
         while True:
             with q.lock:
                 if self._shut & Shutdown.WRITE or q.eof:
-                    raise BrokenPipeError(errno.EPIPE, f"{self.name}: write side is shut down")
+                    raise ChannelBrokenPipeError(
+                        errno.EPIPE, f"{self.name}: write side is shut down"
+                    )
                 if q.read_closed:
-                    raise BrokenPipeError(errno.EPIPE, f"{self.name}: peer closed")
+                    raise ChannelBrokenPipeError(errno.EPIPE, f"{self.name}: peer closed")
                 room = q.capacity - len(q.data)
                 if room > 0:
                     return self._put(q, buffers, fds, room)

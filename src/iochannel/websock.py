@@ -19,7 +19,8 @@ Reads return the payload of data frames — text frames too, unless
 none reads as end of stream; other statuses, protocol errors and a master EOF
 without a close frame raise :class:`WebsockError` naming the close code
 (``ReadFlag.RELAXED_EOF`` turns the last case into EOF).  Writes after the
-closing handshake started raise :class:`BrokenPipeError`.
+closing handshake started raise :class:`~iochannel.errors.ChannelBrokenPipeError`
+(also a :class:`BrokenPipeError`).
 
 Memory is bounded in both directions: the master is read only when no decoded
 byte is waiting, 256 KiB at a time, and incoming messages are
@@ -46,7 +47,7 @@ from websockets.protocol import Protocol, Side, State
 
 from . import websock_handshake as hs
 from .channel import Buffer, Channel
-from .errors import ChannelError
+from .errors import ChannelBrokenPipeError, ConfigurationError, RemoteProtocolError
 from .flags import Condition, Feature, ReadFlag, Shutdown
 from .layer import LayerChannel
 
@@ -78,14 +79,15 @@ _CLEAN_CLOSE = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, 1005})
 _log = logging.getLogger(__name__)
 
 
-class WebsockError(ChannelError):
-    """The WebSocket connection failed or was closed abnormally.
+class WebsockError(RemoteProtocolError):
+    """The peer broke the WebSocket protocol or closed the connection abnormally.
 
-    ``code`` is the close code sent or received.
+    ``code`` (also ``reply``) is the close code sent or received: 1002 for a
+    bad frame, 1009 for a message too big, 1006 for no close frame at all.
     """
 
     def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
+        super().__init__(message, reply=code)
         self.code = code
 
 
@@ -132,7 +134,9 @@ class WebsockChannel(LayerChannel):
         name: str = "",
     ) -> None:
         if max_message < 1:
-            raise ValueError(f"max_message must be at least 1 byte, not {max_message}")
+            raise ConfigurationError(
+                f"max_message must be at least 1 byte, not {max_message}", field="max_message"
+            )
         side = Side.SERVER if isinstance(handshake, hs.ServerHandshake) else Side.CLIENT
         role = "server" if side is Side.SERVER else "client"
         super().__init__(master, name or f"websock-{role}({master.name})")
@@ -482,7 +486,9 @@ class WebsockChannel(LayerChannel):
         proto = self._proto
         assert proto is not None
         if proto.state is not State.OPEN or self._error is not None:
-            raise BrokenPipeError(errno.EPIPE, f"{self.name}: the WebSocket connection is closed")
+            raise ChannelBrokenPipeError(
+                errno.EPIPE, f"{self.name}: the WebSocket connection is closed"
+            )
         views = [v for v in (memoryview(b).cast("B") for b in buffers) if v]
         if not views:
             return 0

@@ -64,7 +64,7 @@ from websockets.uri import parse_uri
 from websockets.utils import accept_key
 
 from .channel import Buffer
-from .errors import ChannelError
+from .errors import ConfigurationError, RemoteProtocolError
 from .http11 import MAX_HEAD, MAX_HEADERS, RequestReader
 
 __all__ = [
@@ -92,22 +92,24 @@ _HINTS = {
 }
 
 
-class HandshakeError(ChannelError):
-    """The opening handshake failed.
+class HandshakeError(RemoteProtocolError):
+    """The peer's side of the opening handshake is not acceptable.
 
-    ``status`` is the HTTP status answered (``None`` when nothing was sent) and
-    ``response`` the bytes of that answer.
+    ``status`` (also ``reply``) is the HTTP status answered (``None`` when
+    nothing was sent) and ``response`` the bytes of that answer.
     """
 
     def __init__(self, message: str, status: int | None = None, response: bytes = b"") -> None:
-        super().__init__(message)
+        super().__init__(message, reply=status)
         self.status = status
         self.response = response
 
 
 def _check_path(path: str) -> None:
     if not path.startswith("/"):
-        raise ValueError(f"a WebSocket path must start with '/', not {path!r}")
+        raise ConfigurationError(
+            f"a WebSocket path must start with '/', not {path!r}", field="path"
+        )
 
 
 def _select_binary(_ws: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -228,9 +230,11 @@ class ClientHandshake:
         self, *, host: str, path: str = "/", origin: str | None = None, key: str | None = None
     ) -> None:
         _check_path(path)
-        for field in (host, path, origin or ""):
+        for name, field in (("host", host), ("path", path), ("origin", origin or "")):
             if any(ord(c) < 0x21 or ord(c) > 0x7E for c in field):
-                raise ValueError(f"invalid character in WebSocket request field {field!r}")
+                raise ConfigurationError(
+                    f"invalid character in WebSocket request field {name} {field!r}", field=name
+                )
         self._ws = ClientProtocol(
             parse_uri(f"ws://{host}{path}"),
             origin=None if origin is None else Origin(origin),

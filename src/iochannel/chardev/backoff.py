@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import random
 
+from ..errors import ConfigurationError
+
 __all__ = ["Backoff"]
 
 
@@ -58,19 +60,23 @@ class Backoff:
         rng: random.Random | None = None,
     ) -> None:
         if initial <= 0:
-            raise ValueError(f"initial delay must be positive, not {initial}")
+            raise ConfigurationError(
+                f"initial delay must be positive, not {initial}", field="initial"
+            )
         if maximum is None:
             maximum = initial
         if maximum < initial:
-            raise ValueError(f"maximum delay {maximum} is below the initial delay {initial}")
+            raise ConfigurationError(
+                f"maximum delay {maximum} is below the initial delay {initial}", field="maximum"
+            )
         if factor < 1:
-            raise ValueError(f"factor must be at least 1, not {factor}")
+            raise ConfigurationError(f"factor must be at least 1, not {factor}", field="factor")
         if jitter is None:
             jitter = 0.5 if maximum > initial else 0.0
         if not 0 <= jitter < 1:
-            raise ValueError(f"jitter must be in [0, 1), not {jitter}")
+            raise ConfigurationError(f"jitter must be in [0, 1), not {jitter}", field="jitter")
         if settle is not None and settle < 0:
-            raise ValueError(f"settle must not be negative, not {settle}")
+            raise ConfigurationError(f"settle must not be negative, not {settle}", field="settle")
         self.initial = initial
         self.maximum = maximum
         self.factor = factor

@@ -18,11 +18,12 @@ pipes, ptys, serial lines, stdio):
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
 from ..channel import Channel, close_fds
-from ..errors import ChannelError
+from ..errors import ChannelError, ChannelResetError
 from ..flags import Condition, Feature
 from ..watch import Watch
 from .chardev import READ_CHUNK, Chardev, ChardevError, WatchCallback
@@ -145,7 +146,8 @@ class ChannelChardev(Chardev):
                 self._on_disconnect()
             if isinstance(exc, OSError):
                 raise
-            raise ConnectionResetError(f"chardev '{self.id}': {exc}") from exc
+            # Chardev writes report a lost peer as OSError: a TLS or WebSocket failure too.
+            raise ChannelResetError(errno.ECONNRESET, f"chardev '{self.id}': {exc}") from exc
         if n is None:
             self._send_fds = fds  # not sent: keep them for the retry
         return n

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..channel import Buffer
+from ..errors import ChannelBusyError, ChannelError, ConfigurationError
 from .events import ChardevEvent, changed
 
 if TYPE_CHECKING:
@@ -61,11 +62,11 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 4096
 
 
-class ChardevError(Exception):
+class ChardevError(ChannelError):
     """Base class of chardev errors; messages name the chardev."""
 
 
-class ChardevBusyError(ChardevError):
+class ChardevBusyError(ChardevError, ChannelBusyError):
     """The chardev is in use (by a frontend, a mux or a hub)."""
 
 
@@ -93,9 +94,12 @@ class ClosedWrites:
 
     def __post_init__(self) -> None:
         if self.overflow not in ("drop-oldest", "error"):
-            raise ValueError(f"overflow must be 'drop-oldest' or 'error', not {self.overflow!r}")
+            raise ConfigurationError(
+                f"overflow must be 'drop-oldest' or 'error', not {self.overflow!r}",
+                field="overflow",
+            )
         if self.limit < 0:
-            raise ValueError("limit must not be negative")
+            raise ConfigurationError(f"limit must not be negative, not {self.limit}", field="limit")
 
 
 @dataclasses.dataclass
@@ -169,7 +173,7 @@ class Chardev:
         logappend: bool = False,
     ) -> None:
         if not id or len(id) > 127:
-            raise ValueError(f"chardev id {id!r} must have 1 to 127 characters")
+            raise ConfigurationError(f"chardev id {id!r} must have 1 to 127 characters", field="id")
         self.id = id
         # Bound now: a thread (a connect worker, a hub's waker) cannot look up
         # the loop later, and a lazy lookup from the wrong thread would fail.

@@ -24,6 +24,8 @@ import logging
 import os
 from collections.abc import Callable
 
+from ..errors import LocalProtocolError
+
 __all__ = [
     "ChardevEvent",
     "LifecycleError",
@@ -43,8 +45,12 @@ class ChardevEvent(enum.IntEnum):
     CLOSED = 4
 
 
-class LifecycleError(AssertionError):
-    """A backend broke the OPENED/CLOSED alternation (raised in strict mode)."""
+class LifecycleError(LocalProtocolError, AssertionError):
+    """A backend broke the OPENED/CLOSED alternation (raised in strict mode).
+
+    Also an :class:`AssertionError`: it is a failed invariant of this side, a bug
+    in a backend or frontend, never the peer's doing.
+    """
 
 
 _strict = os.environ.get("IOCHANNEL_STRICT_LIFECYCLE", "") not in ("", "0")

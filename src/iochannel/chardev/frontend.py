@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any, final
 
 from ..channel import Buffer
+from ..errors import ChannelTimeoutError
 from .chardev import Chardev, ChardevError
 from .events import ChardevEvent, LifecycleView, changed
 
@@ -164,7 +165,8 @@ class Frontend:
     def write_all(self, data: Buffer, timeout: float | None = None) -> int:
         """Write everything, waiting (off the loop thread) while the backend is full.
 
-        Returns the byte count; raises :class:`TimeoutError` after *timeout*.
+        Returns the byte count; raises :class:`~iochannel.errors.ChannelTimeoutError`
+        (a :class:`TimeoutError`) after *timeout*.
         """
         view = memoryview(data).cast("B")
         done = 0
@@ -173,7 +175,7 @@ class Frontend:
             n = self.write(view[done:])
             if n is None:
                 if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"write to chardev timed out after {done} bytes")
+                    raise ChannelTimeoutError(f"write to chardev timed out after {done} bytes")
                 time.sleep(0.0001)  # QEMU's 100 µs pacing; async callers use awrite_all
                 continue
             if n == 0 and self.chardev is None:

@@ -46,6 +46,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
+from ..errors import ConfigurationError
 from .chardev import (
     Chardev,
     ChardevBusyError,
@@ -108,7 +109,7 @@ class MemberPolicy:
 
     def __post_init__(self) -> None:
         if self.limit < 0:
-            raise ValueError("limit must not be negative")
+            raise ConfigurationError(f"limit must not be negative, not {self.limit}", field="limit")
 
     @classmethod
     def from_qapi(cls, data: Mapping[str, Any]) -> MemberPolicy:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
+from ..errors import ConfigurationError
 from .chardev import Chardev, ChardevBusyError, ChardevError, WatchCallback
 from .events import ChardevEvent
 from .frontend import Frontend
@@ -98,7 +99,9 @@ class MuxKeys:
 
     def __init__(self, escape: int = 0x01) -> None:
         if not 0 <= escape <= 0xFF:
-            raise ValueError(f"escape character must be a byte value, not {escape}")
+            raise ConfigurationError(
+                f"escape character must be a byte value, not {escape}", field="escape"
+            )
         self.escape = escape
         self._pending = False
 

@@ -49,6 +49,7 @@ from typing import Any, Protocol, TypeVar
 
 from .. import keyval
 from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress, VsockAddress
+from ..errors import ConfigurationError
 from .chardev import Chardev, ChardevError, ClosedWrites, WhileClosed
 
 __all__ = [
@@ -84,7 +85,7 @@ __all__ = [
 MAX_ID = 127
 
 
-class ChardevOptionError(ChardevError, ValueError):
+class ChardevOptionError(ChardevError, ConfigurationError):
     """A chardev option string or spec is invalid; the message names the key and value."""
 
 
@@ -217,7 +218,7 @@ def _did_you_mean(given: object, valid: Iterable[str]) -> str:
 
 
 def _invalid(name: str, key: str, valid: Iterable[str]) -> ChardevOptionError:
-    return ChardevOptionError(f"Invalid parameter '{name}'" + _did_you_mean(key, valid))
+    return ChardevOptionError(f"Invalid parameter '{name}'" + _did_you_mean(key, valid), field=name)
 
 
 # ---- keyval syntax ----------------------------------------------------------------
@@ -228,7 +229,7 @@ def parse_keyval(text: str, implied: str | None = None) -> list[tuple[str, str]]
     try:
         return keyval.split(text, implied=implied)
     except keyval.KeyvalError as exc:
-        raise ChardevOptionError(str(exc)) from None
+        raise ChardevOptionError(str(exc), field=exc.field) from None
 
 
 def escape(value: str) -> str:
@@ -321,7 +322,7 @@ _OVERFLOW = ("drop-oldest", "error")
 
 
 def _missing(key: str) -> ChardevOptionError:
-    return ChardevOptionError(f"Parameter '{key}' is missing")
+    return ChardevOptionError(f"Parameter '{key}' is missing", field=key)
 
 
 # ---- the command line ------------------------------------------------------------------
@@ -428,7 +429,7 @@ _ADDRESSES: dict[str, dict[str, Field]] = {
 
 
 def _type_error(name: str, expected: str, value: object) -> ChardevOptionError:
-    return ChardevOptionError(f"Parameter '{name}' expects {expected}, got {value!r}")
+    return ChardevOptionError(f"Parameter '{name}' expects {expected}, got {value!r}", field=name)
 
 
 def _check_dict(name: str, value: object) -> Mapping[str, Any]:

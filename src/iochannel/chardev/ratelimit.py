@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from ..errors import ConfigurationError
+
 __all__ = ["BURST", "INTERVAL", "RateLimiter", "log_peer"]
 
 #: Lines logged at most per source and interval.
@@ -41,9 +43,9 @@ class RateLimiter:
         max_keys: int = 1024,
     ) -> None:
         if burst < 1:
-            raise ValueError(f"burst must be at least 1, not {burst}")
+            raise ConfigurationError(f"burst must be at least 1, not {burst}", field="burst")
         if interval <= 0:
-            raise ValueError(f"interval must be positive, not {interval}")
+            raise ConfigurationError(f"interval must be positive, not {interval}", field="interval")
         self.burst = burst
         self.interval = interval
         self.max_keys = max_keys

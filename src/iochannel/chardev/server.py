@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import errno
 import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -42,7 +43,7 @@ from ..address import Address, InetAddress, UnixAddress, VsockAddress
 from ..channel import Buffer, Channel, close_fds
 from ..crypto.authz import AuthzList
 from ..crypto.creds import Credentials
-from ..errors import ChannelError
+from ..errors import ChannelBrokenPipeError, ChannelError
 from ..netlistener import NetListener
 from ..socket import SocketChannel
 from ..tls import TLSChannel
@@ -336,7 +337,7 @@ class SessionChardev(ChannelChardev):
 
     def _chr_write(self, data: memoryview) -> int | None:
         if self._hung_up:
-            raise BrokenPipeError(f"chardev '{self.id}': the peer has left")
+            raise ChannelBrokenPipeError(errno.EPIPE, f"chardev '{self.id}': the peer has left")
         return super()._chr_write(data)
 
     def disconnect(self) -> None:

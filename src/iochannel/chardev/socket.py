@@ -65,6 +65,7 @@ from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress
 from ..channel import Channel, close_fds
 from ..crypto.authz import AuthzList, Policy
 from ..crypto.creds import Credentials, Endpoint
+from ..errors import ChannelTimeoutError
 from ..flags import Feature
 from ..netlistener import NetListener
 from ..socket import SocketChannel
@@ -168,45 +169,70 @@ def _check(data: dict[str, Any], name: Names) -> None:
     """QEMU's rules across a socket's options, for specs and the constructor alike."""
     if "reconnect" in data:
         if data["reconnect-ms"]:
-            raise ChardevOptionError("'reconnect' and 'reconnect-ms' are mutually exclusive")
+            raise ChardevOptionError(
+                f"'{name('reconnect')}' and '{name('reconnect-ms')}' are mutually exclusive",
+                field=name("reconnect"),
+            )
         log.warning("chardev socket option 'reconnect' is deprecated: use 'reconnect-ms'")
         data["reconnect-ms"] = data.pop("reconnect") * 1000
     addr, server, reconnect = data["addr"]["type"], data["server"], data["reconnect-ms"]
     for key, least in (("connections", 1), ("reconnect-ms", 0), ("handshake-timeout-ms", 0)):
         if data.get(key, least) < least:
             raise ChardevOptionError(
-                f"Parameter '{name(key)}' must be at least {least}, not {data[key]}"
+                f"Parameter '{name(key)}' must be at least {least}, not {data[key]}",
+                field=name(key),
             )
     if data.get("telnet") and data.get("tn3270"):
-        raise ChardevOptionError("'telnet' and 'tn3270' are mutually exclusive")
+        raise ChardevOptionError(
+            f"'{name('telnet')}' and '{name('tn3270')}' are mutually exclusive",
+            field=name("tn3270"),
+        )
     if "tls-creds" in data and (addr in ("unix", "vsock") or (addr == "fd" and not server)):
-        raise ChardevOptionError(f"'tls-creds' option is incompatible with '{addr}' addresses")
+        raise ChardevOptionError(
+            f"'{name('tls-creds')}' option is incompatible with '{addr}' addresses",
+            field=name("tls-creds"),
+        )
     if "tls-authz" in data and "tls-creds" not in data:
-        raise ChardevOptionError("'tls-authz' option requires 'tls-creds' option")
+        raise ChardevOptionError(
+            f"'{name('tls-authz')}' option requires '{name('tls-creds')}' option",
+            field=name("tls-authz"),
+        )
     top = data.get("reconnect-max-ms")
     if top is not None and not reconnect:
-        raise ChardevOptionError("'reconnect-max-ms' option requires 'reconnect-ms' option")
+        raise ChardevOptionError(
+            f"'{name('reconnect-max-ms')}' option requires '{name('reconnect-ms')}' option",
+            field=name("reconnect-max-ms"),
+        )
     if top is not None and top < reconnect:
         raise ChardevOptionError(
-            f"'reconnect-max-ms' ({top}) must not be below 'reconnect-ms' ({reconnect})"
+            f"'{name('reconnect-max-ms')}' ({top}) must not be below "
+            f"'{name('reconnect-ms')}' ({reconnect})",
+            field=name("reconnect-max-ms"),
         )
     if server:
         if reconnect:
             raise ChardevOptionError(
-                "'reconnect-ms' option is incompatible with socket in server listen mode"
+                f"'{name('reconnect-ms')}' option is incompatible with socket "
+                "in server listen mode",
+                field=name("reconnect-ms"),
             )
         return
     if data["wait"]:
-        raise ChardevOptionError("'wait' option is incompatible with socket in client connect mode")
+        raise ChardevOptionError(
+            f"'{name('wait')}' option is incompatible with socket in client connect mode",
+            field=name("wait"),
+        )
     if data.get("websocket"):
         raise ChardevOptionError("Websocket client is not implemented")
     if data.get("connections", 1) != 1:
         raise ChardevOptionError(
-            "'connections' option is incompatible with socket in client connect mode"
+            f"'{name('connections')}' option is incompatible with socket in client connect mode",
+            field=name("connections"),
         )
     if reconnect and addr == "fd":
         raise ChardevOptionError(
-            "'reconnect-ms' cannot be used with an 'fd' address (it connects once)"
+            f"'{name('reconnect-ms')}' cannot be used with an 'fd' address (it connects once)",
+            field=name("reconnect-ms"),
         )
 
 
@@ -735,7 +761,9 @@ class SocketChardev(FanoutChardev):
         while not self._sessions:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if left == 0.0:
-                raise TimeoutError(f"chardev '{self.id}': no connection")
+                raise ChannelTimeoutError(
+                    f"chardev '{self.id}': no connection within {timeout:g} s"
+                )
             if self._server is not None:
                 self._server.accept_blocking(left)
             else:

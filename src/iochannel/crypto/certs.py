@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..errors import ConfigurationError
+
 __all__ = ["CertificateAuthority", "main", "make_credentials_dir", "parse_dn", "pem"]
 
 Key = ec.EllipticCurvePrivateKey
@@ -49,7 +51,9 @@ def parse_dn(dn: str) -> x509.Name:
         key, sep, value = part.strip().partition("=")
         oid = _ATTRS.get(key.strip().upper())
         if not sep or oid is None or not value:
-            raise ValueError(f"bad distinguished name component {part!r} in {dn!r}")
+            raise ConfigurationError(
+                f"bad distinguished name component {part!r} in {dn!r}", field="dn"
+            )
         attrs.append(x509.NameAttribute(oid, value.strip()))
     return x509.Name(attrs)
 
@@ -196,7 +200,9 @@ def make_credentials_dir(
     """Create *directory* with a CA, a server and a client certificate."""
     directory = os.fspath(directory)
     if not hostnames:
-        raise ValueError("at least one server hostname or IP address is needed")
+        raise ConfigurationError(
+            "at least one server hostname or IP address is needed", field="hostnames"
+        )
     os.makedirs(directory, exist_ok=True)
     ca = CertificateAuthority.create(ca_dn, days=days)
     server = ca.issue(server_dn or f"CN={hostnames[0]}", server=True, names=hostnames, days=days)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import enum
 import ssl
 
-from ..errors import ChannelError
+from ..errors import ConfigurationError
 
 __all__ = ["Credentials", "CredentialsError", "Endpoint"]
 
 
-class CredentialsError(ChannelError):
+class CredentialsError(ConfigurationError):
     """Credentials could not be loaded, or do not fit the requested use."""
 
 

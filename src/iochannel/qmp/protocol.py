@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import RemoteProtocolError
+
 __all__ = [
     "CommandSpec",
     "JSONSplitter",
@@ -60,11 +62,17 @@ _PLAIN_IN_SCALAR = re.compile(rb'[^ \t\r\n{}\[\],:"\xff]+')
 _BLANK = re.compile(rb"[ \t\r\n]+")
 
 
-class QMPError(Exception):
-    """A command failed; becomes ``{"error": {"class": …, "desc": …}}``."""
+class QMPError(RemoteProtocolError):
+    """The client's command is refused; becomes ``{"error": {"class": …, "desc": …}}``.
 
-    def __init__(self, desc: str, error_class: str = "GenericError") -> None:
-        super().__init__(desc)
+    ``error_class`` (also ``reply``) is the QMP error class; ``field`` names
+    the member or argument at fault, when one is.
+    """
+
+    def __init__(
+        self, desc: str, error_class: str = "GenericError", *, field: str | None = None
+    ) -> None:
+        super().__init__(desc, field=field, reply=error_class)
         self.desc = desc
         self.error_class = error_class
 
@@ -217,7 +225,8 @@ class CommandSpec:
 
 _TYPES: dict[str, Callable[[Any], bool]] = {
     "str": lambda v: isinstance(v, str),
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    # QAPI's int is 64-bit: QEMU refuses a larger number as the wrong type.
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and -(1 << 63) <= v < 1 << 63,
     "bool": lambda v: isinstance(v, bool),
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
@@ -323,21 +332,36 @@ class QMPServerProtocol:
         rid = msg.get("id")
         for key in msg:
             if key not in ("execute", "arguments", "id", "exec-oob"):
-                raise _Rejected(QMPError(f"QMP input member '{key}' is unexpected"), rid, has_id)
+                raise _Rejected(
+                    QMPError(f"QMP input member '{key}' is unexpected", field=key), rid, has_id
+                )
         if "exec-oob" in msg:
             raise _Rejected(
-                QMPError("QMP input member 'exec-oob' is unexpected: out-of-band is not enabled"),
+                QMPError(
+                    "QMP input member 'exec-oob' is unexpected: out-of-band is not enabled",
+                    field="exec-oob",
+                ),
                 rid,
                 has_id,
             )
         name = msg.get("execute")
         if name is None:
-            raise _Rejected(QMPError("QMP input lacks member 'execute'"), rid, has_id)
+            raise _Rejected(
+                QMPError("QMP input lacks member 'execute'", field="execute"), rid, has_id
+            )
         if not isinstance(name, str):
-            raise _Rejected(QMPError("QMP input member 'execute' must be a string"), rid, has_id)
+            raise _Rejected(
+                QMPError("QMP input member 'execute' must be a string", field="execute"),
+                rid,
+                has_id,
+            )
         args = msg.get("arguments", {})
         if not isinstance(args, dict):
-            raise _Rejected(QMPError("QMP input member 'arguments' must be an object"), rid, has_id)
+            raise _Rejected(
+                QMPError("QMP input member 'arguments' must be an object", field="arguments"),
+                rid,
+                has_id,
+            )
         spec = self.commands.get(name)
         if self.state is SessionState.NEGOTIATING and (spec is None or not spec.negotiation):
             raise _Rejected(
@@ -350,7 +374,11 @@ class QMPServerProtocol:
             )
         if spec is None:
             raise _Rejected(
-                QMPError(f"The command {name} has not been found", "CommandNotFound"), rid, has_id
+                QMPError(
+                    f"The command {name} has not been found", "CommandNotFound", field="execute"
+                ),
+                rid,
+                has_id,
             )
         if self.state is SessionState.COMMAND and spec.negotiation and name == "qmp_capabilities":
             raise _Rejected(
@@ -408,15 +436,18 @@ def _check_arguments(spec: CommandSpec, args: Mapping[str, Any], rid: Any, has_i
     assert spec.params is not None
     for key in args:
         if key not in spec.params:
-            raise _Rejected(QMPError(f"Parameter '{key}' is unexpected"), rid, has_id)
+            raise _Rejected(QMPError(f"Parameter '{key}' is unexpected", field=key), rid, has_id)
     for key, (type_name, required) in spec.params.items():
         if key not in args:
             if required:
-                raise _Rejected(QMPError(f"Parameter '{key}' is missing"), rid, has_id)
+                raise _Rejected(QMPError(f"Parameter '{key}' is missing", field=key), rid, has_id)
             continue
         if not _TYPES[type_name](args[key]):
             raise _Rejected(
-                QMPError(f"Invalid parameter type for '{key}', expected: {_TYPE_NAMES[type_name]}"),
+                QMPError(
+                    f"Invalid parameter type for '{key}', expected: {_TYPE_NAMES[type_name]}",
+                    field=key,
+                ),
                 rid,
                 has_id,
             )

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ..channel import Channel
-from ..errors import ChannelClosedError, ChannelEOFError, UnsupportedFeatureError
+from ..errors import ChannelClosedError, ChannelEOFError, ChannelError, UnsupportedFeatureError
 from ..flags import Condition, Feature, ReadFlag, Shutdown
 
 __all__ = [
@@ -52,8 +52,11 @@ CHUNK_SIZE = 4194
 _TIMEOUT = 30.0
 
 
-class ConformanceError(AssertionError):
-    """A channel broke the contract; the message says which check and how."""
+class ConformanceError(ChannelError, AssertionError):
+    """A channel broke the contract; the message says which check and how.
+
+    Also an :class:`AssertionError`, so test runners report it as a failure.
+    """
 
 
 def _expect(ok: bool, what: str) -> None:

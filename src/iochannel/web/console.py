@@ -68,7 +68,7 @@ from ..channel import Channel
 from ..chardev import HubChardev, MemberPolicy, SessionChardev, SlowConsumer
 from ..chardev.events import observe_changes
 from ..crypto.creds import Credentials
-from ..errors import ChannelError
+from ..errors import ChannelError, ConfigurationError
 from ..netlistener import NetListener
 from ..socket import SocketChannel
 from ..tls import TLSChannel
@@ -138,13 +138,15 @@ class WebConsole:
         try:
             origins = frozenset(parse_origin(o) for o in allowed_origins)
         except ValueError as exc:
-            raise ValueError(f"allowed_origins: {exc}") from None
+            raise ConfigurationError(f"allowed-origins: {exc}", field="allowed-origins") from None
         tokens = {
             Role.READ_WRITE: rw_token or secrets.token_urlsafe(24),
             Role.READ_ONLY: ro_token or secrets.token_urlsafe(24),
         }
         if tokens[Role.READ_WRITE] == tokens[Role.READ_ONLY]:
-            raise ValueError("the read-write and read-only tokens must differ")
+            raise ConfigurationError(
+                "the read-write and read-only tokens must differ", field="ro-token"
+            )
         self.hub = hub
         self._host = host
         self._port = port

@@ -12,7 +12,7 @@ every byte the handshake consumed — the head and whatever followed it —
 before reading the master again, so a :class:`~iochannel.websock.WebsockChannel`
 stacked on top sees the connection from its first byte.  Writes go to the
 master unchanged.  A master EOF before the end of the head fails the
-handshake with :class:`ConnectionError`.
+handshake with :class:`~iochannel.errors.ChannelEOFError`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import h11
 
 from ..channel import Buffer, Channel
+from ..errors import ChannelEOFError
 from ..flags import Condition, ReadFlag
 from ..http11 import RequestReader
 from ..layer import LayerChannel
@@ -56,7 +57,7 @@ class HeadChannel(LayerChannel):
             if n is None:
                 return Condition.IN
             if n == 0:
-                raise ConnectionError(
+                raise ChannelEOFError(
                     f"{self.name}: connection closed inside the request head "
                     f"({len(reader.data)} bytes received)"
                 )

@@ -42,6 +42,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import h11
 
+from ..errors import ConfigurationError, RemoteProtocolError
 from ..http11 import MAX_HEAD, MAX_HEADERS, read_request
 
 __all__ = [
@@ -80,11 +81,11 @@ _BAD_PATH_CHARS = frozenset("\x00\\")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
-class HttpError(Exception):
-    """A request the server refuses; ``status`` is the answer's status."""
+class HttpError(RemoteProtocolError):
+    """A request the server refuses; ``status`` (also ``reply``) is the answer's status."""
 
     def __init__(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()) -> None:
-        super().__init__(f"HTTP {status}: {reason}")
+        super().__init__(f"HTTP {status}: {reason}", reply=status)
         self.status = status
         self.reason = reason
         self.headers = tuple(headers)
@@ -148,15 +149,23 @@ def parse_origin(text: str) -> str:
     scheme, sep, rest = text.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in _DEFAULT_PORTS or not rest or "/" in rest or "@" in rest:
-        raise ValueError(f"origin {text[:80]!r} must be http://HOST[:PORT] or https://HOST[:PORT]")
+        raise ConfigurationError(
+            f"origin {text[:80]!r} must be http://HOST[:PORT] or https://HOST[:PORT]",
+            field="origin",
+        )
     try:
         parts = urllib.parse.urlsplit(f"{scheme}://{rest}")
         port = parts.port
     except ValueError:
-        raise ValueError(f"origin {text[:80]!r} has a malformed host or port") from None
+        raise ConfigurationError(
+            f"origin {text[:80]!r} has a malformed host or port", field="origin"
+        ) from None
     host = parts.hostname
     if not host or parts.query or parts.fragment:
-        raise ValueError(f"origin {text[:80]!r} must be http://HOST[:PORT] or https://HOST[:PORT]")
+        raise ConfigurationError(
+            f"origin {text[:80]!r} must be http://HOST[:PORT] or https://HOST[:PORT]",
+            field="origin",
+        )
     if ":" in host:
         host = f"[{host}]"
     if port is None or port == _DEFAULT_PORTS[scheme]:

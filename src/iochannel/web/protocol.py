@@ -20,7 +20,7 @@ are not part of it), so messages are delimited in the stream itself:
   ==========  ======================================  =====================
 
   Any other type byte, an empty input message, or a size of 0 rows or
-  columns is a :class:`ProtocolError` (the server then drops the viewer).
+  columns is a :class:`ViewerProtocolError` (the server then drops the viewer).
 
 :class:`ClientDecoder` turns the page's bytes, split anyhow, into
 :class:`Input` and :class:`Resize` messages; it holds at most one partial
@@ -34,12 +34,14 @@ import dataclasses
 import struct
 
 from ..channel import Buffer
+from ..errors import RemoteProtocolError
 
 __all__ = [
     "ClientDecoder",
     "Input",
     "ProtocolError",
     "Resize",
+    "ViewerProtocolError",
     "encode_input",
     "encode_resize",
     "encode_status",
@@ -55,8 +57,12 @@ _U16 = struct.Struct("!H")
 _SIZE = struct.Struct("!HH")
 
 
-class ProtocolError(ValueError):
-    """The page sent bytes that are not a valid message."""
+class ViewerProtocolError(RemoteProtocolError):
+    """The page sent bytes that are not a valid viewer message; ``field`` is the part at fault."""
+
+
+#: The former name, kept for existing code.
+ProtocolError = ViewerProtocolError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +105,7 @@ class ClientDecoder:
         self._buf = bytearray()
 
     def feed(self, data: Buffer) -> list[Message]:
-        """Add *data*; return the messages it completed.  Raises :class:`ProtocolError`."""
+        """Add *data*; return the messages it completed.  Raises :class:`ViewerProtocolError`."""
         buf = self._buf
         buf += data
         messages: list[Message] = []
@@ -111,7 +117,7 @@ class ClientDecoder:
                     break
                 (length,) = _U16.unpack_from(buf, pos + 1)
                 if not length:
-                    raise ProtocolError("empty input message")
+                    raise ViewerProtocolError("empty input message", field="length")
                 if len(buf) - pos < 3 + length:
                     break
                 messages.append(Input(bytes(buf[pos + 3 : pos + 3 + length])))
@@ -121,10 +127,13 @@ class ClientDecoder:
                     break
                 rows, cols = _SIZE.unpack_from(buf, pos + 1)
                 if not rows or not cols:
-                    raise ProtocolError(f"terminal size {rows}x{cols} is empty")
+                    raise ViewerProtocolError(
+                        f"terminal size {rows}x{cols} is empty",
+                        field="rows" if not rows else "cols",
+                    )
                 messages.append(Resize(rows, cols))
                 pos += 5
             else:
-                raise ProtocolError(f"unknown message type 0x{kind:02x}")
+                raise ViewerProtocolError(f"unknown message type 0x{kind:02x}", field="type")
         del buf[:pos]
         return messages

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..chardev import Chardev
+from ..errors import ConfigurationError
 
 __all__ = ["ReplayChardev"]
 
@@ -21,7 +22,9 @@ class ReplayChardev(Chardev):
 
     def __init__(self, id: str, size: int = 65536, **kwargs: Any) -> None:
         if size < 1:
-            raise ValueError(f"a replay buffer needs at least 1 byte, not {size}")
+            raise ConfigurationError(
+                f"a replay buffer needs at least 1 byte, not {size}", field="size"
+            )
         super().__init__(id, **kwargs)
         self.size = size
         self._kept = bytearray()

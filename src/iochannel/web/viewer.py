@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 from ..channel import Buffer, Channel
 from ..chardev import ChardevEvent, ClosedWrites, SessionChardev, WhileClosed
 from ..chardev.chardev import Chardev
-from .protocol import ClientDecoder, Input, Message, ProtocolError
+from .protocol import ClientDecoder, Input, Message, ViewerProtocolError
 
 __all__ = ["ResizeCallback", "Role", "ViewerChardev"]
 
@@ -129,7 +129,7 @@ class ViewerChardev(SessionChardev):
     def be_write(self, data: Buffer) -> None:
         try:
             messages = self._decoder.feed(data)
-        except ProtocolError as exc:
+        except ViewerProtocolError as exc:
             log.warning("web viewer '%s': %s: disconnecting it", self.id, exc)
             self.disconnect()
             return
