@@ -32,3 +32,22 @@ class Misbehaving:
 class BadSize:
     async def size(self) -> int:
         raise RuntimeError("no size")
+
+
+class BadResize:
+    """1 MiB of zeros whose resize raises (to 4096 bytes) or hangs (to 8192)."""
+
+    async def size(self) -> int:
+        return 1 << 20
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return bytes(length)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        pass
+
+    async def resize(self, size: int) -> None:
+        if size == 4096:
+            raise ValueError("cannot shrink that far")
+        if size == 8192:
+            await asyncio.sleep(3600)

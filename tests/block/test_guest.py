@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,4 +77,79 @@ def test_guest_on_export_added_over_qmp(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         log.close()
+    assert image.read_bytes()[8 * 512 : 8 * 512 + 27] == b"GUEST-WROTE-THIS-0123456789"
+
+
+RESIZE_SCRIPT = r"""
+echo "SIZE:$(cat /sys/block/vda/size)"
+echo GUEST-WROTE-THIS-0123456789 > /tmp/pat
+dd if=/tmp/pat of=/dev/vda bs=512 seek=8 conv=sync,fsync 2>/dev/null && echo WRITE-OK
+# Reads keep going while the host resizes.
+(while [ ! -e /tmp/stop ]; do
+  dd if=/dev/vda of=/dev/null bs=64k count=256 iflag=direct 2>/dev/null
+done) &
+n=0
+while [ "$(cat /sys/block/vda/size)" = "131072" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
+echo "NEWSIZE:$(cat /sys/block/vda/size)"
+echo > /tmp/stop
+wait
+dd if=/dev/vda of=/dev/null bs=512 skip=262000 count=8 iflag=direct 2>/dev/null && echo READ-END-OK
+"""
+
+
+def test_guest_sees_block_resize_with_queues_on_two_iothreads(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    sock, qmp = tmp_path / "vub.sock", tmp_path / "qmp.sock"
+    argv = [
+        "--blockdev", f"driver=file,node-name=file0,filename={image}",
+        "--chardev", f"socket,id=m,path={qmp},server=on,wait=off",
+        "--monitor", "chardev=m",
+        "--pidfile", str(tmp_path / "pid"),
+    ]  # fmt: skip
+    log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-m", "iochannel", *argv], stderr=log)
+    try:
+        wait_for_file(tmp_path / "pid", proc)
+        export = {
+            "type": "vhost-user-blk",
+            "id": "exp0",
+            "node-name": "disk0",
+            "addr": {"type": "unix", "path": str(sock)},
+            "writable": True,
+            "num-queues": 2,
+            "iothread": "io0",
+            "iothread-vq-mapping": [{"iothread": "io0"}, {"iothread": "io1"}],
+        }
+        added = _qmp(
+            qmp,
+            ("object-add", {"qom-type": "iothread", "id": "io0"}),
+            ("object-add", {"qom-type": "iothread", "id": "io1"}),
+            ("blockdev-add", {"driver": "raw", "node-name": "disk0", "file": "file0"}),
+            ("block-export-add", export),
+        )
+        assert added == [{"return": {}}] * 4
+        kernel, initrd = build_initrd(tmp_path, RESIZE_SCRIPT)
+        guest = Guest(kernel, initrd, str(sock), num_queues=2)
+        try:
+            assert guest.expect(r"SIZE:(\d+)").group(1) == str((64 << 20) // 512)
+            guest.expect("WRITE-OK")
+            time.sleep(0.5)  # the guest's reads are under way
+            resized = _qmp(qmp, ("block_resize", {"node-name": "disk0", "size": 128 << 20}))
+            assert resized == [{"return": {}}]
+            assert guest.expect(r"NEWSIZE:(\d+)").group(1) == str((128 << 20) // 512)
+            guest.expect("READ-END-OK")
+            guest.expect("GUEST-END")
+            assert guest.wait() == 0
+        finally:
+            guest.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert image.stat().st_size == 128 << 20
     assert image.read_bytes()[8 * 512 : 8 * 512 + 27] == b"GUEST-WROTE-THIS-0123456789"

@@ -70,13 +70,13 @@ def test_parse_qsd_command_line() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--nbd-server", "x"], "--nbd-server: unknown option"),
+        (["--nbd-server", "x"], "--nbd-server: expected 'key=value'"),
         ([*BLOCKDEVS], "at least one export"),
         ([*BLOCKDEVS, "--export", EXPORT + ",num-queues=x"], "'num-queues' expects integer"),
         ([*BLOCKDEVS, "--export", EXPORT + ",writable=maybe"], "'writable' expects 'on' or 'off'"),
         ([*BLOCKDEVS, "--export", EXPORT + ",bogus=1"], "Parameter 'bogus' is unexpected"),
         ([*BLOCKDEVS, "--export", EXPORT.replace("disk0", "nope")], "node-name='nope'"),
-        ([*BLOCKDEVS, "--export", EXPORT.replace("vhost-user-blk", "nbd")], "type 'nbd'"),
+        ([*BLOCKDEVS, "--export", "type=nbd,id=e,node-name=disk0"], "NBD server not running"),
         ([*BLOCKDEVS, "--export", EXPORT.replace("addr.type=unix", "addr.type=inet")], "'unix'"),
         ([*BLOCKDEVS, "--export", EXPORT + ",iothread=io0"], 'iothread "io0" not found'),
         (["--object", "secret,id=s", "--export", EXPORT], "Invalid object type 'secret'"),

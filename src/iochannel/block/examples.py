@@ -1,6 +1,6 @@
 """Two block drivers written in Python (see :mod:`.python`), useful in tests.
 
-* ``RamDisk`` — ``size`` bytes of memory, zeroed::
+* ``RamDisk`` — ``size`` bytes of memory, zeroed; ``block_resize`` works::
 
       --blockdev driver=python,node-name=ram,module=iochannel.block.examples,
                  class=RamDisk,size=1048576
@@ -37,6 +37,12 @@ class RamDisk:
 
     async def write(self, offset: int, data: bytes) -> None:
         self.data[offset : offset + len(data)] = data
+
+    async def resize(self, size: int) -> None:
+        if size < len(self.data):
+            del self.data[size:]
+        else:
+            self.data.extend(bytes(size - len(self.data)))
 
 
 class ErrorInjector:

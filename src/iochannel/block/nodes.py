@@ -18,10 +18,12 @@ Drivers (options as qemu-storage-daemon's, read by :func:`open_node`):
 * ``null-co``/``null-aio`` — ``size`` (1 GiB), ``read-zeroes`` (off: reads
   leave the buffer untouched), ``latency-ns`` (accepted);
 * ``python`` — a driver written in Python (:mod:`.python`);
+* ``nbd`` — an export of an NBD server (:mod:`iochannel.nbd.node`);
 * every driver: ``node-name``, ``read-only``, ``auto-read-only``,
   ``force-share``, ``discard``, ``detect-zeroes``.
 
-Image formats (``qcow2``, ``vmdk`` …) are refused: QEMU owns them.
+Image formats (``qcow2``, ``vmdk`` …) are refused: QEMU owns them.  Serve
+such an image with ``qemu-nbd`` and open it with ``nbd``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import fcntl
 import os
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .options import BlockError, Options
@@ -51,6 +53,10 @@ QEMU_FORMATS = frozenset(
 )
 #: Open-file-description locks (Linux): one per open, shared or exclusive.
 _F_OFD_SETLK = 37
+#: :meth:`BlockNode.block_status` flags (NBD's base:allocation bits): not allocated …
+STATUS_HOLE = 1
+#: … and reads as zeros.
+STATUS_ZERO = 2
 
 
 def _punch_hole(fd: int, offset: int, length: int) -> bool:
@@ -75,6 +81,11 @@ class BlockNode:
         #: Child nodes by role (``file``).
         self.children: dict[str, BlockNode] = {}
 
+    @property
+    def shares_resize(self) -> bool:
+        """Whether others may resize this node's children (QEMU's shared RESIZE permission)."""
+        return True
+
     def size(self) -> int:
         raise NotImplementedError
 
@@ -98,6 +109,33 @@ class BlockNode:
         while done < length:
             done += self.pwritev([zeros[: length - done]], offset + done)
 
+    def truncate(self, size: int) -> None:
+        """Make the node *size* bytes long (``block_resize``); :class:`BlockError` if it can't.
+
+        Runs on a thread of its own: a slow driver holds up only the command.
+        """
+        raise BlockError("Image format driver does not support resize")
+
+    def zero_fast(self, offset: int, length: int, unmap: bool) -> bool:
+        """Zero the range only if that is cheaper than writing zeros; whether it did."""
+        return False
+
+    def preadv_nowait(self, bufs: list[memoryview], offset: int) -> bool:
+        """Fill *bufs* only if no waiting is needed (the data is cached); whether it did.
+
+        An event loop calls it to skip a thread hop; False sends the read to
+        :meth:`preadv` on a thread.
+        """
+        return False
+
+    def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """Allocation from *offset*: ``(length, flags)`` runs covering at most *length* bytes.
+
+        Flags are :data:`STATUS_HOLE` and :data:`STATUS_ZERO`.  A driver that
+        cannot tell reports data.
+        """
+        return [(length, 0)]
+
     def filename(self) -> str:
         """What query-named-block-nodes shows as the image's file name."""
         return ""
@@ -116,6 +154,7 @@ class FileNode(BlockNode):
         self.path = path
         self.fd = fd
         self.no_flush = no_flush
+        self._nowait = hasattr(os, "RWF_NOWAIT")
 
     def size(self) -> int:
         return os.lseek(self.fd, 0, os.SEEK_END)  # also right for block devices
@@ -136,6 +175,60 @@ class FileNode(BlockNode):
     def write_zeroes(self, offset: int, length: int, unmap: bool) -> None:
         if not (unmap and _punch_hole(self.fd, offset, length)):
             super().write_zeroes(offset, length, unmap)
+
+    def truncate(self, size: int) -> None:
+        mode = os.fstat(self.fd).st_mode
+        if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+            # A device keeps its size; shrinking just leaves the end unused, as in QEMU.
+            if size > self.size():
+                raise BlockError("Cannot grow device files")
+            return
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            raise BlockError(f"Could not resize file: {exc.strerror}") from None
+
+    def zero_fast(self, offset: int, length: int, unmap: bool) -> bool:
+        return unmap and _punch_hole(self.fd, offset, length)
+
+    def preadv_nowait(self, bufs: list[memoryview], offset: int) -> bool:
+        if not self._nowait:
+            return False
+        want = sum(len(b) for b in bufs)
+        try:
+            return os.preadv(self.fd, bufs, offset, os.RWF_NOWAIT) == want
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self._nowait = False  # not on this file system: the thread does every read
+            return False
+
+    def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        # The holes the file system knows of (SEEK_DATA/SEEK_HOLE), a few runs per call.
+        end = offset + length
+        runs: list[tuple[int, int]] = []
+        pos = offset
+        while pos < end and len(runs) < 64:
+            try:
+                data = os.lseek(self.fd, pos, os.SEEK_DATA)
+                hole = end if data > pos else os.lseek(self.fd, pos, os.SEEK_HOLE)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # a hole up to the end of the file
+                    data = end
+                elif runs:
+                    break
+                else:  # no SEEK_DATA here (a device, an old file system): all data
+                    return [(length, 0)]
+            if data > pos:
+                n = min(data, end) - pos
+                runs.append((n, STATUS_HOLE | STATUS_ZERO))
+            else:
+                n = min(hole, end) - pos
+                runs.append((n, 0))
+            pos += n
+        return runs
 
     def filename(self) -> str:
         return self.path
@@ -158,6 +251,11 @@ class RawNode(BlockNode):
         self.child = child
         self.offset = offset
         self.window = size
+
+    @property
+    def shares_resize(self) -> bool:
+        # A window into the child would no longer match it (QEMU's raw_child_perm).
+        return self.offset == 0 and self.window is None
 
     def size(self) -> int:
         if self.window is not None:
@@ -195,6 +293,25 @@ class RawNode(BlockNode):
     def write_zeroes(self, offset: int, length: int, unmap: bool) -> None:
         self.child.write_zeroes(self.offset + offset, length, unmap)
 
+    def truncate(self, size: int) -> None:
+        if self.window is not None:
+            raise BlockError("Cannot resize fixed-size raw disks")
+        self.child.truncate(self.offset + size)
+
+    def zero_fast(self, offset: int, length: int, unmap: bool) -> bool:
+        return self.child.zero_fast(self.offset + offset, length, unmap)
+
+    def preadv_nowait(self, bufs: list[memoryview], offset: int) -> bool:
+        clipped = self._clip(bufs, offset)
+        if sum(map(len, clipped)) != sum(map(len, bufs)):
+            return False  # past the window: preadv reports it
+        return self.child.preadv_nowait(clipped, self.offset + offset)
+
+    def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        if self.window is not None:
+            length = max(0, min(length, self.window - offset))
+        return self.child.block_status(self.offset + offset, length) if length else []
+
     def filename(self) -> str:
         return self.child.filename()
 
@@ -225,6 +342,16 @@ class NullNode(BlockNode):
 
     def write_zeroes(self, offset: int, length: int, unmap: bool) -> None:
         pass
+
+    def zero_fast(self, offset: int, length: int, unmap: bool) -> bool:
+        return True
+
+    def preadv_nowait(self, bufs: list[memoryview], offset: int) -> bool:
+        self.preadv(bufs, offset)
+        return True
+
+    def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        return [(length, STATUS_HOLE | (STATUS_ZERO if self.read_zeroes else 0))]
 
     def filename(self) -> str:
         return f"{self.driver}://"
@@ -293,11 +420,18 @@ def _open_file(name: str, read_only: bool, opts: Options, device: bool, dry: boo
 
 
 def open_node(
-    name: str, opts: Options, lookup: Lookup, open_child: OpenChild, *, dry: bool = False
+    name: str,
+    opts: Options,
+    lookup: Lookup,
+    open_child: OpenChild,
+    *,
+    dry: bool = False,
+    objects: Mapping[str, object] | None = None,
 ) -> BlockNode:
     """Open the node *opts* describes (``driver`` and its options; see the module docstring).
 
-    With *dry*, only the options are checked: nothing is opened.
+    With *dry*, only the options are checked: nothing is opened.  *objects*
+    are the ``--object`` objects by id (``tls-creds`` of ``nbd``).
     """
     driver = opts.string("driver")
     read_only = opts.boolean("read-only", False)
@@ -335,10 +469,14 @@ def open_node(
         from .python import open_python  # the driver imports this module
 
         return open_python(name, read_only, opts, lookup, open_child, dry)
+    if driver == "nbd":
+        from ..nbd.node import open_nbd  # the driver imports this module
+
+        return open_nbd(name, read_only, opts, objects or {}, dry)
     if driver in QEMU_FORMATS:
         raise BlockError(
-            f"Driver '{driver}' is not supported: image formats are QEMU's; serve this image "
-            "with qemu-storage-daemon (or convert it to raw with qemu-img convert -O raw)"
+            f"Driver '{driver}' is not supported: image formats are QEMU's; serve it with "
+            "qemu-nbd and use driver=nbd (or convert it to raw with qemu-img convert -O raw)"
         )
     raise BlockError(f"Parameter 'driver' does not accept value '{driver}'")
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigurationError
+
 __all__ = ["BlockError", "Options"]
 
 
-class BlockError(Exception):
+class BlockError(ConfigurationError):
     """A refused block-layer request; the message names the field and what is wrong."""
 
 
@@ -95,6 +97,23 @@ class Options:
             raise BlockError(f"Parameter '{self._name(key)}' is missing")
         if not isinstance(value, (str, dict)):
             raise self._wrong(key, "string or object")
+        return value
+
+    def items(self, key: str) -> list[Any] | None:
+        """A list (QMP's JSON array, or keyval's ``key.0=…,key.1=…``); None if absent."""
+        value = self.values.pop(key, None)
+        if value is None:
+            return None
+        if not self.typed and isinstance(value, dict):
+            keys = [str(i) for i in range(len(value))]
+            if sorted(value) != sorted(keys):
+                raise BlockError(
+                    f"Parameter '{self._name(key)}' expects a list: number its items "
+                    f"{self._name(key)}.0, {self._name(key)}.1, ..."
+                )
+            return [value[k] for k in keys]
+        if not isinstance(value, list):
+            raise self._wrong(key, "array")
         return value
 
     def group(self, key: str) -> Options:

@@ -4,12 +4,14 @@ A driver is a class; the node imports ``module``, builds ``class(**options)``
 with the remaining options (strings from the command line, JSON values from
 QMP) and calls its coroutines:
 
-* ``async size() -> int`` — the size in bytes (asked once, at open);
+* ``async size() -> int`` — the size in bytes (asked once, at open, and
+  never again: after ``resize`` the node takes the new size as given);
 * ``async read(offset, length) -> bytes`` — exactly *length* bytes;
 * ``async write(offset, data) -> None``;
 * optional: ``async flush()``, ``async discard(offset, length)``,
   ``async write_zeroes(offset, length)`` (default: a write of zeros),
-  ``async close()`` (at ``blockdev-del`` and exit).
+  ``async resize(size)`` (``block_resize``; without it the command is
+  refused), ``async close()`` (at ``blockdev-del`` and exit).
 
 With ``file=NODE`` (a node name or inline node) the driver is a filter: it
 gets the other node as ``file=``, a :class:`Child` with the same coroutines.
@@ -19,7 +21,8 @@ Every coroutine runs on the node's own thread and event loop
 that loop.  A request fails alone, and the guest sees an I/O error (the
 virtio-blk status IOERR) with a log line, when the coroutine raises, returns
 short or long data, or takes longer than ``timeout`` seconds (default 30;
-it is then cancelled).  The export keeps serving.
+it is then cancelled).  The export keeps serving.  A failed ``resize`` fails
+its ``block_resize`` command, naming the reason, and the size stays.
 """
 
 from __future__ import annotations
@@ -79,18 +82,21 @@ class PythonNode(BlockNode):
             raise
 
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run *coro* on the node's loop; failures become ``OSError(EIO)``."""
+        """Run *coro* on the node's loop; failures become ``OSError(EIO)`` saying why."""
         future = asyncio.run_coroutine_threadsafe(coro, self.thread.loop)
         try:
             return future.result(self.timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            log.warning("%s: driver request timed out after %s s", self.name, self.timeout)
+            reason = f"timed out after {self.timeout} s"
+            log.warning("%s: driver request %s", self.name, reason)
         except OSError as exc:
+            reason = str(exc)
             log.warning("%s: driver error: %s", self.name, exc)
-        except Exception:
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
             log.exception("%s: driver failed", self.name)
-        raise OSError(errno.EIO, f"python driver of node '{self.name}' failed")
+        raise OSError(errno.EIO, f"python driver of node '{self.name}' failed: {reason}")
 
     def size(self) -> int:
         return self._size
@@ -132,6 +138,15 @@ class PythonNode(BlockNode):
             self._run(self.impl.write_zeroes(offset, length))
         else:
             super().write_zeroes(offset, length, unmap)
+
+    def truncate(self, size: int) -> None:
+        if not hasattr(self.impl, "resize"):
+            super().truncate(size)  # refuses, as QEMU for a driver without resize
+        try:
+            self._run(self.impl.resize(size))
+        except OSError as exc:
+            raise BlockError(f"Could not resize node '{self.name}': {exc.strerror}") from None
+        self._size = size
 
     def filename(self) -> str:
         cls = type(self.impl)

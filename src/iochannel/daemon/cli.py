@@ -45,6 +45,7 @@ from typing import Any, NoReturn
 from .. import keyval
 from ..chardev import ChardevError, parse_chardev
 from ..chardev.options import address_text, backend_help, options_help, parse_bool, settings
+from ..errors import ConfigurationError
 from ..vhost_user.cli import UsageError
 from ..vhost_user.cli import check as check_storage
 from .objects import ObjectSpec, parse_object
@@ -71,7 +72,7 @@ _TOML_KEYS = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigurationError):
     """A configuration error; the message names the option (or file entry) and the key."""
 
 

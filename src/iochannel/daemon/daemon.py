@@ -77,7 +77,7 @@ class Daemon:
         self.relays: dict[str, Relay] = {}
         self.monitors: dict[str, QMPMonitor] = {}
         self.web: Any = None
-        self.storage = Storage(emit=self._emit)
+        self.storage = Storage(emit=self._emit, objects=self.registry.objects)
         self._watcher = EventWatcher(self.registry, self._emit)
         self.stopped = asyncio.Event()
 
@@ -150,7 +150,7 @@ class Daemon:
             on_quit=self.request_stop,
         )
         register_commands(mon, self.registry, self.relays.values)
-        register_storage_commands(mon, self.storage)
+        register_storage_commands(mon, self.storage, self.registry)
         self.monitors[m.id] = mon
 
     async def _add_web(self, config: Config) -> None:

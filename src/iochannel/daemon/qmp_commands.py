@@ -15,10 +15,11 @@ Commands (QEMU's names, arguments and replies):
 
 Storage commands (:func:`register_storage_commands`, qemu-storage-daemon's
 names, arguments and error texts; see ``docs/storage.md``): ``blockdev-add``,
-``blockdev-del``, ``block-export-add``, ``block-export-del``,
-``query-block-exports``, ``query-named-block-nodes``, ``object-add`` /
-``object-del`` (``iothread``), and the event ``BLOCK_EXPORT_DELETED``
-``{"id"}``.
+``blockdev-del``, ``block_resize``, ``block-export-add``, ``block-export-del``,
+``nbd-server-start``/``-stop``/``-add``/``-remove``, ``query-block-exports``,
+``query-named-block-nodes``, ``object-add`` / ``object-del`` (``iothread``),
+``qom-list`` / ``qom-get`` (:mod:`.qom`), and
+the event ``BLOCK_EXPORT_DELETED`` ``{"id"}``.
 
 plus the monitor's own ``qmp_capabilities``, ``query-commands``,
 ``query-version`` and ``quit``.  Our additions:
@@ -62,6 +63,7 @@ from ..block.storage import Storage
 from ..chardev import Chardev, ChardevRegistry, HubChardev
 from ..chardev.events import observe_changes
 from ..qmp import QMPError, QMPMonitor
+from .qom import QomTree
 from .relay import Relay
 
 __all__ = ["EventWatcher", "register_commands", "register_storage_commands"]
@@ -140,8 +142,15 @@ def register_commands(
         monitor.register(name, handler, params)
 
 
-def register_storage_commands(monitor: QMPMonitor, storage: Storage) -> None:
-    """Add the storage commands (module docstring) to *monitor*."""
+def register_storage_commands(
+    monitor: QMPMonitor, storage: Storage, registry: ChardevRegistry | None = None
+) -> None:
+    """Add the storage commands (module docstring) to *monitor*; *registry*'s
+    chardevs show in ``qom-list /chardevs``."""
+    qom = QomTree(
+        storage,
+        lambda: [(c.id, c.type_name) for c in _chardevs(registry)] if registry else [],
+    )
 
     def guarded(call: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
         async def run(args: dict[str, Any]) -> Any:
@@ -170,6 +179,22 @@ def register_storage_commands(monitor: QMPMonitor, storage: Storage) -> None:
     def export_add(args: dict[str, Any]) -> None:
         storage.export_add(args, typed=True)
 
+    def nbd_server_add(args: dict[str, Any]) -> None:
+        # The deprecated form of block-export-add type=nbd: the NBD name is the id.
+        if not storage.nbd.running:
+            raise BlockError("NBD server not running")
+        args = dict(args)
+        device = args.pop("device", None)
+        if device is None:
+            raise BlockError("Parameter 'device' is missing")
+        name = args.get("name", device)
+        storage.export_add({**args, "type": "nbd", "id": name, "node-name": device}, typed=True)
+
+    async def nbd_server_remove(args: dict[str, Any]) -> None:
+        if not storage.nbd.running:
+            raise BlockError("NBD server not running")
+        await storage.export_del(args["name"], args.get("mode", "safe"))
+
     commands: list[tuple[str, Callable[[dict[str, Any]], Any], dict[str, Any] | None]] = [
         # Driver-specific members: checked by the block layer, not the monitor.
         ("blockdev-add", blockdev_add, None),
@@ -181,8 +206,20 @@ def register_storage_commands(monitor: QMPMonitor, storage: Storage) -> None:
         ("block-export-add", export_add, None),
         (
             "block-export-del",
-            lambda a: storage.export_del(a["id"]),
+            lambda a: storage.export_del(a["id"], a.get("mode", "safe")),
             {"id": ("str", True), "mode": ("str", False)},
+        ),
+        (
+            "nbd-server-start",
+            lambda a: storage.nbd_server_start(a, typed=True, legacy=True),
+            None,
+        ),
+        ("nbd-server-stop", lambda a: storage.nbd_server_stop(), {}),
+        ("nbd-server-add", nbd_server_add, None),
+        (
+            "nbd-server-remove",
+            nbd_server_remove,
+            {"name": ("str", True), "mode": ("str", False)},
         ),
         ("query-block-exports", lambda a: storage.query_block_exports(), {}),
         (
@@ -192,9 +229,21 @@ def register_storage_commands(monitor: QMPMonitor, storage: Storage) -> None:
         ),
         ("object-add", object_add, None),
         ("object-del", lambda a: storage.iothread_del(a["id"]), _ID),
+        (
+            "block_resize",
+            lambda a: storage.block_resize(a.get("device"), a.get("node-name"), a["size"]),
+            {"device": ("str", False), "node-name": ("str", False), "size": ("int", True)},
+        ),
     ]
     for name, handler, params in commands:
         monitor.register(name, guarded(handler), params)
+    path = {"path": ("str", True)}
+    monitor.register("qom-list", lambda a: qom.qom_list(a["path"]), path)
+    monitor.register(
+        "qom-get",
+        lambda a: qom.qom_get(a["path"], a["property"]),
+        {**path, "property": ("str", True)},
+    )
 
 
 def never_waits(args: dict[str, Any]) -> dict[str, Any]:

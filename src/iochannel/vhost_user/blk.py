@@ -13,16 +13,21 @@ Contract:
   type, unsupported discard/write-zeroes form).  A request with no writable
   byte at all cannot carry a status; it is returned with length 0.
 * The config space follows ``struct virtio_blk_config``; SET_CONFIG may only
-  change the write-cache mode (``wce``).  With ``wce = 0`` (write-through)
+  change the write-cache mode (``wce``).  The capacity is the node's size
+  when the device was made or last :meth:`BlkDevice.refresh_capacity`;
+  requests are checked against it.  A resize runs inside
+  :meth:`BlkDevice.quiesced`, so no request straddles it.  With ``wce = 0`` (write-through)
   every write is followed by a flush of the node.
 * The node belongs to its graph: the device never closes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import threading
+from collections.abc import Iterator
 
 from ..block.nodes import BlockNode
 from .device import DeviceError, VhostUserBackend
@@ -126,6 +131,10 @@ class BlkDevice(VhostUserBackend):
         self.serial = serial.encode()[:ID_BYTES]
         self.wce = True
         self._wce_lock = threading.Lock()
+        # Requests in progress, and holds on new ones (:meth:`quiesced`).
+        self._gate = threading.Condition()
+        self._active = 0
+        self._quiesced = 0
 
     # ---- negotiation ----
 
@@ -138,7 +147,14 @@ class BlkDevice(VhostUserBackend):
         return f
 
     def protocol_features(self) -> ProtocolFeature:
-        return ProtocolFeature.CONFIG
+        # SLAVE_REQ: the channel that tells the front-end of a new capacity.
+        return ProtocolFeature.CONFIG | ProtocolFeature.SLAVE_REQ
+
+    def refresh_capacity(self) -> bool:
+        """Take the node's current size as the capacity; True if it changed."""
+        sectors = self.node.size() // SECTOR
+        changed, self.sectors = sectors != self.sectors, sectors
+        return changed
 
     def config(self) -> bytes:
         """The whole ``virtio_blk_config``."""
@@ -202,13 +218,40 @@ class BlkDevice(VhostUserBackend):
             status[0] = S_IOERR
             return 1
         rtype, _, sector = _OUTHDR.unpack(header)
+        with self._gate:
+            while self._quiesced:
+                self._gate.wait()
+            self._active += 1
         try:
             result, n = self._dispatch(rtype & ~T_BARRIER, sector, data_out, data_in)
         except OSError as exc:
             log.warning("virtio-blk I/O error: %s", exc)
             result, n = S_IOERR, 0
+        finally:
+            with self._gate:
+                self._active -= 1
+                if not self._active:
+                    self._gate.notify_all()
         status[0] = result
         return n + 1
+
+    @contextlib.contextmanager
+    def quiesced(self) -> Iterator[None]:
+        """Hold new requests and wait for those in progress (a resize runs meanwhile).
+
+        Otherwise a write checked against the old capacity could land past the
+        new end, and extend the image again, after a shrink.
+        """
+        with self._gate:
+            self._quiesced += 1
+            while self._active:
+                self._gate.wait()
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._quiesced -= 1
+                self._gate.notify_all()
 
     def _range_ok(self, sector: int, size: int) -> bool:
         nb = size // SECTOR

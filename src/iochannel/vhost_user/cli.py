@@ -39,6 +39,7 @@ from typing import Any
 from .. import keyval
 from ..block.options import BlockError
 from ..block.storage import Storage
+from ..errors import ConfigurationError
 
 __all__ = [
     "STORAGE_OPTIONS",
@@ -55,10 +56,15 @@ log = logging.getLogger(__name__)
 Tree = dict[str, Any]
 
 #: Each storage option and the key its value's first item may leave implied.
-STORAGE_OPTIONS = {"--blockdev": "driver", "--export": "type", "--object": "qom-type"}
+STORAGE_OPTIONS = {
+    "--blockdev": "driver",
+    "--export": "type",
+    "--object": "qom-type",
+    "--nbd-server": None,
+}
 
 
-class UsageError(Exception):
+class UsageError(ConfigurationError):
     """A command-line error; the message names the option."""
 
 
@@ -88,6 +94,9 @@ def apply(storage: Storage, option: str, text: str) -> None:
             storage.blockdev_add(tree, typed=typed)
         elif option == "--export":
             storage.export_add(tree, typed=typed)
+        elif option == "--nbd-server":
+            # The command line's address is a flat SocketAddress, in JSON too.
+            storage.nbd_server_start(tree, typed=typed, legacy=False)
         else:
             kind = tree.pop("qom-type", None)
             if kind != "iothread":

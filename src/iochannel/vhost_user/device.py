@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 
+from ..errors import RemoteProtocolError
 from .protocol import ProtocolFeature
 from .virtqueue import MAX_QUEUE_SIZE, Virtqueue
 
@@ -35,7 +36,7 @@ F_INDIRECT_DESC = 1 << 28
 F_PROTOCOL_FEATURES = 1 << 30
 
 
-class DeviceError(Exception):
+class DeviceError(RemoteProtocolError):
     """A device hook refuses a request."""
 
 

@@ -95,6 +95,8 @@ class Frontend:
         self.mem_size = mem_size
         self.queues: list[DriverQueue] = []
         self.protocol = ProtocolFeature(0)
+        #: Our end of the back-end request channel (:meth:`open_backend_channel`).
+        self.backend_channel: socket.socket | None = None
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.memfd = -1
         try:
@@ -130,6 +132,9 @@ class Frontend:
         for q in self.queues:
             q.close()
         self.queues = []
+        if self.backend_channel is not None:
+            self.backend_channel.close()
+            self.backend_channel = None
         if hasattr(self, "mem"):
             self.mem.close()
         if self.memfd >= 0:
@@ -261,6 +266,34 @@ class Frontend:
             body = self.call(Request.GET_VRING_BASE, pack_vring_state(q.index, 0))
             bases.append(struct.unpack("<II", body)[1])
         return bases
+
+    def open_backend_channel(self) -> socket.socket:
+        """SET_SLAVE_REQ_FD as QEMU sends it; return our end (also kept in
+        :attr:`backend_channel`), on which the back-end's requests arrive."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ours.settimeout(self.timeout)
+            if self.protocol & ProtocolFeature.REPLY_ACK:
+                assert self.ack(Request.SET_SLAVE_REQ_FD, b"", [theirs.fileno()]) == 0
+            else:
+                self.request(Request.SET_SLAVE_REQ_FD, b"", [theirs.fileno()])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.backend_channel = ours
+        return ours
+
+    def read_backend_request(self) -> tuple[int, int, bytes]:
+        """``(request, flags, payload)`` of the next back-end request; TimeoutError if none."""
+        ch = self.backend_channel
+        assert ch is not None, "open_backend_channel() first"
+        header = ch.recv(HEADER.size, socket.MSG_WAITALL)
+        if len(header) < HEADER.size:
+            raise EOFError("back-end closed its request channel")
+        request, flags, size = HEADER.unpack(header)
+        return request, flags, ch.recv(size, socket.MSG_WAITALL) if size else b""
 
     def get_config(self, offset: int, size: int) -> bytes:
         body = self.call(Request.GET_CONFIG, pack_config(offset, 0, bytes(size)))

@@ -16,6 +16,10 @@ Contract:
   front-end could not learn of the failure, so it is a ``ProtocolError`` too.
 * Replies are produced only for requests that have a reply or carry
   NEED_REPLY after REPLY_ACK was negotiated: never unsolicited.
+* :meth:`Handler.config_changed` (thread-safe) tells the front-end that the
+  config space changed (BACKEND_CONFIG_CHANGE_MSG on the channel given by
+  SET_SLAVE_REQ_FD), if it negotiated CONFIG and SLAVE_REQ; QEMU then reads
+  the config again.  It never waits for the front-end.
 * :meth:`Handler.close` stops every queue, then unmaps memory and closes every
   fd the handler holds.
 """
@@ -25,6 +29,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
+import threading
 from collections.abc import Callable
 from typing import Protocol
 
@@ -32,6 +38,7 @@ from .device import F_INDIRECT_DESC, F_PROTOCOL_FEATURES, F_VERSION_1, DeviceErr
 from .memory import MAX_MEM_SLOTS, GuestMemory, GuestMemoryError
 from .protocol import (
     VRING_NOFD,
+    BackendRequest,
     ConfigPayload,
     Message,
     ProtocolError,
@@ -40,6 +47,7 @@ from .protocol import (
     Request,
     VringAddr,
     encode_reply,
+    encode_request,
     pack_config,
     pack_u64,
     pack_vring_state,
@@ -108,6 +116,9 @@ class Handler:
         self.acked_features = 0
         self.acked_protocol = ProtocolFeature(0)
         self.owner = False
+        #: The back-end request channel (SET_SLAVE_REQ_FD); swapped under the lock.
+        self._backend_req: socket.socket | None = None
+        self._backend_lock = threading.Lock()
         self._handlers: dict[Request, Callable[[Message], bytes | None]] = {
             Request.GET_FEATURES: lambda m: pack_u64(self.offered_features),
             Request.SET_FEATURES: self._set_features,
@@ -127,6 +138,7 @@ class Handler:
             Request.SET_VRING_ENABLE: self._set_vring_enable,
             Request.GET_CONFIG: self._get_config,
             Request.SET_CONFIG: self._set_config,
+            Request.SET_SLAVE_REQ_FD: self._set_slave_req_fd,
             Request.GET_MAX_MEM_SLOTS: lambda m: pack_u64(MAX_MEM_SLOTS),
             Request.ADD_MEM_REG: self._add_mem_reg,
             Request.REM_MEM_REG: self._rem_mem_reg,
@@ -364,6 +376,39 @@ class Handler:
         except DeviceError as exc:
             raise _Failed(str(exc)) from exc
 
+    def _set_slave_req_fd(self, msg: Message) -> None:
+        fd = msg.take_fd()
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            os.close(fd)
+            raise _Failed(f"the back-end request fd is not a socket: {exc.strerror}") from None
+        with self._backend_lock:
+            old, self._backend_req = self._backend_req, sock
+        if old is not None:
+            old.close()
+
+    def config_changed(self) -> bool:
+        """Send CONFIG_CHANGE_MSG if the front-end can take it; True if sent."""
+        wanted = ProtocolFeature.CONFIG | ProtocolFeature.SLAVE_REQ
+        if self.acked_protocol & wanted != wanted:
+            return False
+        data = encode_request(BackendRequest.CONFIG_CHANGE_MSG)
+        with self._backend_lock:
+            if self._backend_req is None:
+                return False
+            try:
+                # Never blocks: a front-end that does not read its channel
+                # must not stall the caller (a QMP command).
+                sent = self._backend_req.send(data, socket.MSG_DONTWAIT)
+            except OSError as exc:
+                log.warning("%s: config change not sent: %s", self.name, exc)
+                return False
+        if sent != len(data):
+            log.warning("%s: config change cut short (%d of %d bytes)", self.name, sent, len(data))
+            return False
+        return True
+
     # ---- teardown ----
 
     def _stop_all(self) -> None:
@@ -376,4 +421,8 @@ class Handler:
         """Stop every queue, unmap memory and close all fds; idempotent."""
         self._stop_all()
         self.memory.close()
+        with self._backend_lock:
+            sock, self._backend_req = self._backend_req, None
+        if sock is not None:
+            sock.close()
         self.backend.reset()

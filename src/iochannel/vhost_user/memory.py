@@ -36,6 +36,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..errors import RemoteProtocolError
 from .protocol import ProtocolError, Region, check_no_overlap
 
 __all__ = ["MAX_COPY", "Bounce", "FdSpan", "GuestMemory", "GuestMemoryError", "GuestRegion"]
@@ -46,7 +47,7 @@ MAX_MEM_SLOTS = 32
 MAX_COPY = 32 << 20
 
 
-class GuestMemoryError(Exception):
+class GuestMemoryError(RemoteProtocolError):
     """A guest address does not translate to shared memory."""
 
 

@@ -31,12 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..channel import close_fds
+from ..errors import RemoteProtocolError
 
 __all__ = [
     "HEADER",
     "MAX_FDS",
     "MAX_PAYLOAD",
     "VRING_NOFD",
+    "BackendRequest",
     "ConfigPayload",
     "Flags",
     "InflightPayload",
@@ -119,6 +121,14 @@ class Request(enum.IntEnum):
     GET_STATUS = 40
 
 
+class BackendRequest(enum.IntEnum):
+    """Back-end to front-end request numbers (on the SET_SLAVE_REQ_FD channel)."""
+
+    IOTLB_MSG = 1
+    CONFIG_CHANGE_MSG = 2
+    VRING_HOST_NOTIFIER_MSG = 3
+
+
 class Flags(enum.IntFlag):
     """Header flag bits."""
 
@@ -152,7 +162,7 @@ class ProtocolFeature(enum.IntFlag):
     STATUS = 1 << 16
 
 
-class ProtocolError(Exception):
+class ProtocolError(RemoteProtocolError):
     """The front-end sent something the protocol does not allow.
 
     ``field`` names what was wrong (``"header.size"``, ``"SET_VRING_NUM.num"``
@@ -537,5 +547,5 @@ def pack_vring_addr(a: VringAddr) -> bytes:
 
 
 def encode_request(request: int, payload: bytes = b"", flags: int = Flags.VERSION) -> bytes:
-    """Header plus payload of a request (for front-ends and tests)."""
+    """Header plus payload of a request (front-end's or back-end's, without reply)."""
     return HEADER.pack(request, flags, len(payload)) + payload

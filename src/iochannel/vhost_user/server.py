@@ -24,6 +24,9 @@ Contract:
   another thread.  Bytes are either still in the socket or kept by the reader,
   so no message is lost.  Queue workers are threads of their own and keep
   running meanwhile.
+* With ``queue_loops``, queue *i* is served on loop *i* instead of a worker
+  thread (:class:`~.loops.LoopRings`); those loops must keep running while
+  the server does.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import concurrent.futures
 import logging
 import select
 import threading
+from collections.abc import Sequence
 
 from ..address import Address
 from ..errors import ChannelError
@@ -40,6 +44,7 @@ from ..flags import Condition, ReadFlag, Shutdown
 from ..socket import SocketChannel
 from .device import VhostUserBackend
 from .handler import Handler
+from .loops import LoopRings
 from .protocol import MessageReader, ProtocolError
 from .worker import WorkerPool
 
@@ -59,7 +64,11 @@ class _Connection:
         self.server = server
         self.ch = ch
         self.reader = MessageReader()
-        self.pool = WorkerPool(server.backend, self._broken)
+        self.pool: WorkerPool | LoopRings
+        if server.queue_loops is None:
+            self.pool = WorkerPool(server.backend, self._broken)
+        else:
+            self.pool = LoopRings(server.backend, server.queue_loops, self._broken)
         self.handler = Handler(server.backend, self.pool, name=server.name)
         self.finished: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.parked = threading.Event()
@@ -163,10 +172,17 @@ class VhostUserServer:
     """Serves *backend* to front-ends connecting to *listener*."""
 
     def __init__(
-        self, backend: VhostUserBackend, listener: SocketChannel, *, name: str = "vhost-user"
+        self,
+        backend: VhostUserBackend,
+        listener: SocketChannel,
+        *,
+        name: str = "vhost-user",
+        queue_loops: Sequence[asyncio.AbstractEventLoop] | None = None,
     ) -> None:
         self.backend = backend
         self.name = name
+        #: Where each queue is served (:class:`~.loops.LoopRings`); None: worker threads.
+        self.queue_loops = queue_loops
         self._listener = listener
         self._conn: _Connection | None = None
         self._lock = threading.Lock()
@@ -174,10 +190,15 @@ class VhostUserServer:
 
     @classmethod
     def listen(
-        cls, backend: VhostUserBackend, addr: Address, *, name: str = "vhost-user"
+        cls,
+        backend: VhostUserBackend,
+        addr: Address,
+        *,
+        name: str = "vhost-user",
+        queue_loops: Sequence[asyncio.AbstractEventLoop] | None = None,
     ) -> VhostUserServer:
         """Listen on *addr* (a :class:`~iochannel.UnixAddress` or listening fd)."""
-        return cls(backend, SocketChannel.listen(addr), name=name)
+        return cls(backend, SocketChannel.listen(addr), name=name, queue_loops=queue_loops)
 
     @property
     def connected(self) -> bool:
@@ -252,6 +273,14 @@ class VhostUserServer:
         self._listener.close()
         if conn is not None:
             self._end(conn)
+
+    def config_changed(self) -> bool:
+        """Tell the connected front-end its config space changed (thread-safe).
+
+        True if it was told; see :meth:`Handler.config_changed`.
+        """
+        conn = self._conn
+        return conn is not None and conn.handler.config_changed()
 
     def detach(self) -> None:
         """Park the connection's protocol loop (thread-safe); see the module docstring."""

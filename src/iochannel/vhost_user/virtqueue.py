@@ -41,6 +41,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
+from ..errors import RemoteProtocolError
 from .memory import Bounce, FdSpan, GuestMemory, GuestMemoryError
 from .protocol import VringAddr
 
@@ -58,7 +59,7 @@ DESC_F_WRITE = 2
 DESC_F_INDIRECT = 4
 
 
-class VirtqueueError(Exception):
+class VirtqueueError(RemoteProtocolError):
     """The driver put something invalid in the ring, or its memory went away."""
 
 
