@@ -12,9 +12,11 @@ test cannot run (it needs a terminal, or serves until stopped) is preceded by
 
 from __future__ import annotations
 
+import doctest
 import gc
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,7 @@ from pathlib import Path
 import pytest
 from sybil import Example, Sybil
 from sybil.evaluators.python import PythonEvaluator
-from sybil.parsers.myst import CodeBlockParser, SkipParser
+from sybil.parsers.myst import CodeBlockParser, PythonCodeBlockParser, SkipParser
 
 _SCRIPTS = str(Path(sys.executable).parent)
 
@@ -33,29 +35,45 @@ _SCRIPTS = str(Path(sys.executable).parent)
 _run_python_block = PythonEvaluator()
 
 
-def _run_python(example: Example) -> object:
+def _run_python(example: Example) -> None:
     try:
-        return _run_python_block(example)
+        _run_python_block(example)
     except Exception as exc:
         # The whole traceback as the message: pytest's report of a sample's chained
         # exceptions fails inside Sybil when a link of the chain is one frame deep.
         raise AssertionError("".join(traceback.format_exception(exc))) from None
 
 
+class _PythonBlocks(PythonCodeBlockParser):
+    """``python`` blocks: ``>>>`` sessions are doctests, other blocks run as code."""
+
+    def __init__(self, doctest_optionflags: int) -> None:
+        super().__init__(doctest_optionflags=doctest_optionflags)
+        self.codeblock_parser = self.codeblock_parser_class("python", _run_python)
+
+
 def _run_shell(example: Example) -> None:
     env = dict(os.environ, PATH=f"{_SCRIPTS}{os.pathsep}{os.environ.get('PATH', '')}")
-    done = subprocess.run(
+    # A session of its own, so that whatever the block leaves running (a server
+    # started with &) ends with it.
+    proc = subprocess.Popen(
         ["bash", "-euo", "pipefail", "-c", example.parsed],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=False,
+        start_new_session=True,
     )
-    if done.returncode != 0:
-        raise AssertionError(
-            f"exit status {done.returncode}\n--- stdout\n{done.stdout}--- stderr\n{done.stderr}"
-        )
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    if proc.returncode != 0:
+        raise AssertionError(f"exit status {proc.returncode}\n--- stdout\n{out}--- stderr\n{err}")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +103,7 @@ def docs_page() -> Iterator[str]:
 
 pytest_collect_file = Sybil(
     parsers=[
-        CodeBlockParser(language="python", evaluator=_run_python),
+        _PythonBlocks(doctest_optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS),
         CodeBlockParser(language="sh", evaluator=_run_shell),
         SkipParser(),
     ],
