@@ -324,15 +324,7 @@ class Storage:
         serial = opts.string("serial", "vhost_user_blk")
         mapping = self._vq_mapping(opts)
         opts.done()
-        if ident in self.exports:
-            raise BlockError(f"Block export id '{ident}' is already in use")
-        node = self.nodes.get(node_name)
-        if node is None:
-            raise BlockError(f"Cannot find device='' nor node-name='{node_name}'")
-        if iothread is not None and iothread not in self.iothreads:
-            raise BlockError(f'iothread "{iothread}" not found')
-        if writable and node.read_only:
-            raise BlockError("Cannot export read-only node as writable")
+        node = self._export_node(ident, node_name, iothread, writable)
         if num_queues < 1:
             raise BlockError("num-queues must be greater than 0")
         if num_queues > 1024:
@@ -435,15 +427,7 @@ class Storage:
         if opts.boolean("allocation-depth", False):
             raise BlockError("Parameter 'allocation-depth' is not supported")
         opts.done()
-        if ident in self.exports:
-            raise BlockError(f"Block export id '{ident}' is already in use")
-        node = self.nodes.get(node_name)
-        if node is None:
-            raise BlockError(f"Cannot find device='' nor node-name='{node_name}'")
-        if iothread is not None and iothread not in self.iothreads:
-            raise BlockError(f'iothread "{iothread}" not found')
-        if writable and node.read_only:
-            raise BlockError("Cannot export read-only node as writable")
+        node = self._export_node(ident, node_name, iothread, writable)
         self.nbd.check_export(name)
         thread = self.iothreads.get(iothread) if iothread is not None else None
         self.nbd.add_export(
@@ -471,6 +455,21 @@ class Storage:
             exp.deleting = True
             await self._stop_export(exp)
         await self.nbd.stop()
+
+    def _export_node(
+        self, ident: str, node_name: str, iothread: str | None, writable: bool
+    ) -> BlockNode:
+        """The checks every export type makes, in qemu-storage-daemon's order; the node."""
+        if ident in self.exports:
+            raise BlockError(f"Block export id '{ident}' is already in use")
+        node = self.nodes.get(node_name)
+        if node is None:
+            raise BlockError(f"Cannot find device='' nor node-name='{node_name}'")
+        if iothread is not None and iothread not in self.iothreads:
+            raise BlockError(f'iothread "{iothread}" not found')
+        if writable and node.read_only:
+            raise BlockError("Cannot export read-only node as writable")
+        return node
 
     async def export_del(self, ident: str, mode: str = "safe") -> None:
         exp = self.exports.get(ident)
