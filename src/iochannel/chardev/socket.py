@@ -69,6 +69,7 @@ from ..errors import ChannelTimeoutError
 from ..flags import Feature
 from ..netlistener import NetListener
 from ..socket import SocketChannel
+from ..watch import in_loop_thread
 from .backoff import Backoff
 from .chardev import ChardevError
 from .events import ChardevEvent
@@ -753,7 +754,7 @@ class SocketChardev(FanoutChardev):
         if not self.opened:
             self.open()
         loop = self.loop
-        if loop.is_running() and not _in_loop(loop):
+        if loop.is_running() and not in_loop_thread(loop):
             fut = asyncio.run_coroutine_threadsafe(self.await_connected(), loop)
             fut.result(timeout)
             return
@@ -841,13 +842,6 @@ def _missing_directory(id: str, addr: Address) -> ChardevError | None:
         f"chardev '{id}': 'path': cannot create the socket {addr.path}: directory {folder} "
         "does not exist (create it, or choose a path in an existing directory)"
     )
-
-
-def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 def _credentials(
