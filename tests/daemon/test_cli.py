@@ -288,3 +288,24 @@ def test_check_of_the_default_leaves_nothing_behind(
         tempfile.tempdir = None
     assert "console.sock" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_examples_in_help_are_valid_command_lines(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "disk.img").write_bytes(bytes(1 << 20))
+    assert entry(["--help"]) == 0
+    examples = capsys.readouterr().out.split("examples:\n", 1)[1].split("\n\n", 1)[0]
+    commands = [shlex.split(line) for line in _commands_in(examples)]
+    assert len(commands) == 2
+    for argv in commands:
+        assert argv[0] == "iochannel"
+        assert entry([*argv[1:], "--check"]) == 0, argv
+        capsys.readouterr()
+
+
+def _commands_in(text: str) -> list[str]:
+    """The commands of a help text's examples, continuation lines joined, comments left out."""
+    joined = text.replace("\\\n", " ")
+    return [line.strip() for line in joined.splitlines() if line.strip().startswith("iochannel ")]

@@ -536,6 +536,7 @@ usage: iochannel [-chardev OPTS]... [--object TYPE,id=ID,...]...
                  [--blockdev OPTS --export OPTS]... [--nbd-server OPTS]
                  [--config FILE] [--pidfile FILE] [--daemonize] [--check] [-T PATTERN] [-V]
        iochannel                 (no arguments: the built-in demo console)
+       iochannel console TARGET  (a terminal on a console: iochannel console --help)
 
   -chardev OPTS        a chardev, in QEMU's -chardev syntax (also the 'command' backend)
   --object OPTS        iothread, tls-creds-x509, tls-creds-psk, authz-simple or authz-list
@@ -550,6 +551,19 @@ usage: iochannel [-chardev OPTS]... [--object TYPE,id=ID,...]...
   --check              validate, print the resulting graph, and exit
   -T, --trace PATTERN  debug logging of the storage layer ([enable=]PATTERN[,file=F])
   -V, --version        print the version and exit
+  -chardev help        list the chardev types (-chardev TYPE,help: the keys of one type)
+
+examples:
+  # share a VM's serial console (QEMU: -serial unix:vm.sock) with viewers on view.sock
+  iochannel -chardev socket,id=vm,path=vm.sock,server=on,wait=off \\
+            -chardev socket,id=view,path=view.sock,server=on,wait=off,connections=8 \\
+            --relay chardev=vm,peer=view
+  # serve a raw image over NBD, as qemu-storage-daemon does
+  iochannel --blockdev driver=file,node-name=disk0,filename=disk.img \\
+            --nbd-server addr.type=unix,addr.path=nbd.sock \\
+            --export type=nbd,id=exp0,node-name=disk0,writable=on
+
+Documentation: README.md and docs/ in the source distribution (make docs builds the site).
 """
 
 

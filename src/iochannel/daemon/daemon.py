@@ -37,6 +37,7 @@ import importlib
 import inspect
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -356,8 +357,11 @@ class Daemon:
 
 def _client_hint(addr: Any, chr: SocketChardev, qmp: bool) -> str:
     if isinstance(addr, UnixAddress):
-        if qmp:
-            return f"qmp-shell {addr.path}   (or: socat - UNIX-CONNECT:{addr.path})"
+        # A hint is a command that works here: the first QMP client installed.
+        if qmp and shutil.which("qmp-shell"):
+            return f"qmp-shell {addr.path}"
+        if qmp and shutil.which("socat"):
+            return f"socat - UNIX-CONNECT:{addr.path}"
         # A raw terminal passes Ctrl-C and Ctrl-D on; Ctrl-] leaves the client.
         path = addr.path if "/" in addr.path or ":" not in addr.path else f"unix:{addr.path}"
         return f"iochannel console {path}"
