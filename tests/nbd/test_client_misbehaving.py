@@ -244,3 +244,24 @@ def test_a_server_that_keeps_dropping_the_request(serve: Callable[..., BadServer
     error, waited = asyncio.run(main(serve(script).address))
     assert isinstance(error, NbdConnectionError) and error.errno == errno.EIO
     assert 0.9 < waited < 3 and len(connections) > 2  # sent again, then given up
+
+
+def test_endless_block_status_chunks(serve: Callable[..., BadServer]) -> None:
+    """A server that never ends a BLOCK_STATUS reply cannot grow the client's memory."""
+
+    def reply(conn: socket.socket, req: Request) -> bool:
+        # Context 1 (base:allocation), one 512-byte extent, chunk after chunk, never DONE.
+        chunk = _structured(req[2], 5, struct.pack(">III", 1, 512, 0), done=False)
+        try:
+            for _ in range(100_000):
+                conn.sendall(chunk)
+        except OSError:
+            pass  # the client hung up
+        return False
+
+    async def main() -> BaseException:
+        async with await AsyncNbdClient.connect(serve(transmission(reply)).address) as nbd:
+            return await _fails(nbd.block_status(0, 1 << 20), 5)
+
+    exc = asyncio.run(main())
+    assert "a second chunk" in str(exc)

@@ -1507,5 +1507,14 @@ class ClientConnection(_Connection):
         (ident,) = _U32.unpack(view[:4])
         if ident not in self._meta_ids:
             raise ProtocolError("BLOCK_STATUS context", f"id {ident} was not negotiated")
-        extents = [Extent(n, f) for n, f in _EXTENT.iter_unpack(view[4:]) if n]
-        pending.reply.extents.setdefault(ident, []).extend(extents)
+        # One chunk per context (as QEMU's client insists), so a server cannot grow
+        # the client's memory by sending more; extents past the request are dropped.
+        if ident in pending.reply.extents:
+            raise ProtocolError("BLOCK_STATUS context", f"a second chunk for id {ident}")
+        extents: list[Extent] = []
+        left = pending.length
+        for n, f in _EXTENT.iter_unpack(view[4:]):
+            if n and left:
+                extents.append(Extent(min(n, left), f))
+                left -= extents[-1].length
+        pending.reply.extents[ident] = extents
