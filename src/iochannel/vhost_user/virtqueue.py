@@ -36,7 +36,9 @@ no store-load fence, EVENT_IDX and the NO_INTERRUPT hint are not used:
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -57,6 +59,20 @@ _USED_ELEM = struct.Struct("<II")
 DESC_F_NEXT = 1
 DESC_F_WRITE = 2
 DESC_F_INDIRECT = 4
+
+#: Flag low bytes of an indirect table as Linux fills it: NEXT on all but the
+#: last entry, readable entries before writable ones (other bits are ignored
+#: by the walk as well).
+_PLAIN_FLAGS = re.compile(rb"\x01*(?:\x00|\x03*\x02)")
+#: ``next`` of the entries of such a table (1, 2, ...), low and high bytes.
+_IN_ORDER_LO = bytes(i & 0xFF for i in range(1, MAX_QUEUE_SIZE + 1))
+_IN_ORDER_HI = bytes(i >> 8 for i in range(1, MAX_QUEUE_SIZE + 1))
+
+
+@functools.cache
+def _table_fields(n: int) -> tuple[struct.Struct, struct.Struct]:
+    """Structs reading only the addresses, and only the lengths, of *n* descriptors."""
+    return struct.Struct("<" + "Q8x" * n), struct.Struct("<" + "8xI4x" * n)
 
 
 class VirtqueueError(RemoteProtocolError):
@@ -264,8 +280,10 @@ class Virtqueue:
                 if length == 0 or length % 16 or length > 16 * MAX_QUEUE_SIZE:
                     raise VirtqueueError(f"indirect table length {length}")
                 # Copied so that a table straddling two regions reads correctly.
-                table = memory.gpa(addr, length, bounce)
-                entries = list(_DESC.iter_unpack(b"".join(table)))
+                table = b"".join(memory.gpa(addr, length, bounce))
+                if not (readable or writable) and self._plain_table(chain, table):
+                    return
+                entries = list(_DESC.iter_unpack(table))
                 size = len(entries)
                 i = 0
                 seen = 0
@@ -303,6 +321,42 @@ class Virtqueue:
             if nxt >= size:
                 raise VirtqueueError(f"next {nxt} >= table size {size}")
             i = nxt
+
+    def _plain_table(self, chain: DescriptorChain, table: bytes) -> bool:
+        """Fill *chain* from the indirect *table* with C-level calls only.
+
+        Taken only if every entry is valid as :meth:`_walk` checks it: chained
+        in order, none empty, readable ones first, all inside one mapped
+        region.  Anything else returns False and is walked (and diagnosed) one
+        entry at a time.  Buffers are not merged: Linux already merges
+        contiguous pages into one descriptor.  Cuts about a third off popping a
+        large request.
+        """
+        n = len(table) // 16
+        flags = table[12::16]
+        if (
+            not _PLAIN_FLAGS.fullmatch(flags)
+            or table[14:-16:16] != _IN_ORDER_LO[: n - 1]
+            or table[15:-16:16] != _IN_ORDER_HI[: n - 1]
+        ):
+            return False
+        addr_struct, len_struct = _table_fields(n)
+        addrs, lens = addr_struct.unpack(table), len_struct.unpack(table)
+        try:
+            m = self.memory.region_at(addrs[0])
+        except GuestMemoryError:
+            return False
+        view, lo = m.view, m.gpa
+        # max + max over-estimates the last end: a table near the region's end
+        # takes the exact walk.
+        if view is None or 0 in lens or min(addrs) < lo or max(addrs) + max(lens) > m.end:
+            return False
+        views = [view[a - lo : a - lo + k] for a, k in zip(addrs, lens, strict=True)]
+        first_w = n - len(flags.lstrip(b"\x01")) if flags[-1] else n
+        chain.readable += views[:first_w]
+        chain.writable += views[first_w:]
+        chain.writable_len = sum(lens[first_w:])
+        return True
 
     def push(self, chain: DescriptorChain, written: int) -> None:
         """Return *chain* to the driver with *written* bytes filled in.
