@@ -52,6 +52,15 @@ BLOCKDEVS = [
 EXPORT = "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=vub.sock"
 
 
+@pytest.fixture
+def images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The images the command lines below name exist (parsing checks them as start-up does)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("disk.img", "x.img"):
+        (tmp_path / name).write_bytes(bytes(4096))
+
+
+@pytest.mark.usefixtures("images")
 def test_parse_qsd_command_line() -> None:
     export = EXPORT + ",writable=on,num-queues=4,logical-block-size=4096,iothread=io0"
     items, pidfile = parse_args(["--object", "iothread,id=io0", *BLOCKDEVS, "--export", export])
@@ -65,6 +74,12 @@ def test_parse_qsd_command_line() -> None:
         ]
     )
     assert len(items) == 2
+
+
+def test_a_missing_image_is_reported_before_start(tmp_path: Path) -> None:
+    blockdev = f"driver=file,node-name=file0,filename={tmp_path}/none.img"
+    with pytest.raises(UsageError, match=r"Could not open .*none\.img': No such file"):
+        parse_args(["--blockdev", blockdev, "--export", EXPORT.replace("disk0", "file0")])
 
 
 @pytest.mark.parametrize(
@@ -86,6 +101,7 @@ def test_parse_qsd_command_line() -> None:
         (["--export"], "--export: missing argument"),
     ],
 )
+@pytest.mark.usefixtures("images")
 def test_usage_errors(args: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse_args(args)

@@ -378,6 +378,15 @@ def _lock(fd: int, path: str, shared: bool) -> None:
             raise
 
 
+def _check_kind(path: str, mode: int, device: bool) -> None:
+    if device and not (stat.S_ISBLK(mode) or stat.S_ISCHR(mode)):
+        raise BlockError(
+            f"'host_device' driver requires '{path}' to be either a character or block device"
+        )
+    if not device and stat.S_ISBLK(mode):
+        raise BlockError(f"'{path}' is a block device: use driver 'host_device'")
+
+
 def _open_file(name: str, read_only: bool, opts: Options, device: bool, dry: bool) -> BlockNode:
     path = opts.string("filename")
     cache = opts.group("cache")
@@ -391,6 +400,11 @@ def _open_file(name: str, read_only: bool, opts: Options, device: bool, dry: boo
     opts.done()
     driver = "host_device" if device else "file"
     if dry:
+        # --check reports what start-up would: a missing image or the wrong kind of file.
+        try:
+            _check_kind(path, os.stat(path).st_mode, device)
+        except OSError as exc:
+            raise BlockError(f"Could not open '{path}': {exc.strerror}") from None
         node: BlockNode = FileNode(name, read_only, path, -1, no_flush)
         node.driver = driver
         return node
@@ -402,13 +416,7 @@ def _open_file(name: str, read_only: bool, opts: Options, device: bool, dry: boo
     except OSError as exc:
         raise BlockError(f"Could not open '{path}': {exc.strerror}") from None
     try:
-        mode = os.fstat(fd).st_mode
-        if device and not (stat.S_ISBLK(mode) or stat.S_ISCHR(mode)):
-            raise BlockError(
-                f"'host_device' driver requires '{path}' to be either a character or block device"
-            )
-        if not device and stat.S_ISBLK(mode):
-            raise BlockError(f"'{path}' is a block device: use driver 'host_device'")
+        _check_kind(path, os.fstat(fd).st_mode, device)
         if locking != "off":
             _lock(fd, path, shared=read_only)
         node = FileNode(name, read_only, path, fd, no_flush)
