@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -85,3 +88,24 @@ def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def iochannel_process(pidfile: Path, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m iochannel ARGV --pidfile PIDFILE``, ready (its pid file written).
+
+    When the block ends without an error, SIGTERM must end the daemon with status 0.
+    """
+    argv = (*argv, "--pidfile", str(pidfile))
+    proc = subprocess.Popen([sys.executable, "-m", "iochannel", *argv], stderr=subprocess.PIPE)
+    try:
+        wait_for_file(pidfile, proc)
+        yield proc
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from typing import Any
 
 from iochannel.vhost_user import blk
 from iochannel.vhost_user.frontend import Frontend
-from tests.conftest import wait_for_file
+from tests.conftest import iochannel_process
 from tests.vhost_user.test_blk import submit
 
 
@@ -51,11 +50,8 @@ def test_qsd_command_line_and_qmp_export_on_iothread(tmp_path: Path) -> None:
         "writable=on,num-queues=1,iothread=io0",
         "--chardev", f"socket,id=m,path={qmp},server=on,wait=off",
         "--monitor", "chardev=m",
-        "--pidfile", str(tmp_path / "pid"),
     ]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "iochannel", *argv], stderr=subprocess.PIPE)
-    try:
-        wait_for_file(tmp_path / "pid", proc)
+    with iochannel_process(tmp_path / "pid", *argv):
         assert _read_sector(vub, 0) == (blk.S_OK, b"\xab" * 512)
         export = {
             "type": "vhost-user-blk",
@@ -83,14 +79,6 @@ def test_qsd_command_line_and_qmp_export_on_iothread(tmp_path: Path) -> None:
         assert not vub2.exists()
         # The first export still serves after all that.
         assert _read_sector(vub, 2047) == (blk.S_OK, b"\xab" * 512)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
     assert not vub.exists()
 
 

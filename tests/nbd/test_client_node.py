@@ -5,11 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
-import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from iochannel.crypto.certs import make_credentials_dir
 from iochannel.nbd.client import Allocation, NbdClient
 from iochannel.vhost_user import blk
 from iochannel.vhost_user.frontend import Frontend
-from tests.conftest import wait_for_file
+from tests.conftest import iochannel_process
 from tests.vhost_user.test_blk import submit
 
 from .client_peers import QemuNbd, make_qcow2, qemu_img, qemu_io, qemu_nbd
@@ -54,23 +52,10 @@ def _read(node: Any, offset: int, n: int) -> bytes:
     return bytes(buf)
 
 
-@contextlib.contextmanager
-def _daemon(tmp_path: Path, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m iochannel ARGV``, ready (its pid file written); SIGTERM must end it cleanly."""
-    pidfile = tmp_path / "daemon.pid"
-    argv = (*argv, "--pidfile", str(pidfile))
-    proc = subprocess.Popen([sys.executable, "-m", "iochannel", *argv], stderr=subprocess.PIPE)
-    try:
-        wait_for_file(pidfile, proc)
-        yield proc
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+def _daemon(
+    tmp_path: Path, *argv: str
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    return iochannel_process(tmp_path / "daemon.pid", *argv)
 
 
 def _vub_export(vub: Path) -> list[str]:
