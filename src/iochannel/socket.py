@@ -214,6 +214,8 @@ class SocketChannel(Channel):
                     if family == socket.AF_INET6:
                         v6only = bool(addr.ipv6) and not addr.ipv4
                         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+                    if addr.keep_alive:  # accepted connections inherit it
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                     sock.bind((cand.host, port))
                     sock.listen(backlog)
                 except OSError as exc:

@@ -7,6 +7,7 @@ import errno
 import random
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -240,6 +241,24 @@ def test_reconnect_within_the_delay_completes_the_read(qcow2: Path, tmp_path: Pa
 
     try:
         assert asyncio.run(main()) == b"\x5a" * 8
+    finally:
+        server.stop()
+
+
+def test_the_blocking_client_reconnects_too(qcow2: Path, tmp_path: Path) -> None:
+    server = QemuNbd(qcow2, tmp_path / "nbd.sock").start()
+    try:
+        with NbdClient.connect(server.address, "disk", reconnect_delay=10) as nbd:
+            assert nbd.read(64 * K, 4) == b"\x5a" * 4
+            server.stop(signal.SIGKILL)
+            # The read waits for qemu-nbd to come back, then completes.
+            restart = threading.Timer(0.5, server.start)
+            restart.start()
+            start = time.monotonic()
+            assert nbd.read(64 * K, 8) == b"\x5a" * 8
+            restart.join()
+            assert time.monotonic() - start >= 0.5
+            assert nbd.connected
     finally:
         server.stop()
 

@@ -183,7 +183,7 @@ def test_a_stalled_handshake_times_out(serve: Callable[..., BadServer]) -> None:
     start = time.monotonic()
     with pytest.raises(NbdConnectionError, match="did not answer in time"):
         NbdClient.connect(server.address, timeout=0.5)
-    with pytest.raises(NbdConnectionError, match="TimeoutError"):
+    with pytest.raises(NbdConnectionError, match="did not answer in time"):
         asyncio.run(AsyncNbdClient.connect(server.address, timeout=0.5))
     assert time.monotonic() - start < 5
 
@@ -222,7 +222,7 @@ def test_a_stalled_tls_handshake_times_out(serve: Callable[..., BadServer], tmp_
     address = serve(script).address
     with pytest.raises(NbdConnectionError, match="did not answer in time"):
         NbdClient.connect(address, tls=creds, tls_hostname="localhost", timeout=0.5)
-    with pytest.raises(NbdConnectionError, match="TimeoutError"):
+    with pytest.raises(NbdConnectionError, match="did not answer in time"):
         asyncio.run(
             AsyncNbdClient.connect(address, tls=creds, tls_hostname="localhost", timeout=0.5)
         )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import socket
+import subprocess
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,8 +15,17 @@ from typing import Any
 import pytest
 
 from iochannel import UnixAddress
+from iochannel.block import nodes
 from iochannel.block.iothread import IOThread
-from iochannel.block.nodes import STATUS_HOLE, STATUS_ZERO, BlockNode, NullNode, RawNode, open_file
+from iochannel.block.nodes import (
+    STATUS_HOLE,
+    STATUS_ZERO,
+    BlockNode,
+    FileNode,
+    NullNode,
+    RawNode,
+    open_file,
+)
 from iochannel.nbd import server as nbd_server
 from iochannel.nbd.protocol import (
     ClientConnection,
@@ -23,6 +35,7 @@ from iochannel.nbd.protocol import (
     TransmissionFlag,
 )
 from iochannel.nbd.server import NbdExport, NbdServer
+from tests.conftest import require_tool
 
 
 class Recording(NullNode):
@@ -121,6 +134,159 @@ async def iothread_session(server: NbdServer, tmp_path: Path) -> None:
         await asyncio.to_thread(thread.stop)
 
 
+class CachedWrites(Recording):
+    """A node whose writes land in a cache (on the caller's thread) unless told otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cached = True
+        self.data = bytearray(1 << 20)
+
+    def pwritev_nowait(self, bufs: list[memoryview], offset: int) -> bool:
+        if not self.cached:
+            return False
+        self.threads.add(f"cached on {threading.current_thread().name}")
+        self.data[offset : offset + len(bufs[0])] = bufs[0]
+        return True
+
+    def pwritev(self, bufs: list[memoryview], offset: int) -> int:
+        self.data[offset : offset + len(bufs[0])] = bufs[0]
+        return super().pwritev(bufs, offset)
+
+    def preadv_nowait(self, bufs: list[memoryview], offset: int) -> bool:
+        bufs[0][:] = self.data[offset : offset + len(bufs[0])]
+        return True
+
+
+def test_cached_writes_run_on_the_loop(tmp_path: Path) -> None:
+    node = CachedWrites()
+
+    async def body(srv: NbdServer) -> None:
+        srv.add_export(NbdExport("disk", node, writable=True))
+
+        def session() -> None:
+            c = Client(tmp_path / "nbd.sock")
+            try:
+                # Requests sent at once: each big payload's read brings the next header along.
+                size = 128 << 10
+                cookies = [
+                    c.core.request(Command.WRITE, i * size, size, data=bytes([i + 1]) * size)
+                    for i in range(3)
+                ]
+                cookies.append(c.core.request(Command.READ, 0, 3 * size))
+                c.sock.sendall(b"".join(bytes(b) for b in c.core.data_to_send()))
+                replies: dict[int, Reply] = {}
+
+                def answered(ev: Any) -> bool:
+                    if isinstance(ev, Reply):
+                        replies[ev.cookie] = ev
+                    return len(replies) == len(cookies)
+
+                c._until(answered)
+                assert all(r.error == 0 for r in replies.values())
+                assert bytes(replies[cookies[3]].data) == b"".join(
+                    bytes([i + 1]) * size for i in range(3)
+                )
+                assert node.threads == {"cached on MainThread"}  # none on the pool
+                # One that would wait for the disk goes to the pool.
+                node.cached = False
+                assert c.call(Command.WRITE, 0, data=b"x" * 100).error == 0
+                assert any(name.startswith("nbd-io") for name in node.threads)
+            finally:
+                c.close()
+
+        await asyncio.to_thread(session)
+
+    serving(tmp_path, body)
+
+
+def test_file_block_status_keeps_the_last_data_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "img"
+    with open(path, "wb") as f:
+        f.truncate(2 << 20)
+        f.write(b"d" * (1 << 20))
+    node = open_file(str(path))
+    seeks: list[int] = []
+    real = os.lseek
+
+    def lseek(fd: int, pos: int, how: int) -> int:
+        seeks.append(how)
+        return real(fd, pos, how)
+
+    monkeypatch.setattr(nodes.os, "lseek", lseek)
+    hole = STATUS_HOLE | STATUS_ZERO
+    try:
+        assert node.block_status(0, 4096) == [(4096, 0)]
+        assert len(seeks) == 2  # SEEK_DATA, SEEK_HOLE
+        # Reads through the run ask the file system nothing more (tmpfs walks the
+        # file's pages for each SEEK_HOLE).
+        for offset in range(4096, 1 << 20, 64 << 10):
+            assert node.block_status(offset, 4096) == [(4096, 0)]
+        assert len(seeks) == 2
+        # Past the run, the file system is asked again.
+        assert node.block_status((1 << 20) - 4096, 8192) == [(4096, 0), (4096, hole)]
+        # A hole punched into the run is seen at once.
+        node.discard(0, 64 << 10)
+        assert node.block_status(0, 4096) == [(4096, hole)]
+    finally:
+        node.close()
+
+
+def test_file_writes_into_the_page_cache_until_one_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "img"
+    path.write_bytes(bytes(1 << 20))
+    node = open_file(str(path))
+    data = memoryview(b"a" * 4096)
+    try:
+        assert node.pwritev_nowait([data], 0)
+        assert path.read_bytes()[:4096] == b"a" * 4096
+        # A write that took half a second waited for the disk: the next ones go to a
+        # thread for a second, then one is tried again (each pwritev_nowait reads the
+        # clock before and, if it writes, around the write).
+        clock = iter([100.0, 100.0, 100.5, 100.6, 101.6, 101.6, 101.6])
+        monkeypatch.setattr(nodes, "monotonic", lambda: next(clock))
+        assert node.pwritev_nowait([data], 4096)
+        assert not node.pwritev_nowait([data], 8192)
+        assert node.pwritev_nowait([data], 8192)
+        assert path.read_bytes()[:12288] == b"a" * 12288
+        monkeypatch.undo()
+        # A raw window passes it on, except past its end.
+        raw = RawNode("r", False, node, 4096, 4096)
+        assert raw.pwritev_nowait([data], 0)
+        assert not raw.pwritev_nowait([data], 4096)
+    finally:
+        node.close()
+    # O_DIRECT writes go to the disk: always a thread.
+    direct = FileNode("d", False, str(path), os.open(path, os.O_RDWR | os.O_DIRECT), False)
+    try:
+        assert not direct.pwritev_nowait([data], 0)
+    finally:
+        direct.close()
+
+
+def test_a_unix_client_gets_a_send_buffer_that_holds_a_whole_reply(tmp_path: Path) -> None:
+    ss = require_tool("ss")
+    path = tmp_path / "nbd.sock"
+
+    async def body(srv: NbdServer) -> None:
+        srv.add_export(NbdExport("disk", NullNode("n", True, 4096, True)))
+        client = await asyncio.to_thread(Client, path)
+        try:
+            cmd = [ss, "-xmH", "state", "established", "src", str(path)]
+            shown = await asyncio.to_thread(subprocess.check_output, cmd, text=True)
+        finally:
+            client.close()
+        # The server's end of the connection: its send buffer ("tb") takes a 256 KiB reply.
+        (size,) = [int(n) for n in re.findall(r"\btb(\d+)", shown)]
+        assert size > (256 << 10) + 32
+
+    serving(tmp_path, body)
+
+
 def test_max_connections_and_multi_conn(tmp_path: Path) -> None:
     async def body(srv: NbdServer) -> None:
         srv.add_export(NbdExport("disk", NullNode("n", True, 4096, True)))
@@ -192,5 +358,6 @@ def test_node_allocation(tmp_path: Path) -> None:
     finally:
         node.close()
     assert NullNode("n", True, 100, True).block_status(0, 100) == [(100, hole)]
+    assert not NullNode("n", False, 100, True).pwritev_nowait([buf], 0)  # no cache: a thread
     assert NullNode("n", True, 100, False).block_status(0, 100) == [(100, STATUS_HOLE)]
     assert BlockNode("b", True).block_status(5, 10) == [(10, 0)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,54 @@ def test_tls_authz_checks_the_client_certificate(tmp_path: Path) -> None:
                 return "ok" if proc.returncode == 0 else "refused"
 
             assert same({"qsd": qsd, "ours": ours}, attempt) == ("ok" if allowed else "refused")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            "--nbd-server=addr.type=unix,addr.path=s.sock,tls-creds=nope",
+            "No TLS credentials with id 'nope'",
+        ),
+        (
+            "--nbd-server=addr.type=unix,addr.path=s.sock,tls-creds=a0",
+            "Object with id 'a0' is not TLS credentials",
+        ),
+        (
+            "--nbd-server=addr.type=unix,addr.path=s.sock,tls-creds=cli",
+            "Expecting TLS credentials with a server endpoint: set endpoint=server on 'cli'",
+        ),
+        (
+            "--nbd-server=addr.type=unix,addr.path=s.sock,tls-creds=srv,tls-authz=nope",
+            "No authorization object with id 'nope'",
+        ),
+        (
+            "--blockdev=driver=nbd,node-name=n1,server.type=unix,server.path=s.sock,tls-creds=srv",
+            "Expecting TLS credentials with a client endpoint: set endpoint=client on 'srv'",
+        ),
+        (
+            "--blockdev=driver=nbd,node-name=n1,server.type=unix,server.path=s.sock,tls-creds=cli",
+            "Parameter 'tls-hostname' is missing",
+        ),
+    ],
+)
+def test_check_reports_tls_creds_as_start_up_does(
+    tmp_path: Path, option: str, message: str
+) -> None:
+    make_credentials_dir(tmp_path / "pki")
+    argv = [
+        *("--object", f"tls-creds-x509,id=srv,endpoint=server,dir={tmp_path / 'pki'}"),
+        *("--object", f"tls-creds-x509,id=cli,endpoint=client,dir={tmp_path / 'pki'}"),
+        *("--object", "authz-simple,id=a0,identity=CN=x"),
+        "--blockdev=driver=null-co,node-name=n0",
+        option,
+    ]
+
+    def daemon(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "iochannel", *args, *argv]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+
+    checked, started = daemon("--check"), daemon()
+    assert (checked.returncode, started.returncode) == (1, 1)
+    assert message in started.stderr
+    assert checked.stderr == started.stderr

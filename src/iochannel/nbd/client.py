@@ -32,10 +32,11 @@ Errors::
 
 TLS failures raise :class:`~iochannel.tls.TLSError`.
 
-:class:`NbdClient` sends one request at a time (calls from several threads
-take turns).  :class:`AsyncNbdClient` keeps any number in flight on one
-connection, matching replies to requests by cookie, and can reconnect:
-with *reconnect_delay*, requests in flight when the connection is lost, and
+:class:`AsyncNbdClient` keeps any number of requests in flight on one
+connection, matching replies to requests by cookie; :class:`NbdClient` runs
+one on a loop thread of its own and waits for each call (calls from several
+threads are in flight together).  Both can reconnect: with
+*reconnect_delay*, requests in flight when the connection is lost, and
 those issued meanwhile, wait up to that many seconds for a new connection
 and are sent again; past it they fail with ``EIO`` (as QEMU's
 ``reconnect-delay``), and each later request tries one reconnection first.
@@ -53,15 +54,15 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self, TypeVar
 
 from ..address import Address, InetAddress, UnixAddress, parse_address
+from ..block.iothread import IOThread
 from ..channel import Buffer, Channel
 from ..crypto import Credentials
 from ..errors import ChannelBrokenError, ChannelError
-from ..flags import Condition
 from ..socket import SocketChannel
 from ..tls import TLSChannel
 from .protocol import (
@@ -102,6 +103,8 @@ _MAX_IOV = 64
 _RETRY_FIRST, _RETRY_MAX = 0.05, 1.0
 #: Seconds one connection attempt (connecting, TLS, negotiating) takes at most by default.
 HANDSHAKE_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 
 class NbdRequestError(NbdError, OSError):
@@ -383,16 +386,18 @@ def _lost(
 
 
 class NbdClient(_ClientBase):
-    """A blocking NBD client; see the module docstring.  Use :meth:`connect`."""
+    """A blocking NBD client; see the module docstring.  Use :meth:`connect`.
 
-    def __init__(
-        self, target: _Target, channel: Channel, core: ClientConnection, ready: ExportReady
-    ) -> None:
-        super().__init__(target, ready)
-        self.channel = channel
-        self._core = core
-        self._lock = threading.Lock()
-        self._broken: BaseException | None = None
+    It runs an :class:`AsyncNbdClient` on a loop thread of its own and waits
+    for each call, so both clients share one implementation of requests,
+    timeouts and reconnection.
+    """
+
+    def __init__(self, client: AsyncNbdClient, thread: IOThread) -> None:
+        super().__init__(client._target, client._ready)
+        self._client = client
+        self._thread = thread
+        self._closing = threading.Lock()
 
     @classmethod
     def connect(
@@ -403,20 +408,37 @@ class NbdClient(_ClientBase):
         tls: Credentials | None = None,
         tls_hostname: str | None = None,
         timeout: float | None = HANDSHAKE_TIMEOUT,
+        reconnect_delay: float = 0,
+        open_timeout: float = 0,
     ) -> NbdClient:
         """Connect to *address* and open *export*.
 
         *tls* credentials (``endpoint=client``) make the client start TLS;
         *tls_hostname* is the name the server's certificate must carry
         (default: the host connected to; needed over a unix socket).
-        *timeout* bounds connecting and negotiating, in seconds (``None``:
-        no limit); past it, or when the server cannot be reached,
-        :class:`NbdConnectionError`.
+        *timeout* bounds each connection attempt (connecting and negotiating),
+        in seconds (``None``: no limit); past it, or when the server cannot be
+        reached, :class:`NbdConnectionError`.  *reconnect_delay* and
+        *open_timeout* are :class:`AsyncNbdClient`'s.
         """
-        target = _Target.make(address, export, tls, tls_hostname)
-        channel, core, ready = _blocking_handshake(target, False, timeout)
-        assert isinstance(ready, ExportReady)
-        return cls(target, channel, core, ready)
+        thread = IOThread("nbd-client")
+        try:
+            client = _wait(
+                thread,
+                AsyncNbdClient.connect(
+                    address,
+                    export,
+                    tls=tls,
+                    tls_hostname=tls_hostname,
+                    timeout=timeout,
+                    reconnect_delay=reconnect_delay,
+                    open_timeout=open_timeout,
+                ),
+            )
+        except BaseException:
+            thread.stop()
+            raise
+        return cls(client, thread)
 
     @staticmethod
     def list_exports(
@@ -427,131 +449,81 @@ class NbdClient(_ClientBase):
         timeout: float | None = HANDSHAKE_TIMEOUT,
     ) -> list[tuple[str, str]]:
         """The server's exports, as (name, description) pairs (``NBD_OPT_LIST``)."""
-        target = _Target.make(address, "", tls, tls_hostname)
-        channel, _, listing = _blocking_handshake(target, True, timeout)
-        channel.close()
-        assert isinstance(listing, ExportList)
-        return list(listing.exports)
+        thread = IOThread("nbd-client")
+        try:
+            listing = AsyncNbdClient.list_exports(
+                address, tls=tls, tls_hostname=tls_hostname, timeout=timeout
+            )
+            return _wait(thread, listing)
+        finally:
+            thread.stop()
 
-    def _call(
-        self, command: Command, offset: int = 0, length: int = 0, flags: int = 0,
-        data: Buffer | None = None,
-    ) -> Reply:  # fmt: skip
-        with self._lock:
-            if self._broken is not None:
-                raise _broken_again(self._broken)
-            core = self._core
-            try:
-                cookie = core.request(command, offset, length, flags, data)
-                self.channel.writev_all(core.data_to_send())
-                while True:
-                    for event in core.events_received():
-                        if isinstance(event, Reply) and event.cookie == cookie:
-                            return self._check(event, command.name)
-                    chunk = _read_blocking(self.channel, core.wanted, None)
-                    if not chunk:
-                        raise _lost(None, "the NBD server closed the connection")
-                    core.receive_data(chunk)
-            except NbdRequestError:
-                raise  # this request failed; the connection is fine
-            except ProtocolError as exc:
-                self._broken = exc
-                raise
-            except (OSError, ChannelError) as exc:
-                lost = exc if isinstance(exc, NbdConnectionError) else _lost(exc)
-                self._broken = lost
-                raise lost from lost.__cause__
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        if self._client.closed:
+            call.close()
+            raise NbdError("the NBD client is closed")
+        return _wait(self._thread, call)
 
     def read(self, offset: int, length: int) -> bytes:
         """*length* bytes at *offset* (holes read as zeros)."""
-        buf = bytearray(length)
-        self.readinto([buf], offset)
-        return bytes(buf)
+        return self._run(self._client.read(offset, length))
 
     def readinto(self, buffers: Sequence[Buffer], offset: int) -> None:
         """Fill *buffers* (in order) with the bytes at *offset*."""
-        total = sum(memoryview(b).nbytes for b in buffers)
-        if not total:
-            return
-        out = bytearray(total) if len(buffers) != 1 else buffers[0]
-        view = memoryview(out).cast("B")
-        for o, n in self._pieces(offset, total):
-            reply = self._call(Command.READ, o, n)
-            assert reply.data is not None
-            view[o - offset : o - offset + n] = memoryview(reply.data)
-        if out is not buffers[0]:
-            _scatter(out, buffers)
+        self._run(self._client.readinto(buffers, offset))
 
     def write(self, data: Buffer, offset: int, *, fua: bool = False) -> None:
         """Write *data* at *offset*; *fua*: on stable storage when this returns."""
-        self.writev([data], offset, fua=fua)
+        self._run(self._client.write(data, offset, fua=fua))
 
     def writev(self, buffers: Sequence[Buffer], offset: int, *, fua: bool = False) -> None:
-        data = memoryview(b"".join(buffers) if len(buffers) != 1 else buffers[0]).cast("B")
-        flag, then_flush = self._fua(fua)
-        for o, n in self._pieces(offset, len(data)):
-            self._call(Command.WRITE, o, n, flag, data[o - offset : o - offset + n])
-        if then_flush:
-            self.flush()
+        self._run(self._client.writev(buffers, offset, fua=fua))
 
     def flush(self) -> None:
-        self._call(Command.FLUSH)
+        self._run(self._client.flush())
 
     def trim(self, offset: int, length: int, *, fua: bool = False) -> None:
         """Tell the server the range is unused (it may then read as anything)."""
-        flag, then_flush = self._fua(fua)
-        for o, n in self._pieces(offset, length):
-            self._call(Command.TRIM, o, n, flag)
-        if then_flush:
-            self.flush()
+        self._run(self._client.trim(offset, length, fua=fua))
 
     def write_zeroes(
         self, offset: int, length: int, *, no_hole: bool = False, fast: bool = False,
         fua: bool = False,
     ) -> None:  # fmt: skip
         """Zero a range; *no_hole* keeps it allocated, *fast* fails unless it is cheap."""
-        flag, then_flush = self._fua(fua)
-        flags = self._zero_flags(no_hole, fast, flag)
-        for o, n in self._pieces(offset, length):
-            self._call(Command.WRITE_ZEROES, o, n, flags)
-        if then_flush:
-            self.flush()
+        self._run(self._client.write_zeroes(offset, length, no_hole=no_hole, fast=fast, fua=fua))
 
     def block_status(self, offset: int, length: int) -> list[Allocation]:
         """The allocation of the range, as consecutive :class:`Allocation` ranges.
 
         Without ``base:allocation`` on the server, the whole range is data.
         """
-        if not self.can_block_status:
-            return [Allocation(offset, length, 0)] if length else []
-        out: list[Allocation] = []
-        end = offset + length
-        while offset < end:
-            n = self._status_length(offset, end - offset)
-            got = self._allocations(offset, n, self._call(Command.BLOCK_STATUS, offset, n))
-            out += got
-            offset = got[-1].offset + got[-1].length
-        return out
+        return self._run(self._client.block_status(offset, length))
 
     def close(self) -> None:
         """Send ``NBD_CMD_DISC`` (when the connection is sound) and close."""
-        with self._lock:
-            if self.channel.closed:
+        with self._closing:
+            if self._client.closed:
                 return
             try:
-                if self._broken is None:
-                    self._core.disconnect()
-                    self.channel.writev_all(self._core.data_to_send())
-            except (OSError, ChannelError, NbdError):
-                pass  # the server is gone already
+                _wait(self._thread, self._client.aclose())
             finally:
-                self.channel.close()
+                self._thread.stop()
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _wait(thread: IOThread, call: Coroutine[Any, Any, T]) -> T:
+    """Run *call* on *thread*'s loop and wait for its outcome."""
+    return asyncio.run_coroutine_threadsafe(call, thread.loop).result()
 
 
 def _broken_again(cause: BaseException) -> NbdError:
@@ -563,29 +535,6 @@ def _broken_again(cause: BaseException) -> NbdError:
     return error
 
 
-def _read_blocking(channel: Channel, wanted: int, deadline: float | None) -> memoryview:
-    """Bytes from *channel* (a new buffer each time: the core keeps it); empty at EOF."""
-    if wanted > _READ_SIZE:
-        # A data payload: read whole, so the core takes it without a copy.  Only
-        # replies to requests are that large, and those have no deadline.
-        buf = bytearray(wanted)
-        return memoryview(buf if channel.readv_all_eof((buf,)) else b"")
-    buf = bytearray(_READ_SIZE)
-    while (n := channel.readinto(buf)) is None:
-        channel.wait(Condition.IN, _left(deadline, channel))
-    return memoryview(buf)[:n]
-
-
-def _left(deadline: float | None, channel: Channel) -> float | None:
-    """Seconds to *deadline*; TimeoutError once it passed."""
-    if deadline is None:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError(f"{channel.name}: the NBD server did not answer in time")
-    return left
-
-
 @contextlib.contextmanager
 def _connecting(target: _Target) -> Iterator[None]:
     """Failing to reach the server or to finish negotiating is an NbdConnectionError."""
@@ -595,44 +544,6 @@ def _connecting(target: _Target) -> Iterator[None]:
         raise
     except OSError as exc:
         raise _lost(exc, f"cannot connect to the NBD server at {target.uri()}") from exc
-
-
-def _blocking_handshake(
-    target: _Target, list_exports: bool, timeout: float | None
-) -> tuple[Channel, ClientConnection, ExportReady | ExportList]:
-    with _connecting(target):
-        return _blocking_negotiate(target, list_exports, timeout)
-
-
-def _blocking_negotiate(
-    target: _Target, list_exports: bool, timeout: float | None
-) -> tuple[Channel, ClientConnection, ExportReady | ExportList]:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    core = target.session(list_exports)
-    channel: Channel = SocketChannel.connect(target.address)
-    try:
-        channel.set_blocking(False)  # reads wait with the deadline
-        steps = _negotiate(core)
-        result: memoryview | None = None
-        while True:
-            try:
-                io = steps.send(result)
-            except StopIteration as stop:
-                return channel, core, stop.value
-            result = None
-            if isinstance(io, _Send):
-                channel.writev_all(io.buffers)
-            elif isinstance(io, _Recv):
-                result = _read_blocking(channel, io.size, deadline)
-            else:
-                channel = tls = target.start_tls(channel)
-                # The layer is writable once its handshake is over (or failed).
-                while not tls.wait(Condition.OUT, _left(deadline, tls)):
-                    pass
-                tls.handshake()  # done already, or raises the handshake's error
-    except BaseException:
-        channel.close()
-        raise
 
 
 # ---- the asyncio shell ---------------------------------------------------------------------
@@ -683,7 +594,8 @@ class _Session:
         try:
             while True:
                 wanted = core.wanted
-                if wanted > _READ_SIZE:  # as in _read_blocking
+                if wanted > _READ_SIZE:
+                    # A data payload: read whole, so the core takes it without a copy.
                     buf = bytearray(wanted)
                     n = wanted if await self.channel.areadv_all_eof((buf,)) else 0
                 else:
@@ -731,8 +643,14 @@ async def _async_handshake(
     target: _Target, list_exports: bool, timeout: float | None
 ) -> tuple[Channel, ClientConnection, ExportReady | ExportList]:
     with _connecting(target):
-        async with asyncio.timeout(timeout):
-            return await _async_negotiate(target, list_exports)
+        limit = asyncio.timeout(timeout)
+        try:
+            async with limit:
+                return await _async_negotiate(target, list_exports)
+        except TimeoutError:
+            if not limit.expired():
+                raise  # the system's (ETIMEDOUT)
+            raise TimeoutError(f"the NBD server did not answer in time ({timeout} s)") from None
 
 
 async def _async_negotiate(
@@ -814,6 +732,11 @@ class AsyncNbdClient(_ClientBase):
     @property
     def connected(self) -> bool:
         return self._session.ended is None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
 
     async def _current(self, deadline: float | None) -> _Session:
         """The live session, reconnecting if it was lost.

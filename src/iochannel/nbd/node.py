@@ -36,10 +36,10 @@ from ..address import InetAddress
 from ..block.iothread import IOThread
 from ..block.nodes import BlockNode
 from ..block.options import BlockError, Options
-from ..crypto import Credentials, Endpoint
+from ..crypto import Endpoint
 from ..errors import ChannelError
 from .client import AsyncNbdClient
-from .service import parse_addr
+from .service import parse_addr, tls_credentials
 
 __all__ = ["NbdNode", "open_nbd"]
 
@@ -133,7 +133,9 @@ def open_nbd(
     reconnect_delay = opts.integer("reconnect-delay", 0, 0, _MAX_DELAY - 1)
     open_timeout = opts.integer("open-timeout", 0, 0, _MAX_DELAY - 1)
     opts.done()
-    creds = None if creds_id is None or dry else _credentials(creds_id, objects)
+    creds = (
+        None if creds_id is None else tls_credentials(objects, creds_id, Endpoint.CLIENT, dry=dry)
+    )
     if hostname is None and isinstance(address, InetAddress):
         hostname = address.host
     if creds is not None and creds.verifies_peer and hostname is None:
@@ -169,16 +171,3 @@ def open_nbd(
         node.close()
         raise BlockError(f"Export '{export}' of node '{name}' is read-only: add read-only=on")
     return node
-
-
-def _credentials(ident: str, objects: Mapping[str, object]) -> Credentials:
-    creds = objects.get(ident)
-    if creds is None:
-        raise BlockError(f"No TLS credentials with id '{ident}'")
-    if not isinstance(creds, Credentials):
-        raise BlockError(f"Object with id '{ident}' is not TLS credentials")
-    if creds.endpoint is not Endpoint.CLIENT:
-        raise BlockError(
-            f"Expecting TLS credentials with a client endpoint: set endpoint=client on '{ident}'"
-        )
-    return creds

@@ -53,6 +53,7 @@ __all__ = [
     "MAX_OPTION",
     "MAX_REQUEST",
     "MAX_STRING",
+    "REQUEST_SIZE",
     "STATE_HOLE",
     "STATE_ZERO",
     "ClientConnection",
@@ -106,6 +107,8 @@ _U64 = struct.Struct(">Q")
 _OPTION = struct.Struct(">QII")
 _OPTION_REPLY = struct.Struct(">QIII")
 _REQUEST = struct.Struct(">IHHQQI")
+#: Bytes of a request header (a shell may read one along with the payload before it).
+REQUEST_SIZE = _REQUEST.size
 _SIMPLE = struct.Struct(">IIQ")
 _CHUNK = struct.Struct(">IHHQI")
 _EXPORT_INFO = struct.Struct(">HQH")

@@ -23,7 +23,10 @@ from ..crypto import AuthzList, Credentials, CredentialsError, Endpoint
 from .protocol import MAX_STRING
 from .server import NbdExport, NbdServer
 
-__all__ = ["NbdService"]
+__all__ = ["ADDRESS_TYPES", "NbdService", "parse_addr", "tls_credentials"]
+
+#: The ``addr.type`` values the server listens on.
+ADDRESS_TYPES = ("inet", "unix", "fd")
 
 
 def parse_addr(opts: Options, *, legacy: bool) -> Address:
@@ -41,16 +44,28 @@ def parse_addr(opts: Options, *, legacy: bool) -> Address:
     if kind == "inet":
         host = opts.string("host")
         port = opts.string("port")
-        flags = {k: opts.boolean(k, False) for k in ("numeric", "ipv4", "ipv6", "keep-alive")}
+        numeric = opts.boolean("numeric", False)
+        ipv4, ipv6 = (opts.boolean(k, False) if opts.has(k) else None for k in ("ipv4", "ipv6"))
+        keep_alive = opts.boolean("keep-alive", False)
+        if ipv4 is False and ipv6 is False:
+            raise BlockError("Cannot disable IPv4 and IPv6 at same time")
+        # As QEMU reads them: one family turned off means only the other.
+        ipv4 = True if ipv6 is False else ipv4
+        ipv6 = True if ipv4 is False else ipv6
         try:
-            addr = InetAddress(host, port, numeric=flags["numeric"])
+            addr = InetAddress(
+                host, port, numeric=numeric, ipv4=ipv4, ipv6=ipv6, keep_alive=keep_alive
+            )
         except AddressError as exc:
             raise BlockError(f"Parameter '{opts.prefix}port': {exc}") from None
     elif kind == "unix":
         path = opts.string("path")
-        opts.boolean("abstract", False)
-        opts.boolean("tight", True)
-        addr = UnixAddress(path)
+        abstract = opts.boolean("abstract", False)
+        tight = opts.boolean("tight", True)
+        try:
+            addr = UnixAddress(path, abstract=abstract, tight=tight)
+        except AddressError as exc:
+            raise BlockError(f"Parameter '{opts.prefix}path': {exc}") from None
     elif kind == "fd":
         text = opts.string("str")
         if not text.isdigit():
@@ -59,9 +74,36 @@ def parse_addr(opts: Options, *, legacy: bool) -> Address:
             )
         addr = FdAddress(int(text))
     else:
-        raise BlockError(f"Parameter '{opts.prefix}type' does not accept value '{kind}'")
+        raise opts.bad_value("type", kind, ADDRESS_TYPES)
     opts.done()
     return addr
+
+
+def tls_credentials(
+    objects: Mapping[str, object], ident: str, endpoint: Endpoint, *, dry: bool
+) -> Credentials:
+    """The ``tls-creds`` object *ident* of *objects* for *endpoint* (the server's or a node's).
+
+    Refusals are QEMU's words, with what to fix.  Unless *dry* (a check, whose
+    objects are not loaded), the credentials' SSL context is made now, so a
+    problem fails here rather than at each connection (PSK needs Python 3.13).
+    """
+    obj = objects.get(ident)
+    if obj is None:
+        raise BlockError(f"No TLS credentials with id '{ident}'")
+    if not isinstance(obj, Credentials):
+        raise BlockError(f"Object with id '{ident}' is not TLS credentials")
+    if obj.endpoint is not endpoint:
+        raise BlockError(
+            f"Expecting TLS credentials with a {endpoint.value} endpoint: "
+            f"set endpoint={endpoint.value} on '{ident}'"
+        )
+    if not dry:
+        try:
+            obj.ssl_context()
+        except CredentialsError as exc:
+            raise BlockError(f"TLS credentials '{ident}': {exc}") from None
+    return obj
 
 
 class NbdService:
@@ -112,39 +154,27 @@ class NbdService:
         )
         try:
             server.listen(addr)
-        except OSError as exc:
+        except (OSError, AddressError) as exc:
             server.shutdown_pool()
+            if isinstance(exc, AddressError):
+                raise BlockError(str(exc)) from None
             where = addr.path if isinstance(addr, UnixAddress) else str(addr)
             raise BlockError(f"Failed to bind socket to {where}: {exc.strerror}") from None
         self.server = server
         self.running = True
-        self._path = addr.path if isinstance(addr, UnixAddress) else None
+        # An abstract socket has no file to remove.
+        self._path = addr.path if isinstance(addr, UnixAddress) and not addr.abstract else None
         self._task = asyncio.ensure_future(server.serve())
 
     def _creds(self, ident: str | None) -> Credentials | None:
         if ident is None:
             return None
-        obj = self._objects.get(ident)
-        if obj is None:
-            if self._dry:
-                return None  # objects are not built when only checking
-            raise BlockError(f"No TLS credentials with id '{ident}'")
-        if not isinstance(obj, Credentials):
-            raise BlockError(f"Object with id '{ident}' is not TLS credentials")
-        if obj.endpoint is not Endpoint.SERVER:
-            raise BlockError("Expecting TLS credentials with a server endpoint")
-        try:
-            obj.ssl_context()  # fails now rather than at each client (PSK needs Python 3.13)
-        except CredentialsError as exc:
-            raise BlockError(f"TLS credentials '{ident}': {exc}") from None
-        return obj
+        return tls_credentials(self._objects, ident, Endpoint.SERVER, dry=self._dry)
 
     def _authz(self, ident: str | None) -> AuthzList | None:
         if ident is None:
             return None
         obj = self._objects.get(ident)
-        if obj is None and self._dry:
-            return None
         if not isinstance(obj, AuthzList):
             raise BlockError(f"No authorization object with id '{ident}'")
         return obj

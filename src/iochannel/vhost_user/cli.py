@@ -33,7 +33,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import keyval
@@ -132,9 +132,12 @@ def parse_args(argv: Sequence[str]) -> tuple[list[tuple[str, str]], str | None]:
     return items, pidfile
 
 
-def check(items: Sequence[tuple[str, str]]) -> None:
-    """Check storage options without opening anything; raise :class:`UsageError`."""
-    dry = Storage(dry=True)
+def check(items: Sequence[tuple[str, str]], objects: Mapping[str, object] | None = None) -> None:
+    """Check storage options without opening anything; raise :class:`UsageError`.
+
+    *objects* are the ``--object`` objects they may name, by id (unloaded ones do).
+    """
+    dry = Storage(dry=True, objects=objects)
     for option, text in items:
         apply(dry, option, text)
 
