@@ -5,7 +5,9 @@
 (qemu-storage-daemon's vhost-user-blk exports, with ``--pidfile``) go to
 :mod:`iochannel.vhost_user.cli`; anything else, including exports mixed with
 chardev options, runs the console daemon (:mod:`iochannel.daemon`).  Without
-arguments the daemon starts its built-in default; ``--help`` describes both.
+arguments the daemon starts its built-in default; ``--help`` describes both,
+``--man`` prints the manual page and ``--completion bash|zsh`` a completion
+script (:mod:`iochannel.daemon.manual`).
 """
 
 from __future__ import annotations

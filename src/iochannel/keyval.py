@@ -12,18 +12,22 @@ two dialects and both are here:
   where every item needs ``=`` and :func:`to_tree` nests dotted keys
   (``addr.path=…``).
 
-Malformed text raises :class:`KeyvalError` naming the offending part.
+Malformed text raises :class:`KeyvalError` naming the offending part;
+:func:`did_you_mean` words the nearest valid names for any parser's error
+about an unknown key or value.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["KeyvalError", "split", "to_tree"]
+__all__ = ["KeyvalError", "did_you_mean", "split", "to_tree"]
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +100,18 @@ def to_tree(pairs: list[tuple[str, str]]) -> dict[str, Any]:
             raise KeyvalError(f"'{key}' given twice", field=key)
         node[leaf] = value
     return tree
+
+
+def did_you_mean(given: object, valid: Iterable[str], prefix: str = "") -> str:
+    """``"; did you mean 'x'?"`` naming the valid names nearest to *given*, else ``""``.
+
+    Appended to an error about an unknown key or value, so every parser
+    suggests the same way.  *prefix* is written before each suggestion (the
+    path of a nested key) but takes no part in the likeness.
+    """
+    if not isinstance(given, str):
+        return ""
+    close = difflib.get_close_matches(given, list(valid), n=3)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(f"'{prefix}{c}'" for c in close) + "?"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import shlex
+import subprocess
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 
 from iochannel.__main__ import main as entry
 from iochannel.crypto import AuthzList
-from iochannel.daemon import ConfigError, parse_args
+from iochannel.daemon import ConfigError, Daemon, parse_args
 from iochannel.daemon.cli import split_host_port
 from iochannel.daemon.default import default_config
 from iochannel.daemon.objects import parse_object
@@ -92,7 +95,48 @@ def test_options_in_qemu_syntax() -> None:
         (["--object", "tls-creds-x509,dir=/d"], "Parameter 'id' is missing"),
         (["--object", "tls-creds-x509,id=t,dir=/d,priority=NORMAL"], "'priority'"),
         (["--blockdev", "driver=qcow2,node-name=f,file=x"], "Driver 'qcow2' is not supported"),
-        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--bogus"], "unknown option '--bogus'"),
+        # Every closed set suggests the nearest names (QEMU's message, then the suggestion).
+        (["--chardve", "null,id=n"], "unknown option '--chardve'; did you mean '--chardev'?"),
+        (["-object", "iothread,id=i"], "unknown option '-object'; did you mean '--object'?"),
+        (["--pidfle=p"], "unknown option '--pidfle'; did you mean '--pidfile'?"),
+        (["consle", "vm.sock"], "unexpected argument 'consle'; did you mean 'console'?"),
+        (["--object", "iothraed,id=i"], "; did you mean 'iothread'?"),
+        (["--object", "authz-simple,id=a,identiy=CN=x"], "; did you mean 'identity'?"),
+        (["--object", "iothread,id=i,poll-max-n=1"], "'poll-max-n' is unexpected; did you mean"),
+        (["--blockdev", "driver=fiel,node-name=f"], "value 'fiel'; did you mean 'file'?"),
+        (
+            ["--blockdev", "driver=file,node-name=f,filename=x,cache.drect=on"],
+            "Parameter 'cache.drect' is unexpected; did you mean 'cache.direct'?",
+        ),
+        (
+            ["--blockdev", "driver=file,node-name=f,filname=x"],
+            "Parameter 'filename' is missing; is 'filname' a misspelling of it?",
+        ),
+        (
+            ["--blockdev", "driver=null-co,node-name=n", "--export", "type=nbb,id=e,node-name=n"],
+            "Parameter 'type' does not accept value 'nbb'; did you mean 'nbd'?",
+        ),
+        (
+            [
+                "--blockdev",
+                "driver=null-co,node-name=n",
+                "--export",
+                "nbd,id=e,node-name=n,writeable=on",
+            ],
+            "Parameter 'writeable' is unexpected; did you mean 'writable'?",
+        ),
+        (
+            ["--nbd-server", "addr.type=unx,addr.path=s"],
+            "Parameter 'addr.type' does not accept value 'unx'; did you mean 'unix'?",
+        ),
+        (
+            ["--nbd-server", "addr.type=unix,addr.path=s,max-conections=1"],
+            "did you mean 'max-connections'?",
+        ),
+        ([*BASE, "--relay", "chardev=dev,peer=n,notice=on"], "did you mean 'notices'?"),
+        ([*BASE, "--monitor", "chardev=n,mdoe=control"], "did you mean 'mode'?"),
+        ([*BASE, "--web", "hub=dev,rw-tokn=x"], "did you mean 'rw-token'"),
         (["-chardev"], "argument -chardev/--chardev: expected one argument"),
         (["-chardev", "command,id=c"], "Parameter 'cmd' is missing"),
         (["-chardev", "command,id=c,cmd='unclosed"], "'cmd' cannot be split"),
@@ -146,6 +190,8 @@ chardevs = ["s"]
     [
         ("chardev = [1]", "c.toml: chardev[0]: expects a string or a table"),
         ("bogus = 1", "c.toml: unknown key 'bogus'"),
+        ("chardevs = 'null,id=n'", "unknown key 'chardevs' (expected one of"),
+        ("chardevs = 'null,id=n'", "; did you mean 'chardev'?"),
         ("pidfile = 3", "c.toml: 'pidfile' expects a str"),
         ("chardev = [{backend = 'null', id = 'n', x = 1.5}]", "chardev[0]: 'x' has an unsupported"),
         ("chardev = 'null,id=n,bad=1'", "c.toml: chardev: Invalid parameter 'bad'"),
@@ -309,3 +355,32 @@ def _commands_in(text: str) -> list[str]:
     """The commands of a help text's examples, continuation lines joined, comments left out."""
     joined = text.replace("\\\n", " ")
     return [line.strip() for line in joined.splitlines() if line.strip().startswith("iochannel ")]
+
+
+@pytest.mark.parametrize("on_path", [True, False], ids=["venv-on-path", "venv-not-on-path"])
+def test_startup_hints_are_commands_this_installation_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_path: bool
+) -> None:
+    """Pasted into a shell with the same PATH, a hint's command runs this installation."""
+    scripts = sysconfig.get_path("scripts")
+    assert Path(scripts, "iochannel").exists()  # the tests run from an installation
+    path = f"{scripts}:/usr/bin:/bin" if on_path else "/usr/bin:/bin"
+    monkeypatch.setenv("PATH", path)
+    argv = ["-chardev", f"socket,id=u,path={tmp_path}/u.sock,server=on,wait=off"]
+
+    async def endpoints() -> list[str]:
+        daemon = Daemon(parse_args(argv))
+        await daemon.start()
+        try:
+            return daemon.endpoints()
+        finally:
+            await daemon.stop()
+
+    [hint] = asyncio.run(endpoints())
+    command, _, target = hint.removeprefix("u: ").partition(" console ")
+    assert target == f"{tmp_path}/u.sock"
+    assert (command == "iochannel") == on_path, hint
+    done = subprocess.run(
+        f"{command} --version", shell=True, env={"PATH": path}, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.startswith("iochannel "), (hint, done.stderr)

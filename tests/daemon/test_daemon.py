@@ -11,6 +11,7 @@ import pytest
 
 from iochannel.chardev import CommandChardev, HubChardev
 from iochannel.daemon import ConfigError, Daemon, parse_args
+from iochannel.daemon.cli import program
 
 from ..chardev.test_socket import port_of, run, until
 
@@ -131,10 +132,11 @@ def test_hints_name_the_console_client(tmp_path: Path) -> None:
         await daemon.start()
         try:
             port = port_of(daemon.registry.get("w"))
-            assert f"w: iochannel console ws://127.0.0.1:{port}/" in daemon.endpoints()
-            assert f"u: iochannel console {tmp_path}/u.sock" in daemon.endpoints()
+            command = program()  # what the hints name: this installation
+            assert f"w: {command} console ws://127.0.0.1:{port}/" in daemon.endpoints()
+            assert f"u: {command} console {tmp_path}/u.sock" in daemon.endpoints()
             port = port_of(daemon.registry.get("t"))
-            assert f"t: iochannel console telnet://127.0.0.1:{port}" in daemon.endpoints()
+            assert f"t: {command} console telnet://127.0.0.1:{port}" in daemon.endpoints()
         finally:
             await daemon.stop()
 

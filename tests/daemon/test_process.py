@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from iochannel.daemon.cli import program
+
 
 def wait_for(pred: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -179,7 +181,7 @@ def test_the_default_runs_a_shared_shell(tmp_path: Path) -> None:
         if last == "  web (ro):":
             assert line("  web (rw): http://127.0.0.1:")
         log = Path(line("The log is ").split("The log is ", 1)[1].strip())
-        unix = line("  unix:").split("iochannel console ", 1)[1].strip()
+        unix = line("  unix:").split(f"{program()} console ", 1)[1].strip()
         client = connect(Path(unix))
         client.sendall(b"echo $((6 * 7))-marker\n")
         assert b"42-marker" in read_until(client, b"42-marker")

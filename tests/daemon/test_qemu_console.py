@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from iochannel.daemon.cli import program
+
 from ..chardev.test_socket import run, until
 from ..conftest import require_tool
 from ..vhost_user.guest import build_initrd
@@ -90,7 +92,7 @@ def test_qemu_console_reaches_every_viewer(guest: tuple[Path, Path], tmp_path: P
             while port is None:
                 line = (await asyncio.wait_for(daemon.stdout.readline(), 10)).decode()
                 assert line, "the daemon exited"
-                if line.strip().startswith("tel: iochannel console telnet://"):
+                if line.strip().startswith(f"tel: {program()} console telnet://"):
                     port = int(line.strip().rsplit(":", 1)[-1])
             unix = Viewer(*await asyncio.open_unix_connection(str(view)))
             telnet = Viewer(*await asyncio.open_connection("127.0.0.1", port))

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from iochannel.console import CommandFailedError, Console
+from iochannel.daemon.cli import program
 
 from ..conftest import require_tool
 from ..vhost_user.guest import build_initrd
@@ -41,8 +42,8 @@ def test_guest_through_the_hub_with_a_second_viewer(
         *("-chardev", "hub,id=viewers,chardevs.0=view,chardevs.1=tel"),
         *("--relay", "chardev=vm,peer=viewers"),
     )
-    d.wait_log("tel: iochannel console telnet://")
-    telnet = re.search(r"tel: iochannel console (telnet://\S+)", d.log())
+    d.wait_log(f"tel: {program()} console telnet://")
+    telnet = re.search(rf"tel: {re.escape(program())} console (telnet://\S+)", d.log())
     assert telnet, d.log()
     # The viewers come first: QEMU's serial output is not replayed to late joiners.
     with (

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from iochannel.console import Console
+from iochannel.daemon.cli import program
 from iochannel.daemon.default import default_config
 
 from .conftest import Daemon
@@ -29,8 +30,9 @@ def targets(d: Daemon) -> tuple[str, str, str]:
     """The unix, telnet and web console (read-write token) targets the daemon printed."""
     d.wait_log("web (ro):")
     log = d.log()
-    unix = re.search(r"unix: iochannel console (\S+)", log)
-    telnet = re.search(r"telnet: iochannel console (telnet://\S+)", log)
+    command = re.escape(program())  # the hints name this installation
+    unix = re.search(rf"unix: {command} console (\S+)", log)
+    telnet = re.search(rf"telnet: {command} console (telnet://\S+)", log)
     web = re.search(r"web \(rw\): (http://\S+)", log)
     assert unix and telnet and web, log
     return unix[1], telnet[1], web[1]

@@ -17,6 +17,7 @@ import pytest
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
+from iochannel.daemon.cli import program
 from iochannel.daemon.default import default_config
 
 from .conftest import Daemon, Qmp
@@ -63,7 +64,7 @@ def test_a_viewer_ends_the_shell_everyone_is_told_and_a_new_one_comes(
     d = hostile_daemon(*argv)
     d.wait_log("web (ro):")
     log = d.log()
-    unix = re.search(r"unix: iochannel console (\S+)", log)
+    unix = re.search(rf"unix: {re.escape(program())} console (\S+)", log)
     web = re.search(r"web \(rw\): http://(\S+)/\?token=(\S+)", log)
     assert unix and web, log
     qmp = Qmp(Path(unix[1]).with_name("qmp.sock"))

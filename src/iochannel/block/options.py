@@ -5,14 +5,19 @@ QMP values arrive typed and must have the right JSON type.  :class:`Options`
 reads either and raises :class:`BlockError` with qemu-storage-daemon's wording:
 ``Parameter 'X' is missing``, ``Parameter 'X' is unexpected``, ``Invalid
 parameter type for 'X', expected: integer`` (QMP) or ``Parameter 'X' expects
-integer`` (command line).
+integer`` (command line).  An unexpected key or a value outside a closed set
+also names the nearest valid ones (``did you mean 'filename'?``), and a
+missing key the given key that looks like its misspelling.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..keyval import did_you_mean
 
 __all__ = ["BlockError", "Options"]
 
@@ -32,9 +37,28 @@ class Options:
         self.values = dict(values)
         self.typed = typed
         self.prefix = prefix
+        #: Every key asked for so far: what :meth:`done` suggests instead of an unexpected one.
+        self.known: set[str] = set()
 
     def _name(self, key: str) -> str:
         return f"{self.prefix}{key}"
+
+    def _take(self, key: str) -> Any:
+        self.known.add(key)
+        return self.values.pop(key, None)
+
+    def _missing(self, key: str) -> BlockError:
+        unknown = [k for k in self.values if k not in self.known]
+        typo = difflib.get_close_matches(key, unknown, n=1)
+        hint = f"; is '{self._name(typo[0])}' a misspelling of it?" if typo else ""
+        return BlockError(f"Parameter '{self._name(key)}' is missing{hint}")
+
+    def bad_value(self, key: str, value: str, valid: Iterable[str]) -> BlockError:
+        """The error for *value* of *key*, which must be one of *valid*."""
+        return BlockError(
+            f"Parameter '{self._name(key)}' does not accept value '{value}'"
+            + did_you_mean(value, valid)
+        )
 
     def _wrong(self, key: str, kind: str) -> BlockError:
         if self.typed:
@@ -45,10 +69,10 @@ class Options:
         return key in self.values
 
     def string(self, key: str, default: str | None = None) -> str:
-        value = self.values.pop(key, None)
+        value = self._take(key)
         if value is None:
             if default is None:
-                raise BlockError(f"Parameter '{self._name(key)}' is missing")
+                raise self._missing(key)
             return default
         if not isinstance(value, str):
             raise self._wrong(key, "string")
@@ -58,7 +82,7 @@ class Options:
         return self.string(key) if key in self.values else None
 
     def boolean(self, key: str, default: bool) -> bool:
-        value = self.values.pop(key, None)
+        value = self._take(key)
         if value is None:
             return default
         if isinstance(value, bool):
@@ -68,7 +92,7 @@ class Options:
         raise self._wrong(key, "boolean" if self.typed else "'on' or 'off'")
 
     def integer(self, key: str, default: int, lo: int = 0, hi: int = (1 << 63) - 1) -> int:
-        value = self.values.pop(key, None)
+        value = self._take(key)
         if value is None:
             return default
         if self.typed:
@@ -87,21 +111,21 @@ class Options:
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.string(key, default)
         if value not in choices:
-            raise BlockError(f"Parameter '{self._name(key)}' does not accept value '{value}'")
+            raise self.bad_value(key, value, choices)
         return value
 
     def child(self, key: str) -> str | dict[str, Any]:
         """A reference to another node: its name, or an inline node definition."""
-        value = self.values.pop(key, None)
+        value = self._take(key)
         if value is None:
-            raise BlockError(f"Parameter '{self._name(key)}' is missing")
+            raise self._missing(key)
         if not isinstance(value, (str, dict)):
             raise self._wrong(key, "string or object")
         return value
 
     def items(self, key: str) -> list[Any] | None:
         """A list (QMP's JSON array, or keyval's ``key.0=…,key.1=…``); None if absent."""
-        value = self.values.pop(key, None)
+        value = self._take(key)
         if value is None:
             return None
         if not self.typed and isinstance(value, dict):
@@ -118,7 +142,7 @@ class Options:
 
     def group(self, key: str) -> Options:
         """Nested options (``cache.direct``), read with the same typing."""
-        value = self.values.pop(key, None)
+        value = self._take(key)
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -128,4 +152,8 @@ class Options:
     def done(self) -> None:
         """Refuse whatever was not read."""
         if self.values:
-            raise BlockError(f"Parameter '{self._name(sorted(self.values)[0])}' is unexpected")
+            key = sorted(self.values)[0]
+            raise BlockError(
+                f"Parameter '{self._name(key)}' is unexpected"
+                + did_you_mean(key, self.known, self.prefix)
+            )

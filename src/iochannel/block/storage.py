@@ -39,11 +39,13 @@ from .iothread import IOThread
 from .nodes import BlockNode, RawNode, open_node
 from .options import BlockError, Options
 
-__all__ = ["IOThread", "Storage"]
+__all__ = ["EXPORT_TYPES", "IOThread", "Storage"]
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,30}")
+#: The export types served (QEMU's others, ``fuse`` and ``vduse-blk``, are refused).
+EXPORT_TYPES = ("vhost-user-blk", "nbd")
 #: QEMU's BDRV_MAX_LENGTH: the largest image size.
 MAX_LENGTH = 9223372035781033984
 #: An iothread's properties and their defaults, in qom-list's order.
@@ -309,8 +311,8 @@ class Storage:
         writethrough = opts.boolean("writethrough", False)
         iothread = opts.optional_str("iothread")
         opts.boolean("fixed-iothread", False)
-        if kind not in ("vhost-user-blk", "nbd", "fuse", "vduse-blk"):
-            raise BlockError(f"Parameter 'type' does not accept value '{kind}'")
+        if kind not in (*EXPORT_TYPES, "fuse", "vduse-blk"):
+            raise opts.bad_value("type", kind, EXPORT_TYPES)
         if kind == "nbd":
             self._export_add_nbd(opts, ident, node_name, writable, writethrough, iothread)
             return

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -204,21 +203,14 @@ def schema(type_name: object) -> Schema:
     if isinstance(type_name, str) and type_name in _BACKENDS:
         return _BACKENDS[type_name]
     raise ChardevOptionError(
-        f"'{type_name}' is not a valid char driver name" + _did_you_mean(type_name, _BACKENDS)
+        f"'{type_name}' is not a valid char driver name" + keyval.did_you_mean(type_name, _BACKENDS)
     )
 
 
-def _did_you_mean(given: object, valid: Iterable[str]) -> str:
-    if not isinstance(given, str):
-        return ""
-    close = difflib.get_close_matches(given, list(valid), n=3)
-    if not close:
-        return ""
-    return "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
-
-
 def _invalid(name: str, key: str, valid: Iterable[str]) -> ChardevOptionError:
-    return ChardevOptionError(f"Invalid parameter '{name}'" + _did_you_mean(key, valid), field=name)
+    return ChardevOptionError(
+        f"Invalid parameter '{name}'" + keyval.did_you_mean(key, valid), field=name
+    )
 
 
 # ---- keyval syntax ----------------------------------------------------------------

@@ -6,6 +6,7 @@
 * :mod:`.qmp_commands` — the QMP commands and events;
 * :mod:`.daemon` — start, reload, stop, signals, pid file, daemonizing;
 * :mod:`.default` — the built-in default that runs without arguments;
+* :mod:`.manual` — ``--man`` and ``--completion``, generated from the options;
 
 :func:`main` is the entry point.
 """
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from .cli import USAGE, Config, ConfigError, parse_args, trace_logging, wants_help
 from .daemon import VERSION, Daemon, run
 from .default import default_config
+from .manual import completion, man_page
 from .relay import Relay
 
 __all__ = ["Config", "ConfigError", "Daemon", "Relay", "main", "parse_args", "run"]
@@ -54,6 +56,12 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if config.version:
         print("iochannel {}.{}.{} (qemu-storage-daemon 7.2 options)".format(*VERSION))
+        return 0
+    if config.man:
+        print(man_page(), end="")
+        return 0
+    if config.completion is not None:
+        print(completion(config.completion), end="")
         return 0
     trace_logging(config.trace)
     if config.check_only:

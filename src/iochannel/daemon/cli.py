@@ -12,7 +12,13 @@ parser:
 * ``--web [ADDR]`` or ``--web [addr=]HOST:PORT,hub=H,rw-token=…,ro-token=…,tls-creds=ID,
   allowed-origins=ORIGIN`` (or a list, ``allowed-origins.0=O,allowed-origins.1=O``);
 * ``--blockdev``/``--export`` and ``--object iothread`` — :mod:`iochannel.vhost_user.cli`;
-* ``--pidfile FILE``, ``--daemonize``, ``--check``, ``-T``/``--trace``, ``-V``/``--version``.
+* ``--pidfile FILE``, ``--daemonize``, ``--check``, ``-T``/``--trace``, ``-V``/``--version``,
+  ``--man``, ``--completion bash|zsh``.
+
+:data:`OPTIONS` lists them: the parser, ``--help``, the manual page and the
+shell completions (:mod:`.manual`) are all made from it.  An unknown option,
+like an unknown key or value anywhere, is refused with the nearest known names
+(:func:`iochannel.keyval.did_you_mean`).
 
 In TOML every option is a top-level key; a value is a string in command-line
 syntax, a table (keys as on the command line; ``true``/``false`` become
@@ -37,26 +43,46 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import shlex
+import shutil
+import sys
+import sysconfig
+import textwrap
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from .. import keyval
+from ..block.nodes import DRIVERS
+from ..block.storage import EXPORT_TYPES
 from ..chardev import ChardevError, parse_chardev
-from ..chardev.options import address_text, backend_help, options_help, parse_bool, settings
+from ..chardev.options import (
+    address_text,
+    backend_help,
+    backend_names,
+    options_help,
+    parse_bool,
+    settings,
+)
 from ..errors import ConfigurationError
+from ..nbd.service import ADDRESS_TYPES
 from ..vhost_user.cli import UsageError
 from ..vhost_user.cli import check as check_storage
-from .objects import ObjectSpec, parse_object
+from .objects import QOM_TYPES, ObjectSpec, parse_object
 
 __all__ = [
+    "OPTIONS",
+    "USAGE",
     "Config",
     "ConfigError",
     "MonitorSpec",
+    "Option",
     "RelaySpec",
     "WebSpec",
     "parse_args",
+    "parser",
+    "program",
 ]
 
 #: TOML keys and the command-line option each stands for.
@@ -122,6 +148,10 @@ class Config:
     trace: list[str] = dataclasses.field(default_factory=list)
     #: ``-V``/``--version``: print the version and exit.
     version: bool = False
+    #: ``--man``: print the manual page and exit.
+    man: bool = False
+    #: ``--completion SHELL``: print the completion script for *SHELL* and exit.
+    completion: str | None = None
     config_file: str | None = None
     #: The command line without ``--config``'s file contents (re-read on reload).
     argv: list[str] = dataclasses.field(default_factory=list)
@@ -230,7 +260,8 @@ class Config:
             self._check_web(self.web)
         if self.storage:
             try:
-                check_storage(self.storage_items())
+                objects = {id: obj.unloaded() for id, obj in self.objects.items()}
+                check_storage(self.storage_items(), objects)
             except UsageError as exc:
                 raise ConfigError(str(exc)) from None
 
@@ -342,7 +373,7 @@ def _pairs(text: str, keys: Iterable[str], implied: str | None = None) -> dict[s
     pairs = dict(keyval.split(text, implied=implied, short_booleans=False))
     for key in pairs:
         if key not in keys:
-            raise ConfigError(f"Invalid parameter '{key}'")
+            raise ConfigError(f"Invalid parameter '{key}'" + keyval.did_you_mean(key, keys))
     return pairs
 
 
@@ -397,6 +428,9 @@ def _monitor(text: str, index: int) -> MonitorSpec:
     return MonitorSpec(p.get("id") or f"monitor{index}", p["chardev"])
 
 
+_WEB_KEYS = ("addr", "hub", "rw-token", "ro-token", "tls-creds", "allowed-origins")
+
+
 def _web(text: str) -> WebSpec:
     p = dict(keyval.split(text, implied="addr", short_booleans=False)) if text else {}
     origins = []
@@ -404,8 +438,8 @@ def _web(text: str) -> WebSpec:
         # One origin as allowed-origins=O, or a list as allowed-origins.0=O,... (TOML's form).
         if key == "allowed-origins" or key.startswith("allowed-origins."):
             origins.append(value)
-        elif key not in ("addr", "hub", "rw-token", "ro-token", "tls-creds"):
-            raise ConfigError(f"Invalid parameter '{key}'")
+        elif key not in _WEB_KEYS:
+            raise ConfigError(f"Invalid parameter '{key}'" + keyval.did_you_mean(key, _WEB_KEYS))
     host, port = split_host_port(p.get("addr") or "127.0.0.1:8080", "addr")
     return WebSpec(
         p.get("hub"),
@@ -475,6 +509,7 @@ def _toml_items(path: str) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
         if key not in _TOML_KEYS:
             raise ConfigError(
                 f"{path}: unknown key '{key}' (expected one of {', '.join(_TOML_KEYS)})"
+                + keyval.did_you_mean(key, [*_TOML_KEYS, "pidfile", "daemonize"])
             )
         if key == "web" and value is True:
             value = ""
@@ -506,74 +541,217 @@ class _Ordered(argparse.Action):
         ns.items.append((self.dest, value if value is not None else ""))
 
 
-def _parser() -> _Parser:
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One command-line option: the parser, ``--help``, the man page and completion read it."""
+
+    names: tuple[str, ...]
+    #: The value's placeholder; ``""``: a flag, without a value.
+    metavar: str
+    help: str
+    #: ``"ordered"``: repeatable, in command-line order with the others (:meth:`Config.add`);
+    #: ``"append"``: repeatable; ``"optional"``: the value may be left out; ``"once"``.
+    kind: str = "once"
+    #: What a shell completes as the value (``--completion`` accepts only these).
+    values: tuple[str, ...] = ()
+
+    def placeholder(self) -> str:
+        """The value as usage shows it: ``OPTS``, ``[ADDR]`` (may be left out) or ``""``."""
+        return f"[{self.metavar}]" if self.kind == "optional" else self.metavar
+
+    def invocation(self) -> str:
+        """``-T, --trace PATTERN``: the names and the value's placeholder."""
+        return " ".join([", ".join(self.names), self.placeholder()]).rstrip()
+
+
+#: Every option of the daemon, in the order ``--help`` and the man page list them.
+OPTIONS = (
+    Option(
+        ("-chardev", "--chardev"),
+        "OPTS",
+        "a chardev, in QEMU's -chardev syntax (also the 'command' backend); "
+        "-chardev help lists the types, -chardev TYPE,help the keys of one",
+        "ordered",
+        (*backend_names(), "help"),
+    ),
+    Option(
+        ("--object",),
+        "OPTS",
+        "an object: " + ", ".join(QOM_TYPES) + " (TYPE,id=ID,...)",
+        "ordered",
+        QOM_TYPES,
+    ),
+    Option(
+        ("--relay",),
+        "OPTS",
+        "make chardevs A and B each other's frontend (chardev=A,peer=B[,id=R][,notices=on])",
+        "ordered",
+    ),
+    Option(("--monitor",), "OPTS", "a QMP monitor on a chardev ([chardev=]ID)", "ordered"),
+    Option(
+        ("--web",),
+        "ADDR",
+        "the web console of a hub ([HOST:]PORT, or hub=H,addr=...,rw-token=...)",
+        "optional",
+    ),
+    Option(
+        ("--blockdev",),
+        "OPTS",
+        "a block node, in qemu-storage-daemon's syntax (driver=DRIVER,node-name=NAME,...)",
+        "ordered",
+        tuple(f"driver={d}" for d in DRIVERS),
+    ),
+    Option(
+        ("--export",),
+        "OPTS",
+        "a vhost-user-blk or NBD export of a node, in qemu-storage-daemon's syntax "
+        "(type=TYPE,id=ID,node-name=NAME,...)",
+        "ordered",
+        tuple(f"type={t}" for t in EXPORT_TYPES),
+    ),
+    Option(
+        ("--nbd-server",),
+        "OPTS",
+        "the NBD server, in qemu-storage-daemon's syntax (addr.type=TYPE,...)",
+        "ordered",
+        tuple(f"addr.type={t}" for t in ADDRESS_TYPES),
+    ),
+    Option(("--config",), "FILE", "read options from a TOML file (SIGHUP reloads it)"),
+    Option(("--pidfile",), "FILE", "write the pid once ready; removed on exit"),
+    Option(("--daemonize",), "", "detach once ready"),
+    Option(("--check",), "", "validate, print the resulting graph, and exit"),
+    Option(
+        ("-T", "--trace"),
+        "PATTERN",
+        "debug logging of the storage layer ([enable=]PATTERN[,file=F])",
+        "append",
+    ),
+    Option(("-V", "--version"), "", "print the version and exit"),
+    Option(("-h", "--help"), "", "print the usage, the options and examples, and exit"),
+    Option(("--man",), "", "print the manual page (roff: iochannel --man | man -l -) and exit"),
+    Option(
+        ("--completion",),
+        "SHELL",
+        "print a completion script for bash or zsh and exit",
+        values=("bash", "zsh"),
+    ),
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The daemon's argument parser, built from :data:`OPTIONS`."""
     p = _Parser(prog="iochannel", allow_abbrev=False, add_help=False)
     p.set_defaults(items=[])
-    for names, dest, meta in (
-        (("-chardev", "--chardev"), "-chardev", "OPTS"),
-        (("--object",), "--object", "TYPE,id=ID,..."),
-        (("--relay",), "--relay", "chardev=A,peer=B[,id=R]"),
-        (("--monitor",), "--monitor", "chardev=ID"),
-        (("--blockdev",), "--blockdev", "OPTS"),
-        (("--export",), "--export", "OPTS"),
-        (("--nbd-server",), "--nbd-server", "OPTS"),
-    ):
-        p.add_argument(*names, dest=dest, action=_Ordered, metavar=meta)
-    p.add_argument("--web", dest="--web", action=_Ordered, nargs="?", metavar="ADDR")
-    p.add_argument("--config", metavar="FILE")
-    p.add_argument("--pidfile", metavar="FILE")
-    p.add_argument("--daemonize", action="store_true")
-    p.add_argument("--check", action="store_true")
-    p.add_argument("-T", "--trace", action="append", default=[], metavar="[enable=]PATTERN")
-    p.add_argument("-V", "--version", action="store_true")
-    p.add_argument("-h", "--help", action="store_true")
+    for o in OPTIONS:
+        kwargs: dict[str, Any] = {"help": o.help}
+        if not o.metavar:
+            kwargs["action"] = "store_true"
+        elif o.kind in ("ordered", "optional"):
+            kwargs.update(dest=o.names[0], action=_Ordered, metavar=o.metavar)
+            if o.kind == "optional":
+                kwargs["nargs"] = "?"
+        elif o.kind == "append":
+            kwargs.update(action="append", default=[], metavar=o.metavar)
+        else:
+            kwargs.update(metavar=o.metavar, choices=o.values or None)
+        p.add_argument(*o.names, **kwargs)
     return p
 
 
-USAGE = """\
-usage: iochannel [-chardev OPTS]... [--object TYPE,id=ID,...]...
-                 [--relay chardev=A,peer=B[,id=R]]... [--monitor chardev=ID]... [--web [ADDR]]
-                 [--blockdev OPTS --export OPTS]... [--nbd-server OPTS]
-                 [--config FILE] [--pidfile FILE] [--daemonize] [--check] [-T PATTERN] [-V]
-       iochannel                 (no arguments: the built-in demo console)
-       iochannel console TARGET  (a terminal on a console: iochannel console --help)
-
-  -chardev OPTS        a chardev, in QEMU's -chardev syntax (also the 'command' backend)
-  --object OPTS        iothread, tls-creds-x509, tls-creds-psk, authz-simple or authz-list
-  --relay OPTS         make chardevs A and B each other's frontend
-  --monitor OPTS       a QMP monitor on a chardev
-  --web [ADDR]         the web console of a hub ([HOST:]PORT, or hub=H,addr=...,rw-token=...)
-  --blockdev/--export  block nodes and vhost-user-blk or NBD exports, qemu-storage-daemon's syntax
-  --nbd-server OPTS    the NBD server: addr.type=inet|unix|fd,... (qemu-storage-daemon's)
-  --config FILE        read options from a TOML file (SIGHUP reloads it)
-  --pidfile FILE       write the pid once ready; removed on exit
-  --daemonize          detach once ready
-  --check              validate, print the resulting graph, and exit
-  -T, --trace PATTERN  debug logging of the storage layer ([enable=]PATTERN[,file=F])
-  -V, --version        print the version and exit
-  -chardev help        list the chardev types (-chardev TYPE,help: the keys of one type)
-
-examples:
-  # share a VM's serial console (QEMU: -serial unix:vm.sock) with viewers on view.sock
-  iochannel -chardev socket,id=vm,path=vm.sock,server=on,wait=off \\
-            -chardev socket,id=view,path=view.sock,server=on,wait=off,connections=8 \\
-            --relay chardev=vm,peer=view
-  # serve a raw image over NBD, as qemu-storage-daemon does
-  iochannel --blockdev driver=file,node-name=disk0,filename=disk.img \\
-            --nbd-server addr.type=unix,addr.path=nbd.sock \\
-            --export type=nbd,id=exp0,node-name=disk0,writable=on
-
-Documentation: README.md and docs/ in the source distribution (make docs builds the site).
+EXAMPLES = """\
+# share a VM's serial console (QEMU: -serial unix:vm.sock) with viewers on view.sock
+iochannel -chardev socket,id=vm,path=vm.sock,server=on,wait=off \\
+          -chardev socket,id=view,path=view.sock,server=on,wait=off,connections=8 \\
+          --relay chardev=vm,peer=view
+# serve a raw image over NBD, as qemu-storage-daemon does
+iochannel --blockdev driver=file,node-name=disk0,filename=disk.img \\
+          --nbd-server addr.type=unix,addr.path=nbd.sock \\
+          --export type=nbd,id=exp0,node-name=disk0,writable=on
 """
+
+#: Where the documentation is, for ``--help`` and the man page.
+DOCUMENTATION = "README.md and docs/ in the source distribution (make docs builds the site)"
+
+
+def synopsis() -> list[str]:
+    """Each option as the synopsis shows it: ``[--relay OPTS]...``."""
+    return [
+        f"[{' '.join([o.names[0], o.placeholder()]).rstrip()}]"
+        + ("..." if o.kind in ("ordered", "append") else "")
+        for o in OPTIONS
+    ]
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)
+
+
+def _usage() -> str:
+    head = "usage: iochannel "
+    lines: list[str] = []
+    for item in synopsis():
+        if lines and len(lines[-1]) + 1 + len(item) <= 100:
+            lines[-1] += " " + item
+        else:
+            lines.append((" " * len(head) if lines else head) + item)
+    lines += [
+        "       iochannel                 (no arguments: the built-in demo console)",
+        "       iochannel console TARGET  (a terminal on a console: iochannel console --help)",
+        "",
+    ]
+    width = 24
+    for o in OPTIONS:
+        inv = o.invocation()
+        first, *rest = _wrap(o.help, 100 - width - 2)
+        if len(inv) < width:
+            lines.append(f"  {inv:<{width}}{first}")
+        else:
+            lines += [f"  {inv}", " " * (width + 2) + first]
+        lines += [" " * (width + 2) + r for r in rest]
+    lines += ["", "examples:", textwrap.indent(EXAMPLES, "  "), f"Documentation: {DOCUMENTATION}."]
+    return "\n".join(lines) + "\n"
+
+
+USAGE = _usage()
+
+
+def program() -> str:
+    """The command that runs this installation, as a user pastes it into a shell.
+
+    ``iochannel`` when that name on ``PATH`` is this interpreter's script (a
+    virtual environment's bin directory on ``PATH``, an installation for the
+    user or the system), else ``PYTHON -m iochannel`` with this interpreter.
+    """
+    found = shutil.which("iochannel")
+    here = {sysconfig.get_path("scripts"), sysconfig.get_path("scripts", f"{os.name}_user")}
+    if found is not None and any(
+        os.path.isdir(d) and os.path.samefile(os.path.dirname(found), d) for d in here
+    ):
+        return "iochannel"
+    return f"{shlex.quote(sys.executable)} -m iochannel"
 
 
 def wants_help(argv: Sequence[str]) -> bool:
     return any(a in ("-h", "--help") for a in argv)
 
 
+def _unknown(arg: str) -> ConfigError:
+    """The error for an argument the parser does not know, with the nearest options."""
+    if not arg.startswith("-"):
+        hint = keyval.did_you_mean(arg, ["console"])  # the one command word
+        return ConfigError(f"unexpected argument '{arg}'{hint} (each value follows its option)")
+    name = arg.partition("=")[0]
+    # Matched without dashes (QEMU users write -object): -chardev is also --chardev.
+    words = {n.lstrip("-") for o in OPTIONS for n in o.names if len(n) > 2}
+    hint = keyval.did_you_mean(name.lstrip("-"), words, "--")
+    return ConfigError(f"unknown option '{name}'{hint} (see iochannel --help)")
+
+
 def parse_args(argv: Sequence[str]) -> Config:
     """The configuration of a command line (and its ``--config`` file), checked."""
-    ns = _parser().parse_args(list(argv))
+    ns, extra = parser().parse_known_args(list(argv))
+    if extra:
+        raise _unknown(extra[0])
     config = Config(argv=list(argv), config_file=ns.config)
     if ns.config is not None:
         items, settings = _toml_items(ns.config)
@@ -587,6 +765,8 @@ def parse_args(argv: Sequence[str]) -> Config:
     config.daemonize = ns.daemonize or config.daemonize
     config.check_only = ns.check
     config.version = ns.version
+    config.man = ns.man
+    config.completion = ns.completion
     config.trace = ns.trace
     for text in ns.trace:
         _trace_spec(text)

@@ -49,7 +49,7 @@ from ..chardev import Chardev, ChardevError, ChardevRegistry, CommandChardev, Fi
 from ..chardev.socket import SocketChardev
 from ..qmp import QMPError, QMPMonitor
 from ..vhost_user import cli as vhost_cli
-from .cli import Config, ConfigError, MonitorSpec, RelaySpec, parse_args
+from .cli import Config, ConfigError, MonitorSpec, RelaySpec, parse_args, program
 from .objects import ObjectSpec
 from .qmp_commands import (
     EventWatcher,
@@ -364,15 +364,15 @@ def _client_hint(addr: Any, chr: SocketChardev, qmp: bool) -> str:
             return f"socat - UNIX-CONNECT:{addr.path}"
         # A raw terminal passes Ctrl-C and Ctrl-D on; Ctrl-] leaves the client.
         path = addr.path if "/" in addr.path or ":" not in addr.path else f"unix:{addr.path}"
-        return f"iochannel console {path}"
+        return f"{program()} console {path}"
     if isinstance(addr, InetAddress):
         host = f"[{addr.host}]" if ":" in addr.host else addr.host
         if chr.setup.websocket:
             if chr.setup.tls_creds is not None:
                 return f"wss://{host}:{addr.port}/"
-            return f"iochannel console ws://{host}:{addr.port}/"
+            return f"{program()} console ws://{host}:{addr.port}/"
         scheme = "telnet://" if chr.setup.telnet else ""
-        return f"iochannel console {scheme}{host}:{addr.port}"
+        return f"{program()} console {scheme}{host}:{addr.port}"
     return str(addr)
 
 

@@ -25,10 +25,17 @@ from typing import Any
 
 from .. import keyval
 from ..chardev.options import ChardevOptionError
-from ..crypto import AuthzList, AuthzRule, CredentialsError, PSKCredentials, X509Credentials
+from ..crypto import (
+    AuthzList,
+    AuthzRule,
+    Credentials,
+    CredentialsError,
+    PSKCredentials,
+    X509Credentials,
+)
 from ..crypto.authz import Format, Policy
 
-__all__ = ["OBJECT_TYPES", "ObjectError", "ObjectSpec", "parse_object"]
+__all__ = ["OBJECT_TYPES", "QOM_TYPES", "ObjectError", "ObjectSpec", "parse_object"]
 
 
 class ObjectError(ChardevOptionError):
@@ -44,6 +51,8 @@ OBJECT_TYPES: dict[str, dict[str, bool]] = {
     "authz-simple": {"identity": True},
     "authz-list": {"policy": False, "rules": False},
 }
+#: Every ``--object`` type the daemon takes (``iothread`` goes to the storage layer).
+QOM_TYPES = ("iothread", *OBJECT_TYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +85,27 @@ class ObjectSpec:
             return AuthzList([rule], policy=Policy.DENY, name=self.id)
         rules = [_rule(p["rules"][k], k) for k in sorted(p.get("rules", {}), key=int)]
         return AuthzList(rules, policy=Policy(p.get("policy", "deny")), name=self.id)
+
+    def unloaded(self) -> object:
+        """The object as a check sees it: credentials of their kind, their files not read."""
+        if self.type.startswith("tls-creds"):
+            verify = self.type == "tls-creds-x509" and self.props.get("verify-peer", True)
+            return _Unloaded(self.props.get("endpoint", "client"), verify)
+        return self.build()
+
+
+class _Unloaded(Credentials):
+    """Credentials whose files were not read: their endpoint and peer checking only."""
+
+    __slots__ = ("_verifies",)
+
+    def __init__(self, endpoint: str, verifies_peer: bool) -> None:
+        super().__init__(endpoint)
+        self._verifies = verifies_peer
+
+    @property
+    def verifies_peer(self) -> bool:
+        return self._verifies
 
 
 def _flat(props: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -113,14 +143,19 @@ def parse_object(text: str) -> ObjectSpec:
     if kind is None:
         raise ObjectError("Parameter 'qom-type' is missing")
     if kind not in OBJECT_TYPES:
-        raise ObjectError(f"Invalid object type '{kind}' (supported: {', '.join(OBJECT_TYPES)})")
+        raise ObjectError(
+            f"Invalid object type '{kind}' (supported: {', '.join(QOM_TYPES)})"
+            + keyval.did_you_mean(kind, QOM_TYPES)
+        )
     id = tree.pop("id", None)
     if not isinstance(id, str) or not id:
         raise ObjectError("Parameter 'id' is missing")
     keys = OBJECT_TYPES[kind]
     for key in tree:
         if key not in keys:
-            raise ObjectError(f"Invalid parameter '{key}' for {kind}")
+            raise ObjectError(
+                f"Invalid parameter '{key}' for {kind}" + keyval.did_you_mean(key, keys)
+            )
     for key, required in keys.items():
         if required and key not in tree:
             raise ObjectError(f"Parameter '{key}' is missing")
