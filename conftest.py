@@ -107,6 +107,6 @@ pytest_collect_file = Sybil(
         CodeBlockParser(language="sh", evaluator=_run_shell),
         SkipParser(),
     ],
-    patterns=["README.md", "docs/*.md"],
+    patterns=["README.md", "docs/*.md", "docs/*/*.md"],
     fixtures=["docs_page"],
 ).pytest()

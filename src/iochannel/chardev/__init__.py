@@ -18,7 +18,7 @@ from .chardev import (
     WhileClosed,
 )
 from .command import CommandChardev
-from .events import ChardevEvent, LifecycleError, set_strict
+from .events import LIFECYCLE, ChardevEvent, LifecycleError, set_strict
 from .file import FileChardev
 from .frontend import Frontend
 from .hub import HubChardev, MemberPolicy, SlowConsumer
@@ -46,6 +46,7 @@ from .telnet import TelnetEvent, TelnetFilter
 from .udp import UdpChardev
 
 __all__ = [
+    "LIFECYCLE",
     "Backoff",
     "ChannelChardev",
     "Chardev",

@@ -22,11 +22,13 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Final
 
 from ..errors import LocalProtocolError
 
 __all__ = [
+    "LIFECYCLE",
     "ChardevEvent",
     "LifecycleError",
     "LifecycleView",
@@ -89,8 +91,24 @@ def changed() -> None:
         callback()
 
 
+#: The lifecycle of one frontend registration: (open?, event) → open? after
+#: delivering it, or why the event is not delivered.  The only statement of the
+#: rule: :class:`LifecycleView` follows it and the docs draw it.
+LIFECYCLE: Final[Mapping[tuple[bool, ChardevEvent], bool | str]] = {
+    (False, ChardevEvent.OPENED): True,
+    (False, ChardevEvent.CLOSED): "CLOSED while not open",
+    (True, ChardevEvent.OPENED): "OPENED while already open",
+    (True, ChardevEvent.CLOSED): False,
+    **{
+        (state, event): state
+        for state in (False, True)
+        for event in (ChardevEvent.BREAK, ChardevEvent.MUX_IN, ChardevEvent.MUX_OUT)
+    },
+}
+
+
 class LifecycleView:
-    """What one frontend registration has been told: open or closed."""
+    """What one frontend registration has been told: open or closed (:data:`LIFECYCLE`)."""
 
     __slots__ = ("label", "open")
 
@@ -104,14 +122,10 @@ class LifecycleView:
         *duplicate_ok* marks events the core synthesises while syncing a view
         (attach, restore), where "already in that state" is expected.
         """
-        if event == ChardevEvent.OPENED:
-            if self.open:
-                return self._violation("OPENED while already open", duplicate_ok)
-            self.open = True
-        elif event == ChardevEvent.CLOSED:
-            if not self.open:
-                return self._violation("CLOSED while not open", duplicate_ok)
-            self.open = False
+        after = LIFECYCLE[self.open, event]
+        if isinstance(after, str):
+            return self._violation(after, duplicate_ok)
+        self.open = after
         return True
 
     def _violation(self, what: str, expected: bool) -> bool:
