@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from iochannel import UnixAddress
+from iochannel.block import open_file
 from iochannel.block.iothread import IOThread
-from iochannel.block.nodes import STATUS_HOLE, STATUS_ZERO, BlockNode, NullNode, RawNode, open_file
+from iochannel.block.nodes import STATUS_HOLE, STATUS_ZERO, BlockNode, NullNode, RawNode
 from iochannel.nbd import server as nbd_server
 from iochannel.nbd.protocol import (
     ClientConnection,

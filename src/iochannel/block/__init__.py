@@ -1,10 +1,13 @@
 """A small block layer: nodes keyed by ``node-name``, iothreads and vhost-user-blk exports.
 
-See :mod:`.nodes` for the drivers and :mod:`.storage` for the graph; the
-user-facing description is ``docs/storage.md``.
+:mod:`.nodes` defines what a node is and the built-in drivers;
+:mod:`.drivers` opens a node of any driver (``file``, ``raw``, ``null-co``,
+``python``, ``nbd``) from its options; :mod:`.storage` is the graph of nodes
+and exports the daemon manages.  The user-facing description is
+``docs/storage.md``.
 """
 
-from .nodes import BlockNode, FileNode, NullNode, RawNode, open_file, open_node
+from .nodes import BlockNode, FileNode, NullNode, RawNode, open_file
 from .options import BlockError, Options
 
 __all__ = [
@@ -15,5 +18,4 @@ __all__ = [
     "Options",
     "RawNode",
     "open_file",
-    "open_node",
 ]

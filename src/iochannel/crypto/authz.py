@@ -23,11 +23,15 @@ class AuthzDeniedError(ChannelError):
 
 
 class Policy(enum.Enum):
+    """What a rule, or a list for identities no rule matches, decides."""
+
     ALLOW = "allow"
     DENY = "deny"
 
 
 class Format(enum.Enum):
+    """How a rule's pattern is matched: the exact identity, or a shell glob."""
+
     EXACT = "exact"
     GLOB = "glob"
 

@@ -42,7 +42,7 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from .. import keyval
+from .._parsers import keyval
 from ..chardev import ChardevError, parse_chardev
 from ..chardev.options import address_text, backend_help, options_help, parse_bool, settings
 from ..errors import ConfigurationError

@@ -30,7 +30,7 @@ Errors::
      └── NbdConnectionError       also OSError (EIO): the connection was lost,
                                   or could not be made in time
 
-TLS failures raise :class:`~iochannel.tls.TLSError`.
+TLS failures raise :class:`~iochannel.TLSError`.
 
 :class:`NbdClient` sends one request at a time (calls from several threads
 take turns).  :class:`AsyncNbdClient` keeps any number in flight on one
@@ -57,13 +57,13 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Self
 
-from ..address import Address, InetAddress, UnixAddress, parse_address
-from ..channel import Buffer, Channel
+from .._core.channel import Buffer, Channel
+from .._core.flags import Condition
+from .._layers.tls import TLSChannel
+from .._transports.address import Address, InetAddress, UnixAddress, parse_address
+from .._transports.socket import SocketChannel
 from ..crypto import Credentials
 from ..errors import ChannelBrokenError, ChannelError
-from ..flags import Condition
-from ..socket import SocketChannel
-from ..tls import TLSChannel
 from .protocol import (
     BASE_ALLOCATION,
     ClientConnection,

@@ -39,15 +39,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-from ..address import Address
+from .._core.channel import Buffer, Channel
+from .._core.flags import Shutdown
+from .._layers.tls import TLSChannel
+from .._transports.address import Address
+from .._transports.netlistener import NetListener
+from .._transports.socket import SocketChannel
 from ..block.nodes import STATUS_ZERO, BlockNode
-from ..channel import Buffer, Channel
 from ..crypto import AuthzList, Credentials
 from ..errors import ChannelEOFError, ChannelError
-from ..flags import Shutdown
-from ..netlistener import NetListener
-from ..socket import SocketChannel
-from ..tls import TLSChannel
 from . import protocol as p
 
 __all__ = ["HANDSHAKE_TIMEOUT", "MAX_BUFFERED", "MAX_IN_FLIGHT", "NbdExport", "NbdServer"]

@@ -208,6 +208,8 @@ class JSONSplitter:
 
 
 class SessionState(enum.Enum):
+    """Where a QMP session is: capabilities negotiation, or command mode."""
+
     NEGOTIATING = "negotiating"
     COMMAND = "command"
 

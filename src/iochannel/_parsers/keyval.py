@@ -21,7 +21,7 @@ import logging
 import re
 from typing import Any
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["KeyvalError", "split", "to_tree"]
 

@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Generic, TypeVar, Union, cast
 
-from .errors import ChannelEOFError, ChannelError, ChannelTimeoutError
+from ..errors import ChannelEOFError, ChannelError, ChannelTimeoutError
 
 __all__ = [
     "ExpectEOF",
