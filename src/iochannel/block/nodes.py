@@ -89,7 +89,9 @@ class BlockNode:
             done += self.pwritev([zeros[: length - done]], offset + done)
 
     def truncate(self, size: int) -> None:
-        """Make the node *size* bytes long (``block_resize``); :class:`BlockError` if it can't.
+        """Make the node *size* bytes long (``block_resize``).
+
+        Raises :class:`~iochannel.block.BlockError` if it can't.
 
         Runs on a thread of its own: a slow driver holds up only the command.
         """
@@ -110,7 +112,8 @@ class BlockNode:
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         """Allocation from *offset*: ``(length, flags)`` runs covering at most *length* bytes.
 
-        Flags are :data:`STATUS_HOLE` and :data:`STATUS_ZERO`.  A driver that
+        Flags are :data:`~iochannel.block.STATUS_HOLE` and
+        :data:`~iochannel.block.STATUS_ZERO`.  A driver that
         cannot tell reports data.
         """
         return [(length, 0)]

@@ -13,7 +13,7 @@ fits and returns the count, or ``None`` when it would block — then a writable
 watch (:meth:`Chardev.add_watch`) is the only backpressure.
 
 *Lifecycle*: :meth:`Chardev.be_event` with OPENED/CLOSED sets
-:attr:`be_open`; delivery to frontends goes through each registration's
+``be_open``; delivery to frontends goes through each registration's
 :class:`~iochannel.chardev.events.LifecycleView`, so frontends see OPENED and
 CLOSED strictly alternating whatever the backend does.
 
@@ -314,7 +314,7 @@ class Chardev:
             fe._deliver(data)
 
     def be_event(self, event: ChardevEvent) -> None:
-        """Report a backend event; OPENED/CLOSED update :attr:`be_open`."""
+        """Report a backend event; OPENED/CLOSED update ``be_open``."""
         if event == ChardevEvent.OPENED:
             if self.be_open:
                 # Backends that re-announce are absorbed here, once, for everyone.
@@ -344,7 +344,7 @@ class Chardev:
     def write(self, data: Buffer) -> int | None:
         """Write without blocking: bytes taken, or ``None`` (add a writable watch).
 
-        While closed, the :attr:`closed_writes` policy applies.  Thread-safe.
+        While closed, the ``closed_writes`` policy applies.  Thread-safe.
         """
         view = memoryview(data).cast("B")
         if not view:

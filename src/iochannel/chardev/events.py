@@ -41,7 +41,7 @@ class ChardevEvent(enum.IntEnum):
     """A chardev event, numbered as QEMU's ``QEMUChrEvent``.
 
     ``OPENED``/``CLOSED`` alternate for each frontend registration (see
-    :class:`LifecycleView`); ``BREAK`` is a serial break from the backend;
+    ``LifecycleView``); ``BREAK`` is a serial break from the backend;
     ``MUX_IN``/``MUX_OUT`` tell a mux frontend it gained or lost the focus.
     """
 

@@ -31,7 +31,7 @@ class Frontend:
       it, 0 pauses input until :meth:`accept_input`;
     * ``read(data)`` — input;
     * ``event(ChardevEvent)`` — OPENED/CLOSED strictly alternating per
-      registration (see :mod:`iochannel.chardev.events`), plus BREAK and mux focus;
+      registration (see ``iochannel.chardev.events``), plus BREAK and mux focus;
     * ``be_change() -> bool`` — after a hot-swap; ``False`` rolls the swap back
       (no callback: the frontend refuses hot-swap).
 

@@ -126,7 +126,7 @@ _ABSENT = object()
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-    """One QAPI field: its kind, its default (:data:`REQUIRED`: none) and an integer's minimum."""
+    """One QAPI field: its kind, its default (``REQUIRED``: none) and an integer's minimum."""
 
     kind: str  # "str", "bool", "int", "addr", "strlist" or "object"
     default: object = _ABSENT

@@ -44,7 +44,7 @@ class PtyChardev(ChannelChardev):
 
     The pty is created raw when the chardev opens; its slave path is announced as
     "char device redirected to /dev/pts/N (label ID)" on stderr and is
-    :attr:`PtyChardev.pty_path` (QMP ``chardev-add`` returns it).  ``path=``
+    ``pty_path`` (QMP ``chardev-add`` returns it).  ``path=``
     additionally makes a symlink to it, removed on close.
 
     The chardev starts closed.  Every 100 ms it checks whether a reader has the

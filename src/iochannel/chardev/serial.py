@@ -81,7 +81,7 @@ class SerialChardev(ChannelChardev):
     terminal (``/dev/null``) is used as it is.  The chardev is open from the
     start; end of input closes it.  Writes while closed default to ``error``.
 
-    Controls (:meth:`SerialChardev.ioctl`), QEMU's ``CHR_IOCTL_SERIAL_*``:
+    Controls (:meth:`~iochannel.chardev.SerialChardev.ioctl`), QEMU's ``CHR_IOCTL_SERIAL_*``:
 
     * ``"set-params"``, ``{"speed": int, "parity": "N"|"E"|"O", "data-bits": 5-8,
       "stop-bits": 1|2}`` (all keys optional);

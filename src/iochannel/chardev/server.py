@@ -261,7 +261,7 @@ class SessionChardev(ChannelChardev):
     ``on_end(session)`` runs; each callback once.
 
     The connection is read whether or not the frontend takes input: up to
-    :data:`READ_AHEAD` bytes wait here for it (with the fds that came with
+    ``READ_AHEAD`` (64 KiB) bytes wait here for it (with the fds that came with
     them), so a peer that hangs up is noticed, and the channel's protocol
     duties (WebSocket pongs and close replies) are done, even when nothing
     reads.  A peer that leaves while its input waits has its connection

@@ -90,7 +90,7 @@ class UdpChardev(ChannelChardev):
 
     Unlike QEMU's, this chardev sends OPENED as soon as its socket exists, so
     frontends that wait for OPENED work over it.  It closes only with
-    :meth:`close`; writes while closed therefore default to ``error``.
+    :meth:`~iochannel.chardev.Chardev.close`; writes while closed therefore default to ``error``.
     """
 
     type_name: ClassVar[str] = "udp"

@@ -379,7 +379,7 @@ class Console(_ConsoleBase[AnyText]):
     ) -> Console[Any]:
         """Connect to a console socket, e.g. QEMU's ``-serial unix:PATH,server=on,wait=off``.
 
-        *target* is an :class:`~iochannel.Address` or text: ``unix:PATH`` (or
+        *target* is an :data:`~iochannel.Address` or text: ``unix:PATH`` (or
         a path), ``HOST:PORT``, ``telnet://HOST:PORT``, ``ws://HOST:PORT/PATH``,
         the web console's page ``http://HOST:PORT/?token=T``, or ``wss://…``
         and ``https://…`` (*tls_creds*: a directory with ``ca-cert.pem``).

@@ -73,6 +73,6 @@ class AuthzList:
         return self.policy is Policy.ALLOW
 
     def check(self, identity: str) -> None:
-        """Raise :class:`AuthzDeniedError` unless *identity* is allowed."""
+        """Raise :class:`~iochannel.crypto.AuthzDeniedError` unless *identity* is allowed."""
         if not self.is_allowed(identity):
             raise AuthzDeniedError(f"{self.name}: access for {identity!r} is denied")

@@ -11,14 +11,14 @@ Reading and writing an export takes a few lines::
 
 Both shells run the same :class:`~iochannel.nbd.protocol.ClientConnection`
 over any :class:`~iochannel.Channel` they connect to (an
-:class:`~iochannel.Address` or its text: ``unix:PATH``, ``HOST:PORT``):
+:data:`~iochannel.Address` or its text: ``unix:PATH``, ``HOST:PORT``):
 the fixed-newstyle handshake, STARTTLS when given credentials (x509 or PSK,
 :mod:`iochannel.crypto`), structured replies and the ``base:allocation``
 meta context when the server has them, then ``NBD_OPT_GO``.  Requests:
-:meth:`read`, :meth:`write` (``fua``), :meth:`flush`, :meth:`trim`,
-:meth:`write_zeroes` (``no_hole``, ``fast``), :meth:`block_status` and,
-at close, ``NBD_CMD_DISC``.  A read or write longer than the server's
-maximum block size is split.  :meth:`list_exports` asks for the export list.
+``read``, ``write`` (``fua``), ``flush``, ``trim``, ``write_zeroes``
+(``no_hole``, ``fast``), ``block_status`` and, at close, ``NBD_CMD_DISC``.
+A read or write longer than the server's maximum block size is split.
+``list_exports`` asks for the export list.
 
 Errors::
 

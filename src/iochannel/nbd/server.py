@@ -5,7 +5,7 @@ Contract:
 * :class:`NbdServer` listens on any number of addresses (:meth:`~NbdServer.listen`
   for inet, unix and fd addresses, :meth:`~NbdServer.add_listener` for a
   listening channel) and serves the :class:`NbdExport` objects added with
-  :meth:`~NbdServer.add_export`.  :meth:`~NbdServer.serve` runs on an asyncio
+  :meth:`~iochannel.nbd.server.NbdServer.add_export`.  :meth:`~NbdServer.serve` runs on an asyncio
   loop until :meth:`~NbdServer.close`.
 * The protocol is :mod:`.protocol`'s :class:`~.protocol.ServerConnection`.
   With TLS credentials, every client must use STARTTLS before anything else

@@ -33,7 +33,7 @@ class QMPMonitor:
     included: a message is checked only when the one before it has been answered.
     CLOSED ends the session; replies still pending for it are dropped.
 
-    Flow control both ways: at most :data:`MAX_QUEUED` messages wait before the
+    Flow control both ways: at most ``MAX_QUEUED`` messages wait before the
     monitor stops reading (QEMU's limit), and replies and events are queued and
     written with the chardev's writable watch, never by blocking the loop.  A
     client that stops reading cannot grow the output queue past
