@@ -31,9 +31,8 @@ from typing import Any
 
 import uvloop
 
-from iochannel import SocketChannel
+from iochannel import Condition, SocketChannel
 from iochannel.chardev import ChannelChardev, Frontend, HubChardev, MemberPolicy, SlowConsumer
-from iochannel.flags import Condition
 
 BULK = 512 * 1024 * 1024
 CHUNK = 256 * 1024

@@ -29,10 +29,9 @@ from _common import (  # type: ignore[import-not-found]
     report_both,
 )
 
-from iochannel import SocketChannel
+from iochannel import SocketChannel, TLSChannel
 from iochannel.crypto import X509Credentials
 from iochannel.crypto.certs import make_credentials_dir
-from iochannel.tls import TLSChannel
 
 BULK = 256 * 1024 * 1024
 

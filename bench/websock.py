@@ -28,8 +28,7 @@ from websockets.protocol import Protocol, Side
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage
 
-from iochannel import SocketChannel
-from iochannel.websock import WebsockChannel
+from iochannel import SocketChannel, WebsockChannel
 
 BULK = 256 * 1024 * 1024
 

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from iochannel import CommandChannel, UnsupportedFeatureError
+from iochannel import CommandChannel, Feature, Shutdown, UnsupportedFeatureError
 from iochannel.testing import check_transfer
 
 from .conftest import require_tool
@@ -104,3 +104,42 @@ def test_write_only_channel_refuses_reads() -> None:
         pytest.raises(UnsupportedFeatureError, match=r"not connected \(mode 'w'\)"),
     ):
         ch.read(1)
+
+
+def test_read_only_channel_refuses_writes() -> None:
+    with (
+        CommandChannel.spawn(["true"], "r") as ch,
+        pytest.raises(UnsupportedFeatureError, match=r"not connected \(mode 'r'\)"),
+    ):
+        ch.write(b"x")
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["sync", "async"])
+def test_shutdown_write_ends_the_childs_input_and_keeps_its_output(blocking: bool) -> None:
+    """The child sees end of input (wc prints its count) while its output stays readable."""
+
+    async def read_to_end(ch: CommandChannel) -> bytes:
+        out = b""
+        while chunk := await ch.aread(100):
+            out += chunk
+        return out
+
+    with CommandChannel.spawn(["wc", "-c"]) as ch:
+        ch.write_all(b"12345")
+        ch.shutdown(Shutdown.WRITE)
+        if blocking:
+            out = b""
+            while chunk := ch.read(100):
+                out += chunk
+        else:
+            out = asyncio.run(read_to_end(ch))
+    assert out.strip() == b"5"
+    assert ch.returncode == 0
+
+
+def test_a_pty_has_no_shutdown() -> None:
+    with CommandChannel.spawn(["cat"], pty=True) as ch:
+        assert not ch.has_feature(Feature.SHUTDOWN)
+        with pytest.raises(UnsupportedFeatureError):
+            ch.shutdown(Shutdown.WRITE)
+        ch.write_all(b"\x04")  # the terminal's end of file ends cat

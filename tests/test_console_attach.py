@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from iochannel.address import UnixAddress
+from iochannel import UnixAddress
 from iochannel.chardev import ChardevBusyError, SocketChardev
-from iochannel.console import AsyncConsole, Console, Reconnect
-from iochannel.console_channel import LoopThread, on_loop
-from iochannel.expect import ExpectEOF, ExpectTimeout
+from iochannel.console import AsyncConsole, Console, ExpectEOF, ExpectTimeout, Reconnect
+from iochannel.console._attach import LoopThread, on_loop
 
 from .conftest import require_tool
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from iochannel.console_client import escape_byte
+from iochannel.console._client import escape_byte
 
 from .conftest import require_tool
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from iochannel.console import CommandFailedError, Console, Reconnect
-from iochannel.expect import ExpectFailure
+from iochannel.console import CommandFailedError, Console, ExpectFailure, Reconnect
 
 from .conftest import require_tool
 from .vhost_user.guest import build_initrd

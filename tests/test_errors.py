@@ -29,14 +29,15 @@ from iochannel import (
     RemoteProtocolError,
     SocketChannel,
     UnsupportedFeatureError,
+    WebsockChannel,
+    WebsockError,
     errors,
-    keyval,
 )
+from iochannel._parsers import keyval
 from iochannel.chardev import ChardevBusyError, ChardevOptionError
 from iochannel.chardev.events import LifecycleError
 from iochannel.qmp import CommandSpec, JSONSplitter, QMPServerProtocol
 from iochannel.qmp.protocol import QMPError
-from iochannel.websock import WebsockChannel, WebsockError
 
 from .test_websock import QEMU_ACCEPT, frame, recv_head, request
 

@@ -1,4 +1,4 @@
-"""The expect core (iochannel.expect) and its blocking and asyncio shells (iochannel.console)."""
+"""The expect core (iochannel.console._expect) and its blocking and asyncio shells."""
 
 from __future__ import annotations
 
@@ -16,13 +16,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from iochannel import SocketChannel
-from iochannel.console import AsyncConsole, Console, control_byte
-from iochannel.expect import (
+from iochannel.console import (
+    AsyncConsole,
+    Console,
     ExpectEOF,
     Expecter,
     ExpectFailure,
     ExpectTimeout,
     Searcher,
+    control_byte,
 )
 
 # ---- the core, fed directly ------------------------------------------------

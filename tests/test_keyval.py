@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iochannel import keyval
+from iochannel._parsers import keyval
 
 
 def test_dialects() -> None:

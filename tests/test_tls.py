@@ -18,19 +18,20 @@ from iochannel import (
     CommandChannel,
     Condition,
     Feature,
+    FileChannel,
     ReadFlag,
     Shutdown,
     SocketChannel,
     Task,
+    TLSChannel,
+    TLSError,
     UnixAddress,
     memory_pair,
     pipe_pair,
 )
 from iochannel.crypto import AuthzList, CredentialsError, X509Credentials
 from iochannel.crypto.certs import CertificateAuthority, pem
-from iochannel.file import FileChannel
 from iochannel.testing import check_half_closeable_channel, check_two_way_channel
-from iochannel.tls import TLSChannel, TLSError
 
 from .conftest import require_tool
 

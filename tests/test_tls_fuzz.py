@@ -6,8 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iochannel import SocketChannel
-from iochannel.tls import TLSChannel, TLSError
+from iochannel import SocketChannel, TLSChannel, TLSError
 
 from .test_tls import Creds, make_creds
 

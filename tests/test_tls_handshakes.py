@@ -14,12 +14,11 @@ import threading
 
 import pytest
 
-from iochannel import SocketChannel
+from iochannel import SocketChannel, TLSChannel, TLSError
 from iochannel.crypto import AuthzList, PSKCredentials, X509Credentials
 from iochannel.crypto.certs import CertificateAuthority, pem
 from iochannel.crypto.creds import CredentialsError
 from iochannel.crypto.psk import psk_supported
-from iochannel.tls import TLSChannel, TLSError
 
 from .test_tls import Creds, make_creds, run_handshakes, tls_pair, write_dir
 

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from iochannel import CommandChannel, Condition, SocketChannel, UnixAddress
+from iochannel import CommandChannel, Condition, SocketChannel, TLSChannel, TLSError, UnixAddress
 from iochannel.crypto import AuthzList
-from iochannel.tls import TLSChannel, TLSError
 
 from .conftest import require_tool
 from .test_tls import Creds, make_creds

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from iochannel import Channel, Condition, Feature, ReadFlag, SocketChannel, memory_pair, pipe_pair
+from iochannel._layers.websock import HandshakeError, WebsockChannel, WebsockError
 from iochannel.testing import check_two_way_channel
-from iochannel.websock import HandshakeError, WebsockChannel, WebsockError
 
 QEMU_KEY = "o9JHNiS3/0/0zYE1wa3yIw=="
 QEMU_ACCEPT = "b3DnPh7O8hyYE5sIjQxl/c1J+S8="
@@ -403,7 +403,7 @@ def test_peer_close_with_error_status(server_raw: tuple[WebsockChannel, socket.s
 
 def _accept_client(b: socket.socket, after: bytes = b"") -> None:
     """Answer a client's handshake on the raw socket *b*, then send *after*."""
-    from iochannel.websock_handshake import accept_key
+    from iochannel._layers.websock_handshake import accept_key
 
     head = recv_head(b).decode()
     key = next(

@@ -10,8 +10,8 @@ from websockets.frames import Opcode
 from websockets.protocol import Protocol, Side
 
 from iochannel import SocketChannel
-from iochannel.websock import HandshakeError, WebsockChannel, WebsockError
-from iochannel.websock_handshake import check_response, server_response
+from iochannel._layers.websock import HandshakeError, WebsockChannel, WebsockError
+from iochannel._layers.websock_handshake import check_response, server_response
 
 from .test_websock import MASK, frame, recv_head, request
 from .test_websock_handshake import GOOD, parse_answer

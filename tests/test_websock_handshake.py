@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from iochannel import SocketChannel
-from iochannel.websock import HandshakeError, WebsockChannel
-from iochannel.websock_handshake import (
+from iochannel._layers.websock import HandshakeError, WebsockChannel
+from iochannel._layers.websock_handshake import (
     MAX_HEAD,
     accept_key,
     check_response,

@@ -10,10 +10,8 @@ import pytest
 from websockets.asyncio.client import unix_connect
 from websockets.asyncio.server import ServerConnection, unix_serve
 
-from iochannel import Channel, SocketChannel, UnixAddress
+from iochannel import Channel, SocketChannel, TLSChannel, UnixAddress, WebsockChannel
 from iochannel.testing import check_two_way_channel
-from iochannel.tls import TLSChannel
-from iochannel.websock import WebsockChannel
 
 from .test_tls import Creds, make_creds, send_across
 

@@ -5,7 +5,13 @@ memory — blocking, non-blocking and asyncio, from any thread — with TLS and
 WebSocket layers, character devices and a vhost-user back-end built on it.
 """
 
-from .address import (
+from ._core.channel import Channel
+from ._core.flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
+from ._core.task import Task
+from ._core.watch import Watch
+from ._layers.tls import TLSChannel, TLSError
+from ._layers.websock import WebsockChannel, WebsockError
+from ._transports.address import (
     Address,
     AddressError,
     FdAddress,
@@ -16,9 +22,15 @@ from .address import (
     parse_address,
     resolve,
 )
-from .buffer import BufferChannel
-from .channel import Channel
-from .command import CommandChannel
+from ._transports.buffer import BufferChannel
+from ._transports.command import CommandChannel
+from ._transports.file import FileChannel
+from ._transports.fromfd import from_fd
+from ._transports.memory import MemoryChannel, memory_pair
+from ._transports.netlistener import NetListener
+from ._transports.null import NullChannel
+from ._transports.socket import MAX_FDS, SocketChannel
+from ._transports.stapled import StapledChannel, pipe_pair
 from .errors import (
     ChannelAbortedError,
     ChannelBrokenError,
@@ -37,18 +49,6 @@ from .errors import (
     RemoteProtocolError,
     UnsupportedFeatureError,
 )
-from .file import FileChannel
-from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
-from .fromfd import from_fd
-from .memory import MemoryChannel, memory_pair
-from .netlistener import NetListener
-from .null import NullChannel
-from .socket import MAX_FDS, SocketChannel
-from .stapled import StapledChannel, pipe_pair
-from .task import Task
-from .tls import TLSChannel, TLSError
-from .watch import Watch
-from .websock import WebsockChannel, WebsockError
 
 __all__ = [
     "MAX_FDS",

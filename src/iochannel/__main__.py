@@ -1,7 +1,7 @@
 """The ``iochannel`` command (also ``python -m iochannel``).
 
 ``iochannel console TARGET`` is the interactive console client
-(:mod:`iochannel.console_client`).  ``--blockdev``/``--export`` alone
+(:mod:`iochannel.console._client`).  ``--blockdev``/``--export`` alone
 (qemu-storage-daemon's vhost-user-blk exports, with ``--pidfile``) go to
 :mod:`iochannel.vhost_user.cli`; anything else, including exports mixed with
 chardev options, runs the console daemon (:mod:`iochannel.daemon`).  Without
@@ -27,7 +27,7 @@ def _exports_only(args: Sequence[str]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["console"]:
-        from .console_client import main as console_main
+        from .console._client import main as console_main
 
         return console_main(args[1:])
     if _exports_only(args):

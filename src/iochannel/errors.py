@@ -25,7 +25,7 @@ Modules add their own classes under these (the documentation's "Errors"
 section lists them all).  Operating-system errors never escape a channel's
 I/O calls (read, write, shutdown, seek, positioned I/O, flush) as bare
 :class:`OSError`: :class:`~iochannel.Channel` passes them through
-:func:`os_error`, which makes them a :class:`ChannelBrokenError` (or a
+``os_error``, which makes them a :class:`ChannelBrokenError` (or a
 :class:`ChannelClosedError` for ``EBADF``) naming the channel, raised ``from``
 the original.
 """
@@ -66,7 +66,7 @@ class ChannelClosedError(ChannelError):
 class ChannelBrokenError(ChannelError, OSError):
     """The peer or the transport failed; ``errno`` and ``strerror`` are the operating system's.
 
-    Made by :func:`os_error` from the original :class:`OSError`
+    Made by ``os_error`` from the original :class:`OSError`
     (``__cause__``), with ``channel`` the name of the channel that failed; a
     layer that detects the failure itself names the channel in the message.
     Either way the message names it.  The channel cannot be used for I/O any

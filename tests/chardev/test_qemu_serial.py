@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from iochannel import InetAddress, UnixAddress
-from iochannel.address import Address
+from iochannel import Address, InetAddress, UnixAddress
 from iochannel.chardev import ChardevEvent, Frontend
 from iochannel.chardev.socket import SocketChardev
 

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from iochannel import FdAddress, InetAddress, SocketChannel, UnixAddress
-from iochannel.address import Address
+from iochannel import Address, FdAddress, InetAddress, SocketChannel, UnixAddress
 from iochannel.chardev import (
     Chardev,
     ChardevClosedError,
@@ -796,8 +795,8 @@ def test_tls_server_and_client(creds_dir: Path) -> None:
 
 
 def test_tls_authz_denies(creds_dir: Path) -> None:
+    from iochannel import TLSChannel, TLSError
     from iochannel.crypto import AuthzList, X509Credentials
-    from iochannel.tls import TLSChannel, TLSError
 
     async def main() -> None:
         objects = {"srv": X509Credentials(creds_dir, "server"), "acl": AuthzList(["CN=other"])}

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from iochannel import TLSError
 from iochannel.crypto import PSKCredentials, X509Credentials
 from iochannel.crypto.certs import make_credentials_dir
 from iochannel.crypto.psk import psk_supported
 from iochannel.nbd.client import Allocation, AsyncNbdClient, NbdClient, NbdError
-from iochannel.tls import TLSError
 from tests.conftest import require_tool
 
 from .client_peers import QemuNbd, free_port, make_qcow2, qemu_img, qemu_io, qemu_nbd, qsd_nbd

@@ -6,11 +6,9 @@ import asyncio
 import contextlib
 import re
 
-from iochannel import Channel, SocketChannel
+from iochannel import Channel, SocketChannel, TLSChannel, WebsockChannel
 from iochannel.crypto import X509Credentials
-from iochannel.tls import TLSChannel
 from iochannel.web import WebConsole
-from iochannel.websock import WebsockChannel
 
 
 def token(console: WebConsole, role: str) -> str:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-from iochannel import Channel, CommandChannel
+from iochannel import Channel, CommandChannel, Condition
 from iochannel.chardev import ChardevEvent, Frontend, HubChardev
-from iochannel.flags import Condition
 
 
 class Shell:

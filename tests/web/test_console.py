@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from iochannel import SocketChannel
+from iochannel._layers.websock import HandshakeError, WebsockChannel
 from iochannel.chardev import Frontend, HubChardev
 from iochannel.web import Role, WebConsole
 from iochannel.web import console as console_module
 from iochannel.web.protocol import encode_input, encode_resize, encode_status
-from iochannel.websock import HandshakeError, WebsockChannel
 from tests.chardev.fehandler import FeHandler
 from tests.test_tls import make_creds
 

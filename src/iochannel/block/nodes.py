@@ -1,29 +1,12 @@
-"""Block nodes and their drivers.
+"""Block nodes: what a node is, and the built-in drivers (file, host_device, raw, null).
 
 A node serves byte ranges.  Its I/O methods are synchronous and thread-safe:
 they run on the export's queue threads, and for ``file`` they are one
 ``os.preadv``/``os.pwritev`` straight into the caller's buffers (guest memory),
 with the GIL released during the system call.
 
-Drivers (options as qemu-storage-daemon's, read by :func:`open_node`):
-
-* ``file`` — a regular file: ``filename``, ``cache.direct`` (``O_DIRECT``),
-  ``cache.no-flush``, ``aio`` (``threads``; ``native``/``io_uring`` are
-  accepted and served the same way), ``aio-max-batch``, ``locking``
-  (``auto``/``on``: an OFD lock, shared for read-only nodes, so a second
-  writer fails to open; ``off``), ``drop-cache``;
-* ``host_device`` — the same for a block or character device only;
-* ``raw`` — ``file`` (a node name or an inline node), an optional window
-  ``offset``/``size``;
-* ``null-co``/``null-aio`` — ``size`` (1 GiB), ``read-zeroes`` (off: reads
-  leave the buffer untouched), ``latency-ns`` (accepted);
-* ``python`` — a driver written in Python (:mod:`.python`);
-* ``nbd`` — an export of an NBD server (:mod:`iochannel.nbd.node`);
-* every driver: ``node-name``, ``read-only``, ``auto-read-only``,
-  ``force-share``, ``discard``, ``detect-zeroes``.
-
-Image formats (``qcow2``, ``vmdk`` …) are refused: QEMU owns them.  Serve
-such an image with ``qemu-nbd`` and open it with ``nbd``.
+Nodes are opened by :func:`iochannel.block.drivers.open_node`, which reads
+the options and picks the driver.
 """
 
 from __future__ import annotations
@@ -35,25 +18,19 @@ import fcntl
 import os
 import stat
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
 from .options import BlockError, Options
 
-__all__ = ["DRIVERS", "BlockNode", "FileNode", "NullNode", "RawNode", "open_file", "open_node"]
+__all__ = ["BlockNode", "FileNode", "NullNode", "RawNode", "open_file", "open_file_node"]
 
 _FALLOC_FL_KEEP_SIZE = 1
 _FALLOC_FL_PUNCH_HOLE = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
-#: The drivers :func:`open_node` opens.
-DRIVERS = ("file", "host_device", "raw", "null-co", "null-aio", "python", "nbd")
-#: Formats QEMU's block layer implements and this one does not.
-QEMU_FORMATS = frozenset(
-    ("qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc", "parallels", "luks", "cloop", "dmg")
-)
 #: Open-file-description locks (Linux): one per open, shared or exclusive.
 _F_OFD_SETLK = 37
 #: A write into the page cache takes at most this long plus its length at this rate
@@ -120,7 +97,9 @@ class BlockNode:
             done += self.pwritev([zeros[: length - done]], offset + done)
 
     def truncate(self, size: int) -> None:
-        """Make the node *size* bytes long (``block_resize``); :class:`BlockError` if it can't.
+        """Make the node *size* bytes long (``block_resize``).
+
+        Raises :class:`~iochannel.block.BlockError` if it can't.
 
         Runs on a thread of its own: a slow driver holds up only the command.
         """
@@ -149,7 +128,8 @@ class BlockNode:
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         """Allocation from *offset*: ``(length, flags)`` runs covering at most *length* bytes.
 
-        Flags are :data:`STATUS_HOLE` and :data:`STATUS_ZERO`.  A driver that
+        Flags are :data:`~iochannel.block.STATUS_HOLE` and
+        :data:`~iochannel.block.STATUS_ZERO`.  A driver that
         cannot tell reports data.
         """
         return [(length, 0)]
@@ -452,7 +432,8 @@ def _check_kind(path: str, mode: int, device: bool) -> None:
         raise BlockError(f"'{path}' is a block device: use driver 'host_device'")
 
 
-def _open_file(name: str, read_only: bool, opts: Options, device: bool, dry: bool) -> BlockNode:
+def open_file_node(name: str, read_only: bool, opts: Options, device: bool, dry: bool) -> BlockNode:
+    """A ``file`` or (*device*) ``host_device`` node; *dry* checks the options and the file only."""
     path = opts.string("filename")
     cache = opts.group("cache")
     direct = cache.boolean("direct", False)
@@ -492,73 +473,6 @@ def _open_file(name: str, read_only: bool, opts: Options, device: bool, dry: boo
     return node
 
 
-def open_node(
-    name: str,
-    opts: Options,
-    lookup: Lookup,
-    open_child: OpenChild,
-    *,
-    dry: bool = False,
-    objects: Mapping[str, object] | None = None,
-) -> BlockNode:
-    """Open the node *opts* describes (``driver`` and its options; see the module docstring).
-
-    With *dry*, only the options are checked: nothing is opened.  *objects*
-    are the ``--object`` objects by id (``tls-creds`` of ``nbd``).
-    """
-    driver = opts.string("driver")
-    read_only = opts.boolean("read-only", False)
-    opts.boolean("auto-read-only", False)
-    opts.boolean("force-share", False)
-    opts.choice("discard", "ignore", ("ignore", "off", "unmap", "on"))
-    opts.choice("detect-zeroes", "off", ("off", "on", "unmap"))
-    if driver in ("file", "host_device"):
-        return _open_file(name, read_only, opts, driver == "host_device", dry)
-    if driver == "raw":
-        ref = opts.child("file")
-        offset = opts.integer("offset", 0)
-        window = opts.integer("size", -1) if opts.has("size") else None
-        opts.done()
-        child = open_child(ref) if isinstance(ref, dict) else lookup(ref)
-        if child.read_only and not read_only:
-            raise BlockError(f"Node '{child.name}' is read-only: add read-only=on")
-        if not dry and window is not None and offset + window > child.size():
-            raise BlockError(
-                f"The sum of offset ({offset}) and size ({window}) has to be smaller or equal "
-                f"to the  actual size of the containing file ({child.size()})"
-            )
-        if not dry and window is None and offset > child.size():
-            raise BlockError(f"Offset ({offset}) is beyond the end of the file ({child.size()})")
-        return RawNode(name, read_only, child, offset, window)
-    if driver in ("null-co", "null-aio"):
-        size = opts.integer("size", 1 << 30)
-        read_zeroes = opts.boolean("read-zeroes", False)
-        opts.integer("latency-ns", 0)
-        opts.done()
-        node = NullNode(name, read_only, size, read_zeroes)
-        node.driver = driver
-        return node
-    if driver == "python":
-        from .python import open_python  # the driver imports this module
-
-        return open_python(name, read_only, opts, lookup, open_child, dry)
-    if driver == "nbd":
-        from ..nbd.node import open_nbd  # the driver imports this module
-
-        return open_nbd(name, read_only, opts, objects or {}, dry)
-    if driver in QEMU_FORMATS:
-        raise BlockError(
-            f"Driver '{driver}' is not supported: image formats are QEMU's; serve it with "
-            "qemu-nbd and use driver=nbd (or convert it to raw with qemu-img convert -O raw)"
-        )
-    raise opts.bad_value("driver", driver, DRIVERS)
-
-
 def open_file(path: str, *, read_only: bool = False) -> BlockNode:
     """A ``file`` node on *path* outside any graph (the caller closes it)."""
-    opts = Options({"driver": "file", "filename": path, "read-only": read_only}, typed=True)
-    return open_node(path, opts, _no_lookup, _no_lookup)
-
-
-def _no_lookup(ref: Any) -> BlockNode:
-    raise BlockError("a file node has no children")
+    return open_file_node(path, read_only, Options({"filename": path}, typed=True), False, False)

@@ -16,8 +16,8 @@ import difflib
 from collections.abc import Iterable
 from typing import Any
 
+from .._parsers.keyval import did_you_mean
 from ..errors import ConfigurationError
-from ..keyval import did_you_mean
 
 __all__ = ["BlockError", "Options"]
 

@@ -31,12 +31,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..address import Address, FdAddress, UnixAddress
+from .._transports.address import Address, FdAddress, UnixAddress
 from ..nbd.service import NbdService
 from ..vhost_user.blk import BlkDevice
 from ..vhost_user.server import VhostUserServer
+from .drivers import open_node
 from .iothread import IOThread
-from .nodes import BlockNode, RawNode, open_node
+from .nodes import BlockNode, RawNode
 from .options import BlockError, Options
 
 __all__ = ["EXPORT_TYPES", "IOThread", "Storage"]

@@ -2,13 +2,14 @@
 
 A :class:`Chardev` is a backend (socket, file, pty, ring buffer …); a
 :class:`Frontend` is the device side that reads, writes and receives events.
-See :mod:`iochannel.chardev.chardev` for the backend contract and
-:mod:`iochannel.chardev.events` for the OPENED/CLOSED rules.
+See ``iochannel.chardev.chardev`` for the backend contract and
+``iochannel.chardev.events`` for the OPENED/CLOSED rules.
 """
 
 from .backoff import Backoff
 from .channel_backend import ChannelChardev
 from .chardev import (
+    AttachedFrontend,
     Chardev,
     ChardevBusyError,
     ChardevClosedError,
@@ -16,18 +17,29 @@ from .chardev import (
     ClosedWrites,
     Stats,
     WhileClosed,
+    WriteWatch,
 )
 from .command import CommandChardev
 from .events import LIFECYCLE, ChardevEvent, LifecycleError, set_strict
 from .file import FileChardev
 from .frontend import Frontend
-from .hub import HubChardev, MemberPolicy, SlowConsumer
+from .hub import (
+    Fanout,
+    FanoutChardev,
+    HubChardev,
+    Member,
+    MemberPolicy,
+    MemberStats,
+    SlowConsumer,
+)
 from .mux import MuxChardev
 from .null import NullChardev
 from .options import (
+    REQUIRED,
     ChardevLookup,
     ChardevOptionError,
     ChardevRef,
+    Field,
     Schema,
     parse_chardev,
     parse_legacy,
@@ -47,6 +59,8 @@ from .udp import UdpChardev
 
 __all__ = [
     "LIFECYCLE",
+    "REQUIRED",
+    "AttachedFrontend",
     "Backoff",
     "ChannelChardev",
     "Chardev",
@@ -61,11 +75,16 @@ __all__ = [
     "ChardevServer",
     "ClosedWrites",
     "CommandChardev",
+    "Fanout",
+    "FanoutChardev",
+    "Field",
     "FileChardev",
     "Frontend",
     "HubChardev",
     "LifecycleError",
+    "Member",
     "MemberPolicy",
+    "MemberStats",
     "MuxChardev",
     "NullChardev",
     "PipeChardev",
@@ -83,6 +102,7 @@ __all__ = [
     "TelnetFilter",
     "UdpChardev",
     "WhileClosed",
+    "WriteWatch",
     "parse_chardev",
     "parse_legacy",
     "register_backend",

@@ -22,10 +22,10 @@ import errno
 import logging
 from typing import Any
 
-from ..channel import Channel, close_fds
+from .._core.channel import Channel, close_fds
+from .._core.flags import Condition, Feature
+from .._core.watch import Watch
 from ..errors import ChannelError, ChannelResetError
-from ..flags import Condition, Feature
-from ..watch import Watch
 from .chardev import READ_CHUNK, Chardev, ChardevError, WatchCallback
 from .events import ChardevEvent
 from .ratelimit import log_peer

@@ -13,7 +13,7 @@ fits and returns the count, or ``None`` when it would block — then a writable
 watch (:meth:`Chardev.add_watch`) is the only backpressure.
 
 *Lifecycle*: :meth:`Chardev.be_event` with OPENED/CLOSED sets
-:attr:`be_open`; delivery to frontends goes through each registration's
+``be_open``; delivery to frontends goes through each registration's
 :class:`~iochannel.chardev.events.LifecycleView`, so frontends see OPENED and
 CLOSED strictly alternating whatever the backend does.
 
@@ -36,14 +36,11 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from ..channel import Buffer
+from .._core.channel import Buffer
 from ..errors import ChannelBusyError, ChannelError, ConfigurationError
 from .events import ChardevEvent, changed
-
-if TYPE_CHECKING:
-    from .frontend import Frontend
 
 __all__ = [
     "Chardev",
@@ -57,6 +54,29 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class AttachedFrontend(Protocol):
+    """What a chardev uses of a frontend attached to it.
+
+    :class:`iochannel.chardev.Frontend` implements it; naming it here keeps
+    this module free of the frontend module, which builds on it.
+    """
+
+    @property
+    def frontend_open(self) -> bool: ...
+
+    @property
+    def _be_change(self) -> object: ...
+
+    def _can_read(self) -> int: ...
+
+    def _deliver(self, data: Buffer) -> None: ...
+
+    def _event(self, event: ChardevEvent) -> None: ...
+
+    def _swap(self, new: Chardev) -> bool: ...
+
 
 #: Most bytes handed to a frontend in one delivery (QEMU's READ_BUF_LEN).
 READ_CHUNK = 4096
@@ -185,8 +205,8 @@ class Chardev:
         #: say), for the management API; ``None`` while it works.
         self.error: str | None = None
         self.filename = self.type_name
-        self._frontends: list[Frontend] = []
-        self._focus: Frontend | None = None
+        self._frontends: list[AttachedFrontend] = []
+        self._focus: AttachedFrontend | None = None
         self._write_lock: threading.RLock = threading.RLock()
         self._pending_out: collections.deque[bytes] = collections.deque()
         self._write_watches: set[WriteWatch] = set()
@@ -229,7 +249,7 @@ class Chardev:
         return bool(self._frontends) or self.owner is not None
 
     @property
-    def frontends(self) -> tuple[Frontend, ...]:
+    def frontends(self) -> tuple[AttachedFrontend, ...]:
         return tuple(self._frontends)
 
     # ---- lifecycle --------------------------------------------------------
@@ -258,25 +278,25 @@ class Chardev:
 
     # ---- frontend links -------------------------------------------------
 
-    def _attach(self, fe: Frontend) -> None:
+    def _attach(self, fe: AttachedFrontend) -> None:
         if len(self._frontends) >= self.max_frontends or self.owner is not None:
             raise ChardevBusyError(f"chardev '{self.id}' is already in use")
         self._frontends.append(fe)
         if self._focus is None:
             self._focus = fe
 
-    def _detach(self, fe: Frontend) -> None:
+    def _detach(self, fe: AttachedFrontend) -> None:
         if fe in self._frontends:
             self._frontends.remove(fe)
         if self._focus is fe:
             self._focus = self._frontends[0] if self._frontends else None
         self._update_read_handler()
 
-    def _handlers_changed(self, fe: Frontend) -> None:
+    def _handlers_changed(self, fe: AttachedFrontend) -> None:
         """A frontend (un)registered handlers: input may start or stop."""
         self._update_read_handler()
 
-    def _take_focus(self, fe: Frontend) -> None:
+    def _take_focus(self, fe: AttachedFrontend) -> None:
         self._focus = fe
 
     # ---- input: backend → frontend ----------------------------------------
@@ -294,7 +314,7 @@ class Chardev:
             fe._deliver(data)
 
     def be_event(self, event: ChardevEvent) -> None:
-        """Report a backend event; OPENED/CLOSED update :attr:`be_open`."""
+        """Report a backend event; OPENED/CLOSED update ``be_open``."""
         if event == ChardevEvent.OPENED:
             if self.be_open:
                 # Backends that re-announce are absorbed here, once, for everyone.
@@ -324,7 +344,7 @@ class Chardev:
     def write(self, data: Buffer) -> int | None:
         """Write without blocking: bytes taken, or ``None`` (add a writable watch).
 
-        While closed, the :attr:`closed_writes` policy applies.  Thread-safe.
+        While closed, the ``closed_writes`` policy applies.  Thread-safe.
         """
         view = memoryview(data).cast("B")
         if not view:

@@ -38,7 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from .. import command as _command
+from .._transports import command as _command
 from .backoff import Backoff
 from .channel_backend import ChannelChardev
 from .chardev import ChardevError

@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 
 
 class ChardevEvent(enum.IntEnum):
+    """A chardev event, numbered as QEMU's ``QEMUChrEvent``.
+
+    ``OPENED``/``CLOSED`` alternate for each frontend registration (see
+    ``LifecycleView``); ``BREAK`` is a serial break from the backend;
+    ``MUX_IN``/``MUX_OUT`` tell a mux frontend it gained or lost the focus.
+    """
+
     BREAK = 0
     OPENED = 1
     MUX_IN = 2

@@ -1,22 +1,4 @@
-"""The ``file`` backend: output to a file, optional input from another.
-
-Output is opened at start, truncated unless ``append`` is on; with
-``timestamp`` on (an extension), every line written gets the local wall-clock
-time ``[YYYY-MM-DD HH:MM:SS.mmm] `` in front, for console logs.  The optional
-input (``input-path``; a regular file or a fifo) is read as the frontend
-accepts it, and its end closes the chardev (CLOSED).  A regular file is
-always readable and cannot be watched by the event loop, so its input is
-pumped by loop callbacks instead of a read watch.  The chardev is open from
-the start.  Writes while closed — only after the input ended — default to
-``error``: the file still holds everything written before.
-
-A write the file refuses (``ENOSPC`` on a full disk, a quota, an I/O error)
-does not close the chardev: the bytes are counted as lost
-(:attr:`~iochannel.chardev.Stats.dropped`, not ``bytes_out``), the error is
-logged (rate-limited) and kept in :attr:`~iochannel.chardev.Chardev.error`,
-and every later write tries the file again; the first one that succeeds
-clears the error and logs how many bytes were lost.
-"""
+"""The ``file`` backend: output to a file, optional input from another."""
 
 from __future__ import annotations
 
@@ -27,9 +9,9 @@ import stat
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..channel import Channel
-from ..file import FileChannel
-from ..flags import Condition
+from .._core.channel import Channel
+from .._core.flags import Condition
+from .._transports.file import FileChannel
 from .channel_backend import ChannelChardev
 from .options import (
     REQUIRED,
@@ -69,6 +51,26 @@ def _legacy(text: str) -> str | None:
     )
 )
 class FileChardev(ChannelChardev):
+    """The ``file`` backend: output to a file, optional input from another.
+
+    Output is opened at start, truncated unless ``append`` is on; with
+    ``timestamp`` on (an extension), every line written gets the local wall-clock
+    time ``[YYYY-MM-DD HH:MM:SS.mmm] `` in front, for console logs.  The optional
+    input (``input-path``; a regular file or a fifo) is read as the frontend
+    accepts it, and its end closes the chardev (CLOSED).  A regular file is
+    always readable and cannot be watched by the event loop, so its input is
+    pumped by loop callbacks instead of a read watch.  The chardev is open from
+    the start.  Writes while closed — only after the input ended — default to
+    ``error``: the file still holds everything written before.
+
+    A write the file refuses (``ENOSPC`` on a full disk, a quota, an I/O error)
+    does not close the chardev: the bytes are counted as lost
+    (:attr:`~iochannel.chardev.Stats.dropped`, not ``bytes_out``), the error is
+    logged (rate-limited) and kept in :attr:`~iochannel.chardev.Chardev.error`,
+    and every later write tries the file again; the first one that succeeds
+    clears the error and logs how many bytes were lost.
+    """
+
     type_name: ClassVar[str] = "file"
 
     def __init__(

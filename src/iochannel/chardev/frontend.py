@@ -1,26 +1,4 @@
-"""Frontend: the device side of a chardev (what QEMU's guest devices hold).
-
-A frontend attaches to one chardev (``Frontend(chardev)``; a chardev already in
-use raises :class:`ChardevBusyError`) and registers handlers:
-
-* ``can_read() -> int`` — how many bytes it accepts now; input never exceeds
-  it, 0 pauses input until :meth:`accept_input`;
-* ``read(data)`` — input;
-* ``event(ChardevEvent)`` — OPENED/CLOSED strictly alternating per
-  registration (see :mod:`iochannel.chardev.events`), plus BREAK and mux focus;
-* ``be_change() -> bool`` — after a hot-swap; ``False`` rolls the swap back
-  (no callback: the frontend refuses hot-swap).
-
-The frontend's *own* open state (the guest opened its port, seed of QEMU's
-``fe_open``) is :meth:`set_open`/:attr:`frontend_open`; backends get a hook.
-Restoring a saved state — handlers registered with ``restore_open=`` and a
-:meth:`set_open` to the saved value — produces only the transitions that
-reach it.
-
-Writes: :meth:`write` is non-blocking (count, or ``None`` → :meth:`add_watch`),
-:meth:`write_all` blocks, :meth:`awrite_all` awaits.  All callbacks run on the
-chardev's loop.
-"""
+"""Frontend: the device side of a chardev (what QEMU's guest devices hold)."""
 
 from __future__ import annotations
 
@@ -29,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, final
 
-from ..channel import Buffer
+from .._core.channel import Buffer
 from ..errors import ChannelTimeoutError
 from .chardev import Chardev, ChardevError
 from .events import ChardevEvent, LifecycleView, changed
@@ -44,6 +22,30 @@ BeChange = Callable[[], bool]
 
 @final
 class Frontend:
+    """The device side of a chardev (what QEMU's guest devices hold).
+
+    A frontend attaches to one chardev (``Frontend(chardev)``; a chardev already in
+    use raises :class:`ChardevBusyError`) and registers handlers:
+
+    * ``can_read() -> int`` — how many bytes it accepts now; input never exceeds
+      it, 0 pauses input until :meth:`accept_input`;
+    * ``read(data)`` — input;
+    * ``event(ChardevEvent)`` — OPENED/CLOSED strictly alternating per
+      registration (see ``iochannel.chardev.events``), plus BREAK and mux focus;
+    * ``be_change() -> bool`` — after a hot-swap; ``False`` rolls the swap back
+      (no callback: the frontend refuses hot-swap).
+
+    The frontend's *own* open state (the guest opened its port, seed of QEMU's
+    ``fe_open``) is :meth:`set_open`/:attr:`frontend_open`; backends get a hook.
+    Restoring a saved state — handlers registered with ``restore_open=`` and a
+    :meth:`set_open` to the saved value — produces only the transitions that
+    reach it.
+
+    Writes: :meth:`write` is non-blocking (count, or ``None`` → :meth:`add_watch`),
+    :meth:`write_all` blocks, :meth:`awrite_all` awaits.  All callbacks run on the
+    chardev's loop.
+    """
+
     def __init__(self, chardev: Chardev | None = None) -> None:
         self.chardev: Chardev | None = None
         self._can_read_cb: CanRead | None = None

@@ -303,8 +303,8 @@ class Fanout:
     clients (see the module docstring for the policies).  *owner* is the
     chardev whose writes this serves: its write lock is held while bytes
     move and its loop runs the watches.  Members added without a policy get
-    :attr:`policy`; the bytes they lose and their cuts are also counted in
-    :attr:`parent`, the owner's own counters as a hub member, if it is one.
+    ``policy``; the bytes they lose and their cuts are also counted in
+    ``parent``, the owner's own counters as a hub member, if it is one.
     """
 
     def __init__(self, owner: Chardev, policy: MemberPolicy | None = None) -> None:
@@ -446,9 +446,9 @@ class Fanout:
 class FanoutChardev(Chardev):
     """A chardev whose output goes to several chardevs through a :class:`Fanout`.
 
-    A hub puts its policy for such a member in :attr:`fanout`'s
-    :attr:`~Fanout.policy`, so it applies to each of the member's own outputs
-    (the clients of a ``connections=N`` socket) rather than to all of them at once.
+    A hub puts its policy for such a member in its ``fanout``'s ``policy``, so
+    it applies to each of the member's own outputs (the clients of a
+    ``connections=N`` socket) rather than to all of them at once.
     """
 
     def __init__(self, id: str, **kwargs: Any) -> None:

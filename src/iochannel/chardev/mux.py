@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from ..errors import ConfigurationError
-from .chardev import Chardev, ChardevBusyError, ChardevError, WatchCallback
+from .chardev import AttachedFrontend, Chardev, ChardevBusyError, ChardevError, WatchCallback
 from .events import ChardevEvent
 from .frontend import Frontend
 from .options import (
@@ -188,7 +188,7 @@ class MuxChardev(Chardev):
         # The mux is the base's one frontend; taking it is what makes the base busy.
         self._port = Frontend(base)
         base.owner = self
-        self._pending_in: dict[Frontend, bytearray] = {}
+        self._pending_in: dict[AttachedFrontend, bytearray] = {}
         self.filename = f"mux:{base.id}"
 
     @classmethod
@@ -207,7 +207,7 @@ class MuxChardev(Chardev):
         return self._base
 
     @property
-    def focus(self) -> Frontend | None:
+    def focus(self) -> AttachedFrontend | None:
         return self._focus
 
     # ---- lifecycle ------------------------------------------------------------
@@ -242,12 +242,12 @@ class MuxChardev(Chardev):
 
     # ---- frontends and focus -----------------------------------------------------
 
-    def _attach(self, fe: Frontend) -> None:
+    def _attach(self, fe: AttachedFrontend) -> None:
         focus = self._focus
         super()._attach(fe)
         self._focus = focus  # focus moves only when handlers are registered
 
-    def _detach(self, fe: Frontend) -> None:
+    def _detach(self, fe: AttachedFrontend) -> None:
         was = self._focus
         self._pending_in.pop(fe, None)
         super()._detach(fe)
@@ -255,7 +255,7 @@ class MuxChardev(Chardev):
             self._focus._event(ChardevEvent.MUX_IN)
             self._update_read_handler()
 
-    def _take_focus(self, fe: Frontend) -> None:
+    def _take_focus(self, fe: AttachedFrontend) -> None:
         if self._focus is not None:
             self._focus._event(ChardevEvent.MUX_OUT)
         self._focus = fe

@@ -17,6 +17,8 @@ def _legacy(text: str) -> str | None:
 
 @register_backend(Schema("null", "discards output, never has input", {}, {}, legacy=_legacy))
 class NullChardev(Chardev):
+    """The ``null`` backend: open from the start, discards output, never has input."""
+
     type_name: ClassVar[str] = "null"
 
     @classmethod

@@ -46,8 +46,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from .. import keyval
-from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress, VsockAddress
+from .._parsers import keyval
+from .._transports.address import (
+    Address,
+    AddressError,
+    FdAddress,
+    InetAddress,
+    UnixAddress,
+    VsockAddress,
+)
 from ..errors import ConfigurationError
 from .chardev import Chardev, ChardevError, ClosedWrites, WhileClosed
 
@@ -118,7 +125,7 @@ _ABSENT = object()
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-    """One QAPI field: its kind, its default (:data:`REQUIRED`: none) and an integer's minimum."""
+    """One QAPI field: its kind, its default (``REQUIRED``: none) and an integer's minimum."""
 
     kind: str  # "str", "bool", "int", "addr", "strlist" or "object"
     default: object = _ABSENT
@@ -217,7 +224,7 @@ def _invalid(name: str, key: str, valid: Iterable[str]) -> ChardevOptionError:
 
 
 def parse_keyval(text: str, implied: str | None = None) -> list[tuple[str, str]]:
-    """Split ``-chardev`` option text into ``(key, value)`` pairs (see :mod:`iochannel.keyval`)."""
+    """Split ``-chardev`` option text into ``(key, value)`` pairs (QEMU's keyval syntax)."""
     try:
         return keyval.split(text, implied=implied)
     except keyval.KeyvalError as exc:

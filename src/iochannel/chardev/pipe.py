@@ -1,18 +1,11 @@
-"""The ``pipe`` backend: a pair of fifos, ``PATH.in`` and ``PATH.out``, or ``PATH`` itself.
-
-The fifos are not created here.  Each is opened read-write, so the chardev
-never sees end of input when a peer closes its end, and is open from the
-start.  When either of ``PATH.in``/``PATH.out`` cannot be opened, ``PATH`` is
-used for both directions.  Writes while closed (only after an I/O error)
-default to ``error``.
-"""
+"""The ``pipe`` backend: a pair of fifos, ``PATH.in`` and ``PATH.out``, or ``PATH`` itself."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..file import FileChannel
+from .._transports.file import FileChannel
 from .channel_backend import ChannelChardev
 from .options import (
     REQUIRED,
@@ -42,6 +35,15 @@ def _legacy(text: str) -> str | None:
     )
 )
 class PipeChardev(ChannelChardev):
+    """The ``pipe`` backend: a pair of fifos, ``PATH.in`` and ``PATH.out``, or ``PATH`` itself.
+
+    The fifos are not created here.  Each is opened read-write, so the chardev
+    never sees end of input when a peer closes its end, and is open from the
+    start.  When either of ``PATH.in``/``PATH.out`` cannot be opened, ``PATH`` is
+    used for both directions.  Writes while closed (only after an I/O error)
+    default to ``error``.
+    """
+
     type_name: ClassVar[str] = "pipe"
 
     def __init__(self, id: str, path: str, **kwargs: Any) -> None:

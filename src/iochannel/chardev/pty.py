@@ -1,17 +1,4 @@
-"""The ``pty`` backend: a pseudo-terminal whose slave side a program (or person) opens.
-
-The pty is created raw when the chardev opens; its slave path is announced as
-"char device redirected to /dev/pts/N (label ID)" on stderr and is
-:attr:`PtyChardev.pty_path` (QMP ``chardev-add`` returns it).  ``path=``
-additionally makes a symlink to it, removed on close.
-
-The chardev starts closed.  Every 100 ms it checks whether a reader has the
-slave open (the master stops reporting HUP): it sends OPENED when one
-appears and CLOSED when it leaves (also noticed sooner, by the end of
-input).  Writes while closed default to ``buffer``: output produced before a
-reader attaches — a boot banner — reaches it when it does, instead of being
-dropped as QEMU drops it.
-"""
+"""The ``pty`` backend: a pseudo-terminal whose slave side a program (or person) opens."""
 
 from __future__ import annotations
 
@@ -23,7 +10,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..file import FileChannel
+from .._transports.file import FileChannel
 from .channel_backend import ChannelChardev
 from .chardev import ClosedWrites, WhileClosed
 from .events import ChardevEvent
@@ -53,6 +40,21 @@ def _legacy(text: str) -> str | None:
     )
 )
 class PtyChardev(ChannelChardev):
+    """The ``pty`` backend: a pseudo-terminal whose slave side a program (or person) opens.
+
+    The pty is created raw when the chardev opens; its slave path is announced as
+    "char device redirected to /dev/pts/N (label ID)" on stderr and is
+    ``pty_path`` (QMP ``chardev-add`` returns it).  ``path=``
+    additionally makes a symlink to it, removed on close.
+
+    The chardev starts closed.  Every 100 ms it checks whether a reader has the
+    slave open (the master stops reporting HUP): it sends OPENED when one
+    appears and CLOSED when it leaves (also noticed sooner, by the end of
+    input).  Writes while closed default to ``buffer``: output produced before a
+    reader attaches — a boot banner — reaches it when it does, instead of being
+    dropped as QEMU drops it.
+    """
+
     type_name: ClassVar[str] = "pty"
     default_closed_writes: ClassVar[ClosedWrites] = ClosedWrites(WhileClosed.BUFFER)
 

@@ -1,13 +1,4 @@
-"""The ``ringbuf`` backend (alias ``memory``): frontend output kept in a ring buffer.
-
-Writes always succeed, overwriting the oldest bytes; there is no input.  The
-size must be a power of two (default 64 KiB) of at most 1 GiB, as the whole
-ring is allocated at creation.  :meth:`RingbufChardev.read` takes up to
-*size* bytes out (``ringbuf-read``), :meth:`RingbufChardev.inject` stores
-bytes as if the frontend had written them (``ringbuf-write``); both speak
-``utf8`` or ``base64``.  Unlike QEMU, utf8 reads decode invalid bytes as
-U+FFFD instead of cutting at the first NUL.
-"""
+"""The ``ringbuf`` backend (alias ``memory``): frontend output kept in a ring buffer."""
 
 from __future__ import annotations
 
@@ -60,6 +51,17 @@ def _schema(type_name: str) -> Schema:
 
 @register_backend(_schema("ringbuf"), _schema("memory"))
 class RingbufChardev(Chardev):
+    """The ``ringbuf`` backend (alias ``memory``): frontend output kept in a ring buffer.
+
+    Writes always succeed, overwriting the oldest bytes; there is no input.  The
+    size must be a power of two (default 64 KiB) of at most 1 GiB, as the whole
+    ring is allocated at creation.  :meth:`RingbufChardev.read` takes up to
+    *size* bytes out (``ringbuf-read``), :meth:`RingbufChardev.inject` stores
+    bytes as if the frontend had written them (``ringbuf-write``); both speak
+    ``utf8`` or ``base64``.  Unlike QEMU, utf8 reads decode invalid bytes as
+    U+FFFD instead of cutting at the first NUL.
+    """
+
     type_name: ClassVar[str] = "ringbuf"
 
     def __init__(self, id: str, size: int = 65536, **kwargs: Any) -> None:

@@ -1,20 +1,4 @@
-"""The ``serial`` backend: a host serial line (``/dev/ttyS0``, a USB adapter, a pty slave).
-
-The device is opened read-write, non-blocking, without becoming the
-controlling terminal, and set to raw 115200 8N1; a device that is not a
-terminal (``/dev/null``) is used as it is.  The chardev is open from the
-start; end of input closes it.  Writes while closed default to ``error``.
-
-Controls (:meth:`SerialChardev.ioctl`), QEMU's ``CHR_IOCTL_SERIAL_*``:
-
-* ``"set-params"``, ``{"speed": int, "parity": "N"|"E"|"O", "data-bits": 5-8,
-  "stop-bits": 1|2}`` (all keys optional);
-* ``"set-break"``, a bool: send a break when true;
-* ``"get-tiocm"`` → the set of modem lines that are up, among
-  ``CTS CAR DSR RI DTR RTS``; ``"set-tiocm"``, such a set.
-
-A control the device refuses raises :class:`ChardevError` naming it.
-"""
+"""The ``serial`` backend: a host serial line (``/dev/ttyS0``, a USB adapter, a pty slave)."""
 
 from __future__ import annotations
 
@@ -26,7 +10,7 @@ import termios
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from ..file import FileChannel
+from .._transports.file import FileChannel
 from .channel_backend import ChannelChardev
 from .chardev import ChardevError
 from .options import (
@@ -90,6 +74,24 @@ def _legacy(text: str) -> str | None:
     )
 )
 class SerialChardev(ChannelChardev):
+    """The ``serial`` backend: a host serial line (``/dev/ttyS0``, a USB adapter, a pty slave).
+
+    The device is opened read-write, non-blocking, without becoming the
+    controlling terminal, and set to raw 115200 8N1; a device that is not a
+    terminal (``/dev/null``) is used as it is.  The chardev is open from the
+    start; end of input closes it.  Writes while closed default to ``error``.
+
+    Controls (:meth:`~iochannel.chardev.SerialChardev.ioctl`), QEMU's ``CHR_IOCTL_SERIAL_*``:
+
+    * ``"set-params"``, ``{"speed": int, "parity": "N"|"E"|"O", "data-bits": 5-8,
+      "stop-bits": 1|2}`` (all keys optional);
+    * ``"set-break"``, a bool: send a break when true;
+    * ``"get-tiocm"`` → the set of modem lines that are up, among
+      ``CTS CAR DSR RI DTR RTS``; ``"set-tiocm"``, such a set.
+
+    A control the device refuses raises :class:`ChardevError` naming it.
+    """
+
     type_name: ClassVar[str] = "serial"
 
     def __init__(self, id: str, device: str, **kwargs: Any) -> None:

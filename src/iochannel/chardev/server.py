@@ -39,15 +39,15 @@ import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ..address import Address, InetAddress, UnixAddress, VsockAddress
-from ..channel import Buffer, Channel, close_fds
+from .._core.channel import Buffer, Channel, close_fds
+from .._layers.tls import TLSChannel
+from .._layers.websock import WebsockChannel
+from .._transports.address import Address, InetAddress, UnixAddress, VsockAddress
+from .._transports.netlistener import NetListener
+from .._transports.socket import SocketChannel
 from ..crypto.authz import AuthzList
 from ..crypto.creds import Credentials
 from ..errors import ChannelBrokenPipeError, ChannelError
-from ..netlistener import NetListener
-from ..socket import SocketChannel
-from ..tls import TLSChannel
-from ..websock import WebsockChannel
 from .channel_backend import ChannelChardev
 from .chardev import Chardev, ChardevError
 from .events import ChardevEvent
@@ -261,7 +261,7 @@ class SessionChardev(ChannelChardev):
     ``on_end(session)`` runs; each callback once.
 
     The connection is read whether or not the frontend takes input: up to
-    :data:`READ_AHEAD` bytes wait here for it (with the fds that came with
+    ``READ_AHEAD`` (64 KiB) bytes wait here for it (with the fds that came with
     them), so a peer that hangs up is noticed, and the channel's protocol
     duties (WebSocket pongs and close replies) are done, even when nothing
     reads.  A peer that leaves while its input waits has its connection

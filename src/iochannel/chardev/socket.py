@@ -61,15 +61,22 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress, VsockAddress
-from ..channel import Channel, close_fds
+from .._core.channel import Channel, close_fds
+from .._core.flags import Feature
+from .._core.watch import in_loop_thread
+from .._transports.address import (
+    Address,
+    AddressError,
+    FdAddress,
+    InetAddress,
+    UnixAddress,
+    VsockAddress,
+)
+from .._transports.netlistener import NetListener
+from .._transports.socket import SocketChannel
 from ..crypto.authz import AuthzList, Policy
 from ..crypto.creds import Credentials, Endpoint
 from ..errors import ChannelTimeoutError
-from ..flags import Feature
-from ..netlistener import NetListener
-from ..socket import SocketChannel
-from ..watch import in_loop_thread
 from .backoff import Backoff
 from .chardev import ChardevError
 from .events import ChardevEvent

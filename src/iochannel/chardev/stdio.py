@@ -1,13 +1,4 @@
-"""The ``stdio`` backend: the process's standard input and output.
-
-Only one per process ("cannot use stdio by multiple character devices").  When
-stdin is a terminal it is switched to raw mode — no line editing, no echo (see
-:meth:`StdioChardev.set_echo`), output post-processing kept — and ``signal``
-(on by default) keeps ISIG so ^C still interrupts the program.  The terminal
-settings and the blocking mode of fds 0 and 1 are restored on close and at
-interpreter exit.  The chardev is open from the start; end of stdin closes it.
-Writes while closed (after stdin ended) default to ``error``.
-"""
+"""The ``stdio`` backend: the process's standard input and output."""
 
 from __future__ import annotations
 
@@ -18,7 +9,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..file import FileChannel
+from .._transports.file import FileChannel
 from .channel_backend import ChannelChardev
 from .chardev import ChardevError
 from .options import ChardevLookup, Field, Schema, chardev_kwargs, register_backend
@@ -45,6 +36,17 @@ def _legacy(text: str) -> str | None:
     )
 )
 class StdioChardev(ChannelChardev):
+    """The ``stdio`` backend: the process's standard input and output.
+
+    Only one per process ("cannot use stdio by multiple character devices").  When
+    stdin is a terminal it is switched to raw mode — no line editing, no echo (see
+    :meth:`StdioChardev.set_echo`), output post-processing kept — and ``signal``
+    (on by default) keeps ISIG so ^C still interrupts the program.  The terminal
+    settings and the blocking mode of fds 0 and 1 are restored on close and at
+    interpreter exit.  The chardev is open from the start; end of stdin closes it.
+    Writes while closed (after stdin ended) default to ``error``.
+    """
+
     type_name: ClassVar[str] = "stdio"
 
     def __init__(self, id: str, signal: bool = True, **kwargs: Any) -> None:

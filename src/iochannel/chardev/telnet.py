@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import enum
 
-from ..channel import Buffer
+from .._core.channel import Buffer
 
 __all__ = ["TelnetEvent", "TelnetFilter"]
 

@@ -1,24 +1,14 @@
-"""The ``udp`` backend: a connected datagram socket.
-
-Each write sends one datagram (a write larger than a datagram fails).  Each
-received datagram (up to 4096 bytes) is kept and handed to the frontend as
-``can_read`` allows; the next one is read only when it is used up.  Datagrams
-refused by the peer (ICMP port unreachable) are lost, as datagrams may be.
-
-Unlike QEMU's, this chardev sends OPENED as soon as its socket exists, so
-frontends that wait for OPENED work over it.  It closes only with
-:meth:`close`; writes while closed therefore default to ``error``.
-"""
+"""The ``udp`` backend: a connected datagram socket."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..address import Address
-from ..channel import Channel
-from ..flags import Condition
-from ..socket import SocketChannel
+from .._core.channel import Channel
+from .._core.flags import Condition
+from .._transports.address import Address
+from .._transports.socket import SocketChannel
 from .channel_backend import ChannelChardev
 from .chardev import READ_CHUNK
 from .options import (
@@ -91,6 +81,18 @@ def _legacy(text: str) -> str | None:
     )
 )
 class UdpChardev(ChannelChardev):
+    """The ``udp`` backend: a connected datagram socket.
+
+    Each write sends one datagram (a write larger than a datagram fails).  Each
+    received datagram (up to 4096 bytes) is kept and handed to the frontend as
+    ``can_read`` allows; the next one is read only when it is used up.  Datagrams
+    refused by the peer (ICMP port unreachable) are lost, as datagrams may be.
+
+    Unlike QEMU's, this chardev sends OPENED as soon as its socket exists, so
+    frontends that wait for OPENED work over it.  It closes only with
+    :meth:`~iochannel.chardev.Chardev.close`; writes while closed therefore default to ``error``.
+    """
+
     type_name: ClassVar[str] = "udp"
 
     def __init__(

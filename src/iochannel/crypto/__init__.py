@@ -1,24 +1,26 @@
 """Credentials and authorization for the TLS layer.
 
-* :mod:`.creds` — the :class:`Endpoint` role and the :class:`Credentials` base.
-* :mod:`.x509` — :class:`X509Credentials`, loaded from a directory with QEMU's
+* ``creds`` — the :class:`Endpoint` role and the :class:`Credentials` base.
+* ``x509`` — :class:`X509Credentials`, loaded from a directory with QEMU's
   file names, and :func:`distinguished_name`.
-* :mod:`.psk` — :class:`PSKCredentials` from a ``keys.psk`` file.
-* :mod:`.authz` — :class:`AuthzList`, a glob allow-list of client identities.
-* :mod:`.certs` — making a CA and certificates; ``python -m iochannel.crypto.certs``.
+* ``psk`` — :class:`PSKCredentials` from a ``keys.psk`` file.
+* ``authz`` — :class:`AuthzList`, a glob allow-list of client identities.
+* ``certs`` — making a CA and certificates; ``python -m iochannel.crypto.certs``.
 """
 
-from .authz import AuthzList, AuthzRule, Policy
+from .authz import AuthzDeniedError, AuthzList, AuthzRule, Format, Policy
 from .creds import Credentials, CredentialsError, Endpoint
 from .psk import PSKCredentials
 from .x509 import X509Credentials, distinguished_name
 
 __all__ = [
+    "AuthzDeniedError",
     "AuthzList",
     "AuthzRule",
     "Credentials",
     "CredentialsError",
     "Endpoint",
+    "Format",
     "PSKCredentials",
     "Policy",
     "X509Credentials",

@@ -23,11 +23,15 @@ class AuthzDeniedError(ChannelError):
 
 
 class Policy(enum.Enum):
+    """What a rule, or a list for identities no rule matches, decides."""
+
     ALLOW = "allow"
     DENY = "deny"
 
 
 class Format(enum.Enum):
+    """How a rule's pattern is matched: the exact identity, or a shell glob."""
+
     EXACT = "exact"
     GLOB = "glob"
 
@@ -69,6 +73,6 @@ class AuthzList:
         return self.policy is Policy.ALLOW
 
     def check(self, identity: str) -> None:
-        """Raise :class:`AuthzDeniedError` unless *identity* is allowed."""
+        """Raise :class:`~iochannel.crypto.AuthzDeniedError` unless *identity* is allowed."""
         if not self.is_allowed(identity):
             raise AuthzDeniedError(f"{self.name}: access for {identity!r} is denied")

@@ -18,7 +18,7 @@ parser:
 :data:`OPTIONS` lists them: the parser, ``--help``, the manual page and the
 shell completions (:mod:`.manual`) are all made from it.  An unknown option,
 like an unknown key or value anywhere, is refused with the nearest known names
-(:func:`iochannel.keyval.did_you_mean`).
+(:func:`iochannel._parsers.keyval.did_you_mean`).
 
 In TOML every option is a top-level key; a value is a string in command-line
 syntax, a table (keys as on the command line; ``true``/``false`` become
@@ -53,8 +53,8 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from .. import keyval
-from ..block.nodes import DRIVERS
+from .._parsers import keyval
+from ..block.drivers import DRIVERS
 from ..block.storage import EXPORT_TYPES
 from ..chardev import ChardevError, parse_chardev
 from ..chardev.options import (

@@ -43,7 +43,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..address import InetAddress, UnixAddress
+from .._transports.address import InetAddress, UnixAddress
 from ..block.storage import Storage
 from ..chardev import Chardev, ChardevError, ChardevRegistry, CommandChardev, FileChardev
 from ..chardev.socket import SocketChardev

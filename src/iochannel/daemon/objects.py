@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from .. import keyval
+from .._parsers import keyval
 from ..chardev.options import ChardevOptionError
 from ..crypto import (
     AuthzList,

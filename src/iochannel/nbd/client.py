@@ -11,14 +11,14 @@ Reading and writing an export takes a few lines::
 
 Both shells run the same :class:`~iochannel.nbd.protocol.ClientConnection`
 over any :class:`~iochannel.Channel` they connect to (an
-:class:`~iochannel.Address` or its text: ``unix:PATH``, ``HOST:PORT``):
+:data:`~iochannel.Address` or its text: ``unix:PATH``, ``HOST:PORT``):
 the fixed-newstyle handshake, STARTTLS when given credentials (x509 or PSK,
 :mod:`iochannel.crypto`), structured replies and the ``base:allocation``
 meta context when the server has them, then ``NBD_OPT_GO``.  Requests:
-:meth:`read`, :meth:`write` (``fua``), :meth:`flush`, :meth:`trim`,
-:meth:`write_zeroes` (``no_hole``, ``fast``), :meth:`block_status` and,
-at close, ``NBD_CMD_DISC``.  A read or write longer than the server's
-maximum block size is split.  :meth:`list_exports` asks for the export list.
+``read``, ``write`` (``fua``), ``flush``, ``trim``, ``write_zeroes``
+(``no_hole``, ``fast``), ``block_status`` and, at close, ``NBD_CMD_DISC``.
+A read or write longer than the server's maximum block size is split.
+``list_exports`` asks for the export list.
 
 Errors::
 
@@ -30,7 +30,7 @@ Errors::
      └── NbdConnectionError       also OSError (EIO): the connection was lost,
                                   or could not be made in time
 
-TLS failures raise :class:`~iochannel.tls.TLSError`.
+TLS failures raise :class:`~iochannel.TLSError`.
 
 :class:`AsyncNbdClient` keeps any number of requests in flight on one
 connection, matching replies to requests by cookie; :class:`NbdClient` runs
@@ -58,13 +58,13 @@ from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
-from ..address import Address, InetAddress, UnixAddress, parse_address
+from .._core.channel import Buffer, Channel
+from .._layers.tls import TLSChannel
+from .._transports.address import Address, InetAddress, UnixAddress, parse_address
+from .._transports.socket import SocketChannel
 from ..block.iothread import IOThread
-from ..channel import Buffer, Channel
 from ..crypto import Credentials
 from ..errors import ChannelBrokenError, ChannelError
-from ..socket import SocketChannel
-from ..tls import TLSChannel
 from .protocol import (
     BASE_ALLOCATION,
     ClientConnection,

@@ -32,7 +32,7 @@ import errno
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-from ..address import InetAddress
+from .._transports.address import InetAddress
 from ..block.iothread import IOThread
 from ..block.nodes import BlockNode
 from ..block.options import BlockError, Options

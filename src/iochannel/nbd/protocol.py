@@ -17,7 +17,7 @@ drives a server.  Neither does I/O.  Both follow the same contract:
   :class:`OptionRefused`, a :class:`ProtocolError` naming the option.
 * STARTTLS: after the :class:`StartTLS` event, flush ``data_to_send()``, run
   the TLS handshake on the channel, then call
-  :meth:`~_Connection.tls_started`; everything after is fed and sent through
+  ``tls_started()``; everything after is fed and sent through
   TLS.  Bytes received in between are a protocol error.
 
 Limits (the protocol's and QEMU's): names, descriptions and meta-context
@@ -1096,7 +1096,7 @@ class ClientConnection(_Connection):
 
     The handshake runs by itself once the server's greeting is fed: STARTTLS
     first with *tls* (after the :class:`StartTLS` event, do the TLS handshake and
-    call :meth:`tls_started`), then structured replies (with *structured*) and
+    call ``tls_started()``), then structured replies (with *structured*) and
     the *meta_contexts* (ignored without structured replies), then GO on
     *export* (falling back to EXPORT_NAME for a server without GO).
     :class:`ExportReady` then says requests may be sent with :meth:`request`.

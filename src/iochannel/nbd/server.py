@@ -5,7 +5,7 @@ Contract:
 * :class:`NbdServer` listens on any number of addresses (:meth:`~NbdServer.listen`
   for inet, unix and fd addresses, :meth:`~NbdServer.add_listener` for a
   listening channel) and serves the :class:`NbdExport` objects added with
-  :meth:`~NbdServer.add_export`.  :meth:`~NbdServer.serve` runs on an asyncio
+  :meth:`~iochannel.nbd.server.NbdServer.add_export`.  :meth:`~NbdServer.serve` runs on an asyncio
   loop until :meth:`~NbdServer.close`.
 * The protocol is :mod:`.protocol`'s :class:`~.protocol.ServerConnection`.
   With TLS credentials, every client must use STARTTLS before anything else
@@ -16,7 +16,7 @@ Contract:
 * Each export's requests run on its loop (an iothread's, else the server's):
   once a client chose an export, its connection moves there.  Block status,
   reads of cached data (as QEMU does them in its AioContext) and writes the
-  node takes into the page cache (:meth:`BlockNode.pwritev_nowait`) are done
+  node takes into the page cache (:meth:`~iochannel.block.BlockNode.pwritev_nowait`) are done
   on that loop; other node I/O runs on a thread pool, so a slow disk holds up
   only its requests.  Read and WRITE payload buffers are reused.
 * Per client, at most :data:`MAX_IN_FLIGHT` requests are in progress, and a
@@ -41,15 +41,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-from ..address import Address
+from .._core.channel import Buffer, Channel
+from .._core.flags import Shutdown
+from .._layers.tls import TLSChannel
+from .._transports.address import Address
+from .._transports.netlistener import NetListener
+from .._transports.socket import SocketChannel
 from ..block.nodes import STATUS_ZERO, BlockNode
-from ..channel import Buffer, Channel
 from ..crypto import AuthzList, Credentials
 from ..errors import ChannelError
-from ..flags import Shutdown
-from ..netlistener import NetListener
-from ..socket import SocketChannel
-from ..tls import TLSChannel
 from . import protocol as p
 
 __all__ = ["HANDSHAKE_TIMEOUT", "MAX_BUFFERED", "MAX_IN_FLIGHT", "NbdExport", "NbdServer"]
@@ -542,7 +542,7 @@ def _read(
     """Data (slices of *into*) and hole lengths covering the range at *offset*.
 
     Zeroed ranges are holes when *sparse*.  With *nowait*, :data:`_WAIT` if
-    the data is not cached (see :meth:`BlockNode.preadv_nowait`).
+    the data is not cached (see :meth:`~iochannel.block.BlockNode.preadv_nowait`).
     """
     length = len(into)
     runs = node.block_status(offset, length) if sparse and length else []

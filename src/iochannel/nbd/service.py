@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..address import Address, AddressError, FdAddress, InetAddress, UnixAddress
+from .._transports.address import Address, AddressError, FdAddress, InetAddress, UnixAddress
 from ..block.nodes import BlockNode
 from ..block.options import BlockError, Options
 from ..crypto import AuthzList, Credentials, CredentialsError, Endpoint

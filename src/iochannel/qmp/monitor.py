@@ -1,22 +1,4 @@
-"""QMPMonitor: a QMP server on any chardev (as ``--monitor chardev=ID`` gives).
-
-The monitor is the chardev's frontend.  Each OPENED starts a session: the
-greeting goes out, and after ``qmp_capabilities`` commands run in arrival
-order, one at a time (handlers may be plain functions or coroutines).  Every
-message gets its reply in arrival order, error replies for unparsable input
-included: a message is checked only when the one before it has been answered.
-CLOSED ends the session; replies still pending for it are dropped.
-
-Flow control both ways: at most :data:`MAX_QUEUED` messages wait before the
-monitor stops reading (QEMU's limit), and replies and events are queued and
-written with the chardev's writable watch, never by blocking the loop.  A
-client that stops reading cannot grow the output queue past
-``max_output`` bytes: past it the session is disconnected.
-
-Handlers raise :class:`~iochannel.qmp.protocol.QMPError` for failures with a
-QMP error class; any other exception becomes a ``GenericError`` carrying its
-message (and is logged), never a crash of the monitor.
-"""
+"""QMPMonitor: a QMP server on any chardev (as ``--monitor chardev=ID`` gives)."""
 
 from __future__ import annotations
 
@@ -42,6 +24,26 @@ Handler = Callable[[dict[str, Any]], Any]
 
 @final
 class QMPMonitor:
+    """A QMP server on any chardev (as ``--monitor chardev=ID`` gives).
+
+    The monitor is the chardev's frontend.  Each OPENED starts a session: the
+    greeting goes out, and after ``qmp_capabilities`` commands run in arrival
+    order, one at a time (handlers may be plain functions or coroutines).  Every
+    message gets its reply in arrival order, error replies for unparsable input
+    included: a message is checked only when the one before it has been answered.
+    CLOSED ends the session; replies still pending for it are dropped.
+
+    Flow control both ways: at most ``MAX_QUEUED`` messages wait before the
+    monitor stops reading (QEMU's limit), and replies and events are queued and
+    written with the chardev's writable watch, never by blocking the loop.  A
+    client that stops reading cannot grow the output queue past
+    ``max_output`` bytes: past it the session is disconnected.
+
+    Handlers raise :class:`~iochannel.qmp.protocol.QMPError` for failures with a
+    QMP error class; any other exception becomes a ``GenericError`` carrying its
+    message (and is logged), never a crash of the monitor.
+    """
+
     def __init__(
         self,
         chardev: Chardev,

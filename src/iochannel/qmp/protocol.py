@@ -80,8 +80,8 @@ class QMPError(RemoteProtocolError):
 class JSONSplitter:
     """Splits a byte stream into complete top-level JSON texts (bounded, restartable).
 
-    :meth:`feed` returns, in stream order, ``bytes`` for each complete value
-    and :class:`QMPError` for each refused one: too large or too deep (reported
+    :meth:`~iochannel.qmp.JSONSplitter.feed` returns, in stream order, ``bytes`` for each
+    complete value and :class:`QMPError` for each refused one: too large or too deep (reported
     the moment the limit is crossed, then skipped to the end of that value or
     of the line, whichever comes first), or a stray closing bracket.  Nothing
     is parsed here: only string, escape and bracket state is tracked, so a
@@ -208,6 +208,8 @@ class JSONSplitter:
 
 
 class SessionState(enum.Enum):
+    """Where a QMP session is: capabilities negotiation, or command mode."""
+
     NEGOTIATING = "negotiating"
     COMMAND = "command"
 
@@ -244,7 +246,7 @@ _TYPE_NAMES = {
 
 @dataclasses.dataclass
 class Request:
-    """One command to execute; :attr:`id` is echoed in its reply."""
+    """One command to execute; ``id`` is echoed in its reply."""
 
     name: str
     arguments: dict[str, Any]

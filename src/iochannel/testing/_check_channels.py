@@ -28,9 +28,9 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from ..channel import Channel
+from .._core.channel import Channel
+from .._core.flags import Condition, Feature, ReadFlag, Shutdown
 from ..errors import ChannelClosedError, ChannelEOFError, ChannelError, UnsupportedFeatureError
-from ..flags import Condition, Feature, ReadFlag, Shutdown
 
 __all__ = [
     "CHUNK_COUNT",

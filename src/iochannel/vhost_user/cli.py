@@ -36,7 +36,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import keyval
+from .._parsers import keyval
 from ..block.options import BlockError
 from ..block.storage import Storage
 from ..errors import ConfigurationError

@@ -25,9 +25,9 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from .._core.flags import Condition
+from .._transports.file import FileChannel
 from ..errors import ChannelClosedError
-from ..file import FileChannel
-from ..flags import Condition
 from .device import VhostUserBackend
 from .virtqueue import Virtqueue, VirtqueueError
 

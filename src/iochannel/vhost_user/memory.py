@@ -118,7 +118,7 @@ class FdSpan:
 class Bounce:
     """The copies one request made of memory that is not mapped.
 
-    At most :data:`MAX_COPY` bytes, so a request cannot make the back-end
+    At most ``MAX_COPY`` (32 MiB), so a request cannot make the back-end
     allocate without bound; :meth:`flush` writes the device-writable copies
     back to guest memory.
     """

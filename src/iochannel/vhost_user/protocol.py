@@ -30,7 +30,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..channel import close_fds
+from .._core.channel import close_fds
 from ..errors import RemoteProtocolError
 
 __all__ = [

@@ -38,10 +38,10 @@ import select
 import threading
 from collections.abc import Sequence
 
-from ..address import Address
+from .._core.flags import Condition, ReadFlag, Shutdown
+from .._transports.address import Address
+from .._transports.socket import SocketChannel
 from ..errors import ChannelError
-from ..flags import Condition, ReadFlag, Shutdown
-from ..socket import SocketChannel
 from .device import VhostUserBackend
 from .handler import Handler
 from .loops import LoopRings

@@ -11,7 +11,7 @@ Contract:
   ``GET /static/NAME``   the page's assets, shipped in the package
   ``GET /ws?token=T``    the WebSocket: a viewer with T's role (403 for a
                          bad T or a foreign ``Origin``; the upgrade itself
-                         is checked by :class:`~iochannel.websock.WebsockChannel`)
+                         is checked by :class:`~iochannel.WebsockChannel`)
   anything else          404
   =====================  ==================================================
 
@@ -63,16 +63,16 @@ import secrets
 from collections.abc import Callable, Iterable
 from typing import final
 
-from ..address import InetAddress
-from ..channel import Channel
+from .._core.channel import Channel
+from .._layers.tls import TLSChannel
+from .._layers.websock import WebsockChannel
+from .._transports.address import InetAddress
+from .._transports.netlistener import NetListener
+from .._transports.socket import SocketChannel
 from ..chardev import HubChardev, MemberPolicy, SessionChardev, SlowConsumer
 from ..chardev.events import observe_changes
 from ..crypto.creds import Credentials
 from ..errors import ChannelError, ConfigurationError
-from ..netlistener import NetListener
-from ..socket import SocketChannel
-from ..tls import TLSChannel
-from ..websock import WebsockChannel
 from .head import HeadChannel
 from .http import HttpError, Request, check_origin, parse_origin, response
 from .protocol import encode_status

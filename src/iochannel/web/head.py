@@ -3,13 +3,13 @@
 The console serves pages and WebSocket upgrades on one port, so it must read
 a request before it knows who handles it; the WebSocket layer, though, reads
 (and checks) the request itself.  This layer's handshake reads the master
-through a :class:`~iochannel.http11.RequestReader` (h11, at most
-:data:`~iochannel.http11.MAX_HEAD` bytes) until the head is complete or
+through a :class:`~iochannel._parsers.http11.RequestReader` (h11, at most
+:data:`~iochannel._parsers.http11.MAX_HEAD` bytes) until the head is complete or
 refused: :attr:`HeadChannel.request` is then the request, checked by
 :func:`~iochannel.web.http.check_request`, or :attr:`HeadChannel.error` the
 :class:`~iochannel.web.http.HttpError` to answer.  Afterwards reads return
 every byte the handshake consumed — the head and whatever followed it —
-before reading the master again, so a :class:`~iochannel.websock.WebsockChannel`
+before reading the master again, so a :class:`~iochannel.WebsockChannel`
 stacked on top sees the connection from its first byte.  Writes go to the
 master unchanged.  A master EOF before the end of the head fails the
 handshake with :class:`~iochannel.errors.ChannelEOFError`.
@@ -21,11 +21,11 @@ from collections.abc import Sequence
 
 import h11
 
-from ..channel import Buffer, Channel
+from .._core.channel import Buffer, Channel
+from .._core.flags import Condition, ReadFlag
+from .._layers.layer import LayerChannel
+from .._parsers.http11 import RequestReader
 from ..errors import ChannelEOFError
-from ..flags import Condition, ReadFlag
-from ..http11 import RequestReader
-from ..layer import LayerChannel
 from .http import HttpError, Request, check_request
 
 __all__ = ["HeadChannel"]

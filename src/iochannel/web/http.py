@@ -1,6 +1,6 @@
 """The HTTP/1.1 the web console speaks, sans-I/O and strict.
 
-The request head is read with h11 (:mod:`iochannel.http11`, shared with the
+The request head is read with h11 (:mod:`iochannel._parsers.http11`, shared with the
 WebSocket server, at most :data:`MAX_HEAD` bytes); :func:`check_request` turns
 it into a :class:`Request`, or raises :class:`HttpError` carrying the status
 to answer (:func:`parse_request` does both for a complete head):
@@ -42,8 +42,8 @@ from collections.abc import Collection, Mapping, Sequence
 
 import h11
 
+from .._parsers.http11 import MAX_HEAD, MAX_HEADERS, read_request
 from ..errors import ConfigurationError, RemoteProtocolError
-from ..http11 import MAX_HEAD, MAX_HEADERS, read_request
 
 __all__ = [
     "CSP",
@@ -92,7 +92,7 @@ class HttpError(RemoteProtocolError):
 
     @classmethod
     def of(cls, exc: h11.RemoteProtocolError) -> HttpError:
-        """The answer to a head h11 (or :mod:`iochannel.http11`) refused."""
+        """The answer to a head h11 (or :mod:`iochannel._parsers.http11`) refused."""
         return cls(exc.error_status_hint, str(exc))
 
     def response(self) -> bytes:
@@ -126,7 +126,7 @@ def parse_request(head: bytes) -> Request:
 
 
 def check_request(request: h11.Request) -> Request:
-    """The console's view of a request a :class:`~iochannel.http11.RequestReader` read.
+    """The console's view of a request a :class:`~iochannel._parsers.http11.RequestReader` read.
 
     Raises :class:`HttpError` (see the module doc).
     """

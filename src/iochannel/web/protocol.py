@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from ..channel import Buffer
+from .._core.channel import Buffer
 from ..errors import RemoteProtocolError
 
 __all__ = [

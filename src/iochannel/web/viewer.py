@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ..channel import Buffer, Channel
+from .._core.channel import Buffer, Channel
 from ..chardev import ChardevEvent, ClosedWrites, SessionChardev, WhileClosed
 from ..chardev.chardev import Chardev
 from .protocol import ClientDecoder, Input, Message, ViewerProtocolError

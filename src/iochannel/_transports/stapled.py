@@ -1,20 +1,12 @@
-"""StapledChannel: one duplex channel from a channel to read and a channel to write.
-
-Reads go to *reader*, writes to *writer*; waits watch both (IN on the reader,
-OUT on the writer).  ``shutdown(WRITE)`` closes the writer, so a pipe's reader
-sees end of stream, and ``shutdown(READ)`` closes the reader; closing the
-stapled channel closes both.  Features are those both halves share, minus fd
-passing unless both carry fds.  Typical use: a pipe pair as a transport for a
-layer (``TLSChannel`` over two pipes), or a child's stdout and stdin.
-"""
+"""StapledChannel: one duplex channel from a channel to read and a channel to write."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .channel import Buffer, Channel
-from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
-from .watch import FdSpec
+from .._core.channel import Buffer, Channel
+from .._core.flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
+from .._core.watch import FdSpec
 
 __all__ = ["StapledChannel", "pipe_pair"]
 
@@ -22,6 +14,16 @@ _SHARED = Feature.FD_PASS
 
 
 class StapledChannel(Channel):
+    """One duplex channel from a channel to read and a channel to write.
+
+    Reads go to *reader*, writes to *writer*; waits watch both (IN on the reader,
+    OUT on the writer).  ``shutdown(WRITE)`` closes the writer, so a pipe's reader
+    sees end of stream, and ``shutdown(READ)`` closes the reader; closing the
+    stapled channel closes both.  Features are those both halves share, minus fd
+    passing unless both carry fds.  Typical use: a pipe pair as a transport for a
+    layer (``TLSChannel`` over two pipes), or a child's stdout and stdin.
+    """
+
     __slots__ = ("_reader", "_writer")
 
     def __init__(self, reader: Channel, writer: Channel, *, name: str = "") -> None:

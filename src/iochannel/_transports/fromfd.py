@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .channel import Channel
+from .._core.channel import Channel
 from .file import FileChannel
 from .socket import SocketChannel
 

@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Generic, TypeVar, Union, cast
 
-from .errors import ChannelEOFError, ChannelError, ChannelTimeoutError
+from ..errors import ChannelEOFError, ChannelError, ChannelTimeoutError
 
 __all__ = [
     "ExpectEOF",
@@ -91,7 +91,7 @@ class ExpectError(ChannelError):
     def __init__(self, message: str, tail: bytes, patterns: Sequence[Pattern]) -> None:
         super().__init__(message)
         self.tail = tail
-        """The last bytes received (at most :data:`TAIL_BYTES`)."""
+        """The last bytes received (at most ``TAIL_BYTES``)."""
         self.patterns = list(patterns)
         """The success patterns that were waited for."""
 
@@ -105,7 +105,7 @@ class ExpectEOF(ExpectError, ChannelEOFError):
 
 
 class ExpectFailure(ExpectError):
-    """A failure pattern appeared; :attr:`match` says which and where."""
+    """A failure pattern appeared; its ``match`` says which and where."""
 
     def __init__(
         self, message: str, tail: bytes, patterns: Sequence[Pattern], match: ExpectMatch[Any]
@@ -262,8 +262,9 @@ class Searcher:
 class Expecter(Generic[AnyText]):
     """The matching state of one console stream; see the module docstring.
 
-    Build one with :meth:`binary` or :meth:`text` for a typed result, or
-    directly with *encoding*.
+    Build one with :meth:`~iochannel.console.Expecter.binary` or
+    :meth:`~iochannel.console.Expecter.text` for a typed result, or directly with
+    *encoding*.
     """
 
     def __init__(
@@ -456,7 +457,7 @@ class Expecter(Generic[AnyText]):
 
     @property
     def tail(self) -> bytes:
-        """The last bytes received (at most :data:`TAIL_BYTES`)."""
+        """The last bytes received (at most ``TAIL_BYTES``)."""
         return self._tail
 
     def timeout_error(self, searcher: Searcher, timeout: float, name: str = "") -> ExpectTimeout:

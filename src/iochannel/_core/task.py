@@ -1,18 +1,4 @@
-"""Task: one asynchronous operation whose completion callback runs exactly once on a loop.
-
-The Python form of QEMU's QIOTask.  A task has a *source* object (the channel it
-works for), an optional ``callback(task)`` and an asyncio *loop* (by default
-the one running when the task is created).
-
-* :meth:`run_in_thread` runs a worker in a thread; when the worker returns, the
-  callback runs on the loop's thread.  Without a loop, completion waits for
-  :meth:`wait_thread`, which completes in the calling thread.
-* :meth:`set_error` keeps the *first* error; later ones are dropped.
-* :meth:`complete` runs the callback exactly once, from any thread;
-  :meth:`cancel` makes sure it never runs (used when the source is closed
-  while the operation is pending).
-* A task is awaitable: ``await task`` returns the result or raises the error.
-"""
+"""Task: one asynchronous operation whose completion callback runs exactly once on a loop."""
 
 from __future__ import annotations
 
@@ -34,6 +20,22 @@ _UNSET: Any = object()
 
 @final
 class Task(Generic[T]):
+    """One asynchronous operation whose completion callback runs exactly once on a loop.
+
+    The Python form of QEMU's QIOTask.  A task has a *source* object (the channel it
+    works for), an optional ``callback(task)`` and an asyncio *loop* (by default
+    the one running when the task is created).
+
+    * :meth:`run_in_thread` runs a worker in a thread; when the worker returns, the
+      callback runs on the loop's thread.  Without a loop, completion waits for
+      :meth:`wait_thread`, which completes in the calling thread.
+    * :meth:`set_error` keeps the *first* error; later ones are dropped.
+    * :meth:`complete` runs the callback exactly once, from any thread;
+      :meth:`cancel` makes sure it never runs (used when the source is closed
+      while the operation is pending).
+    * A task is awaitable: ``await task`` returns the result or raises the error.
+    """
+
     __slots__ = (
         "_callback",
         "_completed",

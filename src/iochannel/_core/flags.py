@@ -33,7 +33,8 @@ class Feature(enum.IntFlag):
     WRITE_ZERO_COPY = enum.auto()
     #: ``ReadFlag.MSG_PEEK`` reads that leave the data queued.
     READ_MSG_PEEK = enum.auto()
-    #: :meth:`Channel.seek`, :meth:`Channel.pread` and :meth:`Channel.pwrite`.
+    #: :meth:`~iochannel.Channel.seek`, :meth:`~iochannel.Channel.pread` and
+    #: :meth:`~iochannel.Channel.pwrite`.
     SEEKABLE = enum.auto()
 
 
@@ -67,7 +68,7 @@ class Shutdown(enum.IntFlag):
 
 
 class Condition(enum.IntFlag):
-    """Readiness conditions, with the same bit values as :mod:`select.poll`."""
+    """Readiness conditions, with the same bit values as :func:`select.poll`."""
 
     NONE = 0
     IN = select.POLLIN

@@ -1,18 +1,4 @@
-"""NetListener: one network service over several listening sockets.
-
-:meth:`NetListener.open` listens on every address a name resolves to
-(``localhost`` gives both 127.0.0.1 and ::1) and succeeds if at least one
-binds.  Clients come out one of three ways, all sharing the same sockets:
-
-* a callback, ``set_client_callback(cb)``, called on an asyncio loop as
-  ``cb(listener, client)`` for each accepted client;
-* ``async for client in listener`` (or ``await listener.accept()``);
-* ``listener.wait_client()``, blocking.
-
-Accepted clients belong to whoever receives them.  :meth:`disconnect` (also
-``close()`` and leaving a ``with`` block) stops accepting and closes every
-listening socket, which unlinks the unix paths it created.
-"""
+"""NetListener: one network service over several listening sockets."""
 
 from __future__ import annotations
 
@@ -21,10 +7,10 @@ import select
 from collections.abc import AsyncIterator, Callable
 from typing import final
 
+from .._core.flags import Condition
+from .._core.watch import Watch
 from .address import Address, resolve
-from .flags import Condition
 from .socket import SocketChannel
-from .watch import Watch
 
 __all__ = ["ClientCallback", "NetListener"]
 
@@ -33,6 +19,22 @@ ClientCallback = Callable[["NetListener", SocketChannel], None]
 
 @final
 class NetListener:
+    """One network service over several listening sockets.
+
+    :meth:`NetListener.open` listens on every address a name resolves to
+    (``localhost`` gives both 127.0.0.1 and ::1) and succeeds if at least one
+    binds.  Clients come out one of three ways, all sharing the same sockets:
+
+    * a callback, ``set_client_callback(cb)``, called on an asyncio loop as
+      ``cb(listener, client)`` for each accepted client;
+    * ``async for client in listener`` (or ``await listener.accept()``);
+    * ``listener.wait_client()``, blocking.
+
+    Accepted clients belong to whoever receives them.  :meth:`disconnect` (also
+    ``close()`` and leaving a ``with`` block) stops accepting and closes every
+    listening socket, which unlinks the unix paths it created.
+    """
+
     def __init__(self, *, name: str = "listener") -> None:
         self.name = name
         self._channels: list[SocketChannel] = []

@@ -32,16 +32,16 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .address import Address
-from .channel import Buffer, Channel
-from .chardev.chardev import Chardev
-from .chardev.events import ChardevEvent
-from .chardev.frontend import Frontend
-from .chardev.socket import SocketChardev
-from .flags import Condition, Feature, ReadFlag, WriteFlag
-from .layer import LayerChannel
-from .memory import _Level
-from .watch import FdSpec, forget_fd
+from .._core.channel import Buffer, Channel
+from .._core.flags import Condition, Feature, ReadFlag, WriteFlag
+from .._core.watch import FdSpec, forget_fd
+from .._layers.layer import LayerChannel
+from .._transports.address import Address
+from .._transports.memory import LevelFd
+from ..chardev.chardev import Chardev
+from ..chardev.events import ChardevEvent
+from ..chardev.frontend import Frontend
+from ..chardev.socket import SocketChardev
 
 __all__ = ["ChardevChannel", "LoopThread", "WebConsoleChannel", "chardev_client", "on_loop"]
 
@@ -117,8 +117,8 @@ class ChardevChannel(Channel):
         self._lock = threading.Lock()
         self._data = bytearray()
         self._eof = False
-        self._readable = _Level()
-        self._writable = _Level()
+        self._readable = LevelFd()
+        self._writable = LevelFd()
         self._writable.set(True)
         self._give_up: asyncio.TimerHandle | None = None
         self._fe = Frontend()  # detached until _attach runs on the chardev's loop
@@ -346,7 +346,7 @@ class WebConsoleChannel(LayerChannel):
         return self._master.readv(buffers)
 
     def _encode(self, buffers: Sequence[Buffer]) -> int:
-        from .web.protocol import MAX_INPUT, encode_input
+        from ..web.protocol import MAX_INPUT, encode_input
 
         data = b"".join(bytes(b) for b in buffers)[:MAX_INPUT]
         self._queue(encode_input(data))

@@ -28,17 +28,17 @@ from collections import deque
 from collections.abc import Sequence
 from typing import final
 
-from .channel import Buffer, Channel, close_fds
-from .errors import ChannelBrokenPipeError
-from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
-from .watch import FdSpec, forget_fd
+from .._core.channel import Buffer, Channel, close_fds
+from .._core.flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
+from .._core.watch import FdSpec, forget_fd
+from ..errors import ChannelBrokenPipeError
 
-__all__ = ["MemoryChannel", "memory_pair"]
+__all__ = ["LevelFd", "MemoryChannel", "memory_pair"]
 
 _POLLIN = select.POLLIN
 
 
-class _Level:
+class LevelFd:
     """An eventfd that is readable exactly while a condition holds."""
 
     __slots__ = ("fd", "on")
@@ -81,8 +81,8 @@ class _Queue:
         self.fds: deque[tuple[int, list[int]]] = deque()
         self.eof = False
         self.read_closed = False
-        self.readable = _Level()
-        self.writable = _Level()
+        self.readable = LevelFd()
+        self.writable = LevelFd()
         self.users = 2
         self.update()
 
@@ -125,7 +125,7 @@ class MemoryChannel(Channel):
             q.capacity = value
             q.update()
 
-    def _block_until(self, level: _Level) -> None:
+    def _block_until(self, level: LevelFd) -> None:
         poller = select.poll()
         poller.register(level.fd, _POLLIN)
         poller.poll(None)

@@ -6,7 +6,7 @@ part.  Both sides are driven the same way: give received bytes to
 ``rest`` (the bytes after the head) to the frame decoder.
 
 Server side, :class:`ServerHandshake` reads the request with
-:class:`~iochannel.http11.RequestReader` (size caps, HTTP/1.1 grammar), checks
+:class:`~iochannel._parsers.http11.RequestReader` (size caps, HTTP/1.1 grammar), checks
 the method and path, then lets
 :meth:`websockets.server.ServerProtocol.accept` check Upgrade, Connection,
 Sec-WebSocket-Key and -Version and the Origin allow-list and build the
@@ -63,9 +63,9 @@ from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
 from websockets.utils import accept_key
 
-from .channel import Buffer
-from .errors import ConfigurationError, RemoteProtocolError
-from .http11 import MAX_HEAD, MAX_HEADERS, RequestReader
+from .._core.channel import Buffer
+from .._parsers.http11 import MAX_HEAD, MAX_HEADERS, RequestReader
+from ..errors import ConfigurationError, RemoteProtocolError
 
 __all__ = [
     "MAX_HEAD",

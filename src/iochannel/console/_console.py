@@ -1,12 +1,12 @@
 """Driving a console from a program: expect, send, and commands with exit status.
 
 :class:`Console` (blocking) and :class:`AsyncConsole` (asyncio) are two thin
-shells over one :class:`~iochannel.expect.Expecter` and any
+shells over one :class:`~iochannel.console.Expecter` and any
 :class:`~iochannel.Channel`: a QEMU serial socket, a pty running a shell, a
 WebSocket.  They read whatever the channel has, feed it to the matcher and
 wait again until a pattern appears, the timeout passes
-(:class:`~iochannel.expect.ExpectTimeout`) or the stream ends
-(:class:`~iochannel.expect.ExpectEOF`).  The matching rules (window, decoding,
+(:class:`~iochannel.console.ExpectTimeout`) or the stream ends
+(:class:`~iochannel.console.ExpectEOF`).  The matching rules (window, decoding,
 ANSI stripping, failure patterns, log) are the matcher's.
 
 :meth:`Console.run` sends a shell command wrapped in markers and returns its
@@ -19,11 +19,11 @@ persist) and must not read from the console.  Output has ``\\r\\n`` turned into
 
 :meth:`Console.connect` with *reconnect* follows a server that restarts (QEMU
 serving its serial port): the connection is a socket chardev client's, which
-retries (:mod:`iochannel.console_channel`).  A wait in progress waits across
+retries (:mod:`iochannel.console._attach`).  A wait in progress waits across
 a reconnection, the text on either side of the gap kept; what the server
 printed while nobody was connected is lost, and a send while disconnected
 raises :class:`ConnectionError`.  With a *deadline*, that long without a
-connection ends the stream (:class:`~iochannel.expect.ExpectEOF` says so).
+connection ends the stream (:class:`~iochannel.console.ExpectEOF` says so).
 :meth:`Console.attach` drives a chardev of this process the same way.
 """
 
@@ -40,18 +40,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Self, overload
 from urllib.parse import urlsplit
 
-from .address import Address, UnixAddress, parse_address
-from .channel import Channel
-from .command import CommandChannel
-from .errors import ChannelError
-from .expect import AnyText, Expecter, ExpectMatch, ExpectTimeout, LogTarget, Pattern, Searcher
-from .flags import Condition
-from .socket import SocketChannel
+from .._core.channel import Channel
+from .._core.flags import Condition
+from .._transports.address import Address, UnixAddress, parse_address
+from .._transports.command import CommandChannel
+from .._transports.socket import SocketChannel
+from ..errors import ChannelError
+from ._expect import AnyText, Expecter, ExpectMatch, ExpectTimeout, LogTarget, Pattern, Searcher
 
 if TYPE_CHECKING:
     # The chardev layer is imported only by consoles that use it.
-    from .chardev.chardev import Chardev
-    from .console_channel import ChardevChannel
+    from ..chardev.chardev import Chardev
+    from ._attach import ChardevChannel
 
 __all__ = ["AsyncConsole", "CommandFailedError", "Console", "Reconnect"]
 
@@ -157,7 +157,7 @@ def websocket_layers(
     raw: Channel, kind: str, target: str, resource: str, tls_creds: str | None
 ) -> Channel:
     """TLS (wss, https), the WebSocket client and, for the web console, its input framing."""
-    from .websock import WebsockChannel
+    from .._layers.websock import WebsockChannel
 
     host = target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
     channel = raw
@@ -168,14 +168,14 @@ def websocket_layers(
                 f"{target!r}: {kind} needs TLS credentials (tls_creds=, --tls-creds): "
                 "a directory with ca-cert.pem"
             )
-        from .crypto.x509 import X509Credentials
-        from .tls import TLSChannel
+        from .._layers.tls import TLSChannel
+        from ..crypto.x509 import X509Credentials
 
         creds = X509Credentials(tls_creds, "client")
         channel = TLSChannel.client(channel, creds, urlsplit(target).hostname)
     channel = WebsockChannel.client(channel, host=host, path=resource)
     if kind.startswith("http"):
-        from .console_channel import WebConsoleChannel
+        from ._attach import WebConsoleChannel
 
         channel = WebConsoleChannel(channel)
     return channel
@@ -203,7 +203,7 @@ class _Target:
         self.via_chardev = self.kind == "telnet" or reconnect is not None
 
     def chardev_channel(self, loop: asyncio.AbstractEventLoop | None) -> ChardevChannel:
-        from .console_channel import chardev_client
+        from ._attach import chardev_client
 
         rc = self.reconnect
         return chardev_client(
@@ -272,10 +272,10 @@ class _ConsoleBase(Generic[AnyText]):
         *errors*.  *timeout* is the default for every wait, in seconds.
         *linesep* ends each :meth:`sendline` (``"\\r"`` for serial consoles
         is what a typing user sends; ``"\\n"`` works for most shells).
-        The other options are :class:`~iochannel.expect.Expecter`'s.
+        The other options are :class:`~iochannel.console.Expecter`'s.
         """
         if not isinstance(channel, Channel):
-            from .console_channel import ChardevChannel
+            from ._attach import ChardevChannel
 
             channel = ChardevChannel(channel)
         self.channel = channel
@@ -320,7 +320,7 @@ class _ConsoleBase(Generic[AnyText]):
         connection.  The chardev's loop must run in another thread for a
         blocking :class:`Console`; on that loop, use :class:`AsyncConsole`.
         """
-        from .console_channel import ChardevChannel
+        from ._attach import ChardevChannel
 
         return cls(ChardevChannel(chardev, deadline=deadline), **options)
 
@@ -379,7 +379,7 @@ class Console(_ConsoleBase[AnyText]):
     ) -> Console[Any]:
         """Connect to a console socket, e.g. QEMU's ``-serial unix:PATH,server=on,wait=off``.
 
-        *target* is an :class:`~iochannel.Address` or text: ``unix:PATH`` (or
+        *target* is an :data:`~iochannel.Address` or text: ``unix:PATH`` (or
         a path), ``HOST:PORT``, ``telnet://HOST:PORT``, ``ws://HOST:PORT/PATH``,
         the web console's page ``http://HOST:PORT/?token=T``, or ``wss://…``
         and ``https://…`` (*tls_creds*: a directory with ``ca-cert.pem``).

@@ -1,23 +1,25 @@
-"""NullChannel: writes are discarded whole, reads are end of stream, always ready.
-
-Like ``/dev/null`` without a file: writes return their full length, reads
-return 0, seeks return 0, and every watch or wait is satisfied at once.  After
-``close()`` every operation raises :class:`~iochannel.ChannelClosedError`.
-"""
+"""NullChannel: writes are discarded whole, reads are end of stream, always ready."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import final
 
-from .channel import Buffer, Channel
-from .flags import Condition, Feature, ReadFlag, WriteFlag
+from .._core.channel import Buffer, Channel
+from .._core.flags import Condition, Feature, ReadFlag, WriteFlag
 
 __all__ = ["NullChannel"]
 
 
 @final
 class NullChannel(Channel):
+    """Writes are discarded whole, reads are end of stream, always ready.
+
+    Like ``/dev/null`` without a file: writes return their full length, reads
+    return 0, seeks return 0, and every watch or wait is satisfied at once.  After
+    ``close()`` every operation raises :class:`~iochannel.ChannelClosedError`.
+    """
+
     __slots__ = ()
 
     def __init__(self, *, name: str = "null") -> None:

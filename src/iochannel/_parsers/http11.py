@@ -27,7 +27,7 @@ import re
 
 import h11
 
-from .channel import Buffer
+from .._core.channel import Buffer
 
 __all__ = ["MAX_HEAD", "MAX_HEADERS", "RequestReader", "read_request"]
 

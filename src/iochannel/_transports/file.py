@@ -16,10 +16,10 @@ import tty
 from collections.abc import Sequence
 from typing import final
 
-from .channel import Buffer, Channel
-from .errors import ConfigurationError
-from .flags import Condition, Feature, ReadFlag, WriteFlag
-from .watch import FdSpec, forget_fd
+from .._core.channel import Buffer, Channel
+from .._core.flags import Condition, Feature, ReadFlag, WriteFlag
+from .._core.watch import FdSpec, forget_fd
+from ..errors import ConfigurationError
 
 __all__ = ["FileChannel"]
 

@@ -9,7 +9,7 @@ Reads pull ciphertext from the master into the incoming BIO (up to 256 KiB
 per master read) and decrypt as many records as fit the
 caller's buffers.  Writes encrypt into the outgoing BIO, move the ciphertext
 to a queue and push the queue to the master, at most ``_WRITE_CHUNK`` bytes
-per ``writev`` (see :mod:`iochannel.layer` for what happens when the master
+per ``writev`` (see :mod:`iochannel._layers.layer` for what happens when the master
 takes only part of it).
 
 Readiness reflects the layer: decrypted or undecrypted bytes already held
@@ -36,12 +36,12 @@ import ssl
 from collections.abc import Sequence
 from typing import final
 
-from .channel import Buffer, Channel
-from .crypto.authz import AuthzDeniedError, AuthzList
-from .crypto.creds import Credentials, CredentialsError, Endpoint
-from .crypto.x509 import distinguished_name
-from .errors import ChannelError
-from .flags import Condition, ReadFlag, Shutdown
+from .._core.channel import Buffer, Channel
+from .._core.flags import Condition, ReadFlag, Shutdown
+from ..crypto.authz import AuthzDeniedError, AuthzList
+from ..crypto.creds import Credentials, CredentialsError, Endpoint
+from ..crypto.x509 import distinguished_name
+from ..errors import ChannelError
 from .layer import LayerChannel
 
 __all__ = ["TLSChannel", "TLSError"]

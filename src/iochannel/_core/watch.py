@@ -84,26 +84,20 @@ import select
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, Protocol, final
 
-from .errors import ChannelClosedError
+from ..errors import ChannelClosedError
 from .flags import Condition
-
-if TYPE_CHECKING:
-    from .channel import Channel
 
 __all__ = [
     "Continuation",
+    "Waitable",
     "Waits",
     "Watch",
-    "WatchCallback",
     "add_watch",
     "forget_fd",
     "in_loop_thread",
 ]
-
-#: ``callback(channel, condition) -> keep`` — return ``False`` to remove the watch.
-WatchCallback = Callable[["Channel", Condition], bool]
 
 _IN = int(Condition.IN)
 _OUT = int(Condition.OUT)
@@ -113,6 +107,33 @@ _NVAL = select.POLLNVAL
 _ALWAYS = _ERR_HUP | _NVAL
 
 FdSpec = tuple[tuple[int, int], ...]
+
+
+class Waitable(Protocol):
+    """What waits and watches use of a channel: its name, state and readiness hooks.
+
+    :class:`~iochannel.Channel` implements it; naming it here keeps this
+    module free of the channel class that builds on it.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def _pending(self, cond: Condition) -> Condition: ...
+
+    def _wait_fds(self, cond: Condition) -> FdSpec: ...
+
+    def _io_owner(self) -> object: ...
+
+    def _waits_remove_watch(self, watch: Watch) -> None: ...
+
+
+#: A watch's ``callback(channel, condition) -> keep``; :data:`iochannel.Channel.add_watch`
+#: types the channel argument exactly.
+_Callback = Callable[[Any, Condition], bool]
 
 #: A hub subscriber: called on the loop's thread with the poll(2) events seen, and
 #: whether they outlasted the run of the tasks the previous report woke (see _Entry.fire).
@@ -367,9 +388,9 @@ class Watch:
 
     def __init__(
         self,
-        channel: Channel,
+        channel: Waitable,
         cond: Condition,
-        callback: WatchCallback,
+        callback: _Callback,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._channel = channel
@@ -480,7 +501,7 @@ class Waits:
 
     # ---- blocking -------------------------------------------------------
 
-    def wait_blocking(self, channel: Channel, cond: Condition, timeout: float | None) -> Condition:
+    def wait_blocking(self, channel: Waitable, cond: Condition, timeout: float | None) -> Condition:
         direction = _IN if cond & Condition.IN else _OUT
         with self.lock:
             if self.closed:
@@ -531,7 +552,7 @@ class Waits:
 
     # ---- asyncio --------------------------------------------------------
 
-    async def wait_async(self, channel: Channel, cond: Condition) -> int:
+    async def wait_async(self, channel: Waitable, cond: Condition) -> int:
         """Wait on the running loop until *cond* holds (see module doc).
 
         Returns the part of *cond* (plus ERR and HUP) that holds, or ``0`` if woken.
@@ -623,10 +644,10 @@ class Waits:
 
 
 def add_watch(
-    channel: Channel,
+    channel: Waitable,
     waits: Waits,
     cond: Condition,
-    callback: WatchCallback,
+    callback: _Callback,
     loop: asyncio.AbstractEventLoop | None,
 ) -> Watch:
     if loop is None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = [
     "Address",

@@ -10,7 +10,7 @@ the master, or ``Condition.NONE`` when done.  Three drivers run it:
 
 * :meth:`handshake` blocks;
 * ``await`` :meth:`ahandshake` waits on the running loop;
-* :meth:`handshake_task` returns a :class:`~iochannel.task.Task` completed on a
+* :meth:`handshake_task` returns a :class:`~iochannel.Task` completed on a
   loop through a watch on the master; its callback runs exactly once, and
   never after :meth:`close`.
 
@@ -43,11 +43,11 @@ import asyncio
 import threading
 from collections.abc import Callable, Sequence
 
-from .channel import Buffer, Channel
-from .errors import ChannelBusyError
-from .flags import Condition, Feature, Shutdown, WriteFlag
-from .task import Task
-from .watch import FdSpec, Watch
+from .._core.channel import Buffer, Channel
+from .._core.flags import Condition, Feature, Shutdown, WriteFlag
+from .._core.task import Task
+from .._core.watch import FdSpec, Watch
+from ..errors import ChannelBusyError
 
 __all__ = ["LayerChannel"]
 

@@ -55,7 +55,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
-from .errors import (
+from ..errors import (
     ChannelClosedError,
     ChannelEOFError,
     ChannelError,
@@ -64,7 +64,7 @@ from .errors import (
     os_error,
 )
 from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
-from .watch import Continuation, FdSpec, Waits, Watch, WatchCallback, add_watch
+from .watch import Continuation, FdSpec, Waits, Watch, add_watch
 
 if sys.version_info >= (3, 12):
     from collections.abc import Buffer
@@ -74,9 +74,12 @@ else:
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["Buffer", "Channel"]
+__all__ = ["Buffer", "Channel", "WatchCallback"]
 
 T = TypeVar("T")
+
+#: ``callback(channel, condition) -> keep`` — return ``False`` to remove the watch.
+WatchCallback = Callable[["Channel", Condition], bool]
 
 _IN = Condition.IN
 _OUT = Condition.OUT
@@ -351,7 +354,7 @@ class Channel:
     #
     # Each is a call that returns ``None`` while the channel would block, its
     # result once done, or a Continuation holding the progress made (see
-    # :mod:`iochannel.watch`): ``_run`` makes it with blocking waits in
+    # :mod:`iochannel._core.watch`): ``_run`` makes it with blocking waits in
     # between, ``_arun`` with waits on the running loop.
 
     def _read_exact(
@@ -414,7 +417,7 @@ class Channel:
 
         The asyncio twin of :meth:`_run`.  The calls are made here, in the
         awaiting task, never from a loop callback: a cancellation can only
-        land on the wait, when no call is in progress (see :mod:`iochannel.watch`).
+        land on the wait, when no call is in progress (see :mod:`iochannel._core.watch`).
         *message* marks an exact read: the caller knows where a message ends.
         """
         if self._blocking:
@@ -423,7 +426,7 @@ class Channel:
         try:
             # An exact read whose last one found nothing at its first call waits
             # before its first call, until the loop sees the bytes keep coming (see
-            # iochannel.watch): a request/response reader skips a call bound to fail
+            # iochannel._core.watch): a request/response reader skips a call bound to fail
             # (64-byte asyncio ping-pong: a tenth fewer instructions, 8% faster).
             if message and waits.would_block[cond]:
                 await waits.wait_async(self, cond)

@@ -33,6 +33,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import final
 
+from .._core.channel import Buffer, Channel, close_fds
+from .._core.flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
+from .._core.task import Task
+from .._core.watch import FdSpec, forget_fd
 from .address import (
     Address,
     AddressError,
@@ -44,10 +48,6 @@ from .address import (
     from_sockaddr,
     resolve,
 )
-from .channel import Buffer, Channel, close_fds
-from .flags import Condition, Feature, ReadFlag, Shutdown, WriteFlag
-from .task import Task
-from .watch import FdSpec, forget_fd
 
 __all__ = ["MAX_FDS", "SocketChannel"]
 

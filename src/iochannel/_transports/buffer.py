@@ -1,12 +1,4 @@
-"""BufferChannel: a growable in-memory file with a position.
-
-Reads copy from the position up to the end of the data and return 0 at the end
-(never ``None``).  Writes store at the position, overwriting what is there and
-extending the data when they pass its end; seeking past the end and writing
-leaves a zero-filled gap, as a sparse file does.  ``seek`` accepts
-``SEEK_SET``/``SEEK_CUR``/``SEEK_END`` and refuses negative positions.  The
-channel is always ready for reading and writing.  Thread-safe.
-"""
+"""BufferChannel: a growable in-memory file with a position."""
 
 from __future__ import annotations
 
@@ -15,14 +7,24 @@ import threading
 from collections.abc import Sequence
 from typing import final
 
-from .channel import Buffer, Channel
-from .flags import Condition, Feature, ReadFlag, WriteFlag
+from .._core.channel import Buffer, Channel
+from .._core.flags import Condition, Feature, ReadFlag, WriteFlag
 
 __all__ = ["BufferChannel"]
 
 
 @final
 class BufferChannel(Channel):
+    """A growable in-memory file with a position.
+
+    Reads copy from the position up to the end of the data and return 0 at the end
+    (never ``None``).  Writes store at the position, overwriting what is there and
+    extending the data when they pass its end; seeking past the end and writing
+    leaves a zero-filled gap, as a sparse file does.  ``seek`` accepts
+    ``SEEK_SET``/``SEEK_CUR``/``SEEK_END`` and refuses negative positions.  The
+    channel is always ready for reading and writing.  Thread-safe.
+    """
+
     __slots__ = ("_data", "_lock", "_offset")
 
     def __init__(self, initial: Buffer = b"", *, name: str = "buffer") -> None:

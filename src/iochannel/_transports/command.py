@@ -28,11 +28,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import final
 
-from .channel import Buffer, Channel
-from .errors import ConfigurationError, UnsupportedFeatureError
-from .file import fd_readv, fd_writev
-from .flags import Condition, Feature, ReadFlag, WriteFlag
-from .watch import FdSpec, forget_fd
+from .._core.channel import Buffer, Channel
+from .._core.flags import Condition, Feature, ReadFlag, WriteFlag
+from ..errors import ConfigurationError, UnsupportedFeatureError
+from .file import FileChannel
+from .null import NullChannel
+from .stapled import StapledChannel
 
 __all__ = ["CommandChannel"]
 
@@ -48,15 +49,26 @@ def _make_controlling_tty() -> None:
 
 
 @final
-class CommandChannel(Channel):
-    __slots__ = ("_proc", "_pty", "_rfd", "_wfd")
+class CommandChannel(StapledChannel):
+    """A child process as a channel: a :class:`StapledChannel` of its pipes or pty, and the child.
 
-    def __init__(self, proc: subprocess.Popen[bytes], rfd: int, wfd: int, pty: bool, name: str):
-        super().__init__(Feature.NONE, name)
+    With pipes, ``shutdown(Shutdown.WRITE)`` closes the child's stdin, so it
+    sees end of input while its output can still be read.  A pty has one fd
+    for both directions: it has no shutdown (send the terminal's end-of-file
+    character, ``b"\\x04"``, instead).
+    """
+
+    __slots__ = ("_mode", "_proc", "_pty")
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], reader: Channel, writer: Channel, mode: str, name: str
+    ) -> None:
+        super().__init__(reader, writer, name=name)
         self._proc = proc
-        self._rfd = rfd
-        self._wfd = wfd
-        self._pty = pty
+        self._mode = mode
+        self._pty = reader if isinstance(reader, FileChannel) and reader is writer else None
+        if self._pty is not None:
+            self._set_feature(Feature.SHUTDOWN, False)
 
     @classmethod
     def spawn(
@@ -94,7 +106,8 @@ class CommandChannel(Channel):
                 raise
             finally:
                 os.close(slave)
-            return cls(proc, master, master, True, name)
+            tty = FileChannel(master, name=f"{name} (pty)")
+            return cls(proc, tty, tty, "rw", name)
         parent: list[int] = []
         child: dict[str, int] = {}
         try:
@@ -120,9 +133,11 @@ class CommandChannel(Channel):
         finally:
             for fd in child.values():
                 os.close(fd)
-        rfd = parent[0] if "r" in mode else -1
-        wfd = parent[-1] if "w" in mode else -1
-        return cls(proc, rfd, wfd, False, name)
+        # A direction the child does not have is a closed channel: reads see end of
+        # stream, as from /dev/null; writes are refused by _writev below.
+        reader = FileChannel(parent[0], name=f"{name} (stdout)") if "r" in mode else _unconnected()
+        writer = FileChannel(parent[-1], name=f"{name} (stdin)") if "w" in mode else _unconnected()
+        return cls(proc, reader, writer, mode, name)
 
     # ---- the child ------------------------------------------------------
 
@@ -146,64 +161,45 @@ class CommandChannel(Channel):
 
     def resize(self, rows: int, cols: int) -> None:
         """Set the pty window size (the child gets SIGWINCH)."""
-        if not self._pty:
+        if self._pty is None:
             raise ValueError(f"{self.name}: not running on a pty")
         self._check_open()
-        fcntl.ioctl(self._rfd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        winsize = struct.pack("HHHH", rows, cols, 0, 0)
+        fcntl.ioctl(self._pty.fileno(), termios.TIOCSWINSZ, winsize)
 
     # ---- hooks ----------------------------------------------------------
 
     def _readv(
         self, buffers: Sequence[Buffer], flags: ReadFlag, fds: list[int] | None
     ) -> int | None:
-        if self._rfd < 0:
+        if "r" not in self._mode:
             raise UnsupportedFeatureError(
                 f"{self.name}: the command's output is not connected (mode 'w'): "
                 "reading needs mode 'r' or 'rw'"
             )
-        return fd_readv(self._rfd, buffers, self._pty)
+        return super()._readv(buffers, flags, fds)
 
     def _writev(
         self, buffers: Sequence[Buffer], fds: Sequence[int], flags: WriteFlag
     ) -> int | None:
-        if self._wfd < 0:
+        if "w" not in self._mode:
             raise UnsupportedFeatureError(
                 f"{self.name}: the command's input is not connected (mode 'r'): "
                 "writing needs mode 'w' or 'rw'"
             )
-        return fd_writev(self._wfd, buffers)
+        return super()._writev(buffers, fds, flags)
 
-    def _wait_fds(self, cond: Condition) -> FdSpec:
-        spec: list[tuple[int, int]] = []
-        if cond & Condition.IN and self._rfd >= 0:
-            spec.append((self._rfd, _IN))
-        if cond & Condition.OUT and self._wfd >= 0:
-            spec.append((self._wfd, _OUT))
-        return tuple(spec)
+    # ---- closing --------------------------------------------------------
+    # The pipes close first, so a well-behaved child sees end of input; then
+    # the child is reaped.
 
-    def _set_blocking(self, blocking: bool) -> None:
-        for fd in {self._rfd, self._wfd} - {-1}:
-            os.set_blocking(fd, blocking)
-
-    def _close_fds(self) -> None:
-        for fd in {self._rfd, self._wfd} - {-1}:
-            forget_fd(fd)
-            os.close(fd)
-        self._rfd = self._wfd = -1
-
-    def _close(self) -> None:
-        self._close_fds()
+    def close(self) -> None:
+        super().close()
         self._proc.wait()
 
     async def aclose(self) -> None:
         """Close the pipes and wait for the child without blocking the loop."""
-        if self.closed:
-            return
-        self._closed = True
-        if self._waits is not None:
-            for watch in self._waits.close(self.name):
-                watch.cancel()
-        self._close_fds()
+        super().close()
         if self._proc.poll() is None:
             await _wait_pid_async(self._proc)
 
@@ -226,9 +222,14 @@ class CommandChannel(Channel):
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
-        self._closed = True
-        self._close_fds()
+        StapledChannel.close(self)
         self._abort()
+
+
+def _unconnected() -> Channel:
+    channel = NullChannel()
+    channel.close()
+    return channel
 
 
 async def _wait_pid_async(proc: subprocess.Popen[bytes]) -> None:

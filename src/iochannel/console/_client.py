@@ -32,11 +32,11 @@ import tty
 from collections.abc import Sequence
 from typing import IO
 
-from .channel import Channel
-from .chardev.telnet import TelnetFilter
-from .console import WEBSOCKET_KINDS, parse_target, websocket_layers
-from .errors import ChannelError
-from .socket import SocketChannel
+from .._core.channel import Channel
+from .._transports.socket import SocketChannel
+from ..chardev.telnet import TelnetFilter
+from ..errors import ChannelError
+from ._console import WEBSOCKET_KINDS, parse_target, websocket_layers
 
 __all__ = ["escape_byte", "main", "run_console"]
 

@@ -1,7 +1,7 @@
 """WebSocket (RFC 6455) as a layer over any channel: :class:`WebsockChannel`.
 
 The channel carries a byte stream in binary frames, server or client side.
-The opening handshake is :mod:`iochannel.websock_handshake` (h11 and the
+The opening handshake is :mod:`iochannel._layers.websock_handshake` (h11 and the
 ``websockets`` handshake objects).  After it, the layer splits incoming
 bytes into frames: a data frame that is a whole message and breaks no rule
 is unmasked straight into the read queue as its bytes arrive; every other
@@ -26,7 +26,7 @@ Memory is bounded in both directions: the master is read only when no decoded
 byte is waiting, 256 KiB at a time, and incoming messages are
 capped by *max_message*.  A ``writev`` sends one frame of at most
 ``_WRITE_CHUNK`` bytes and returns ``None`` until the master took it (see
-:mod:`iochannel.layer`); queued pongs and close replies beyond
+:mod:`iochannel._layers.layer`); queued pongs and close replies beyond
 ``_READ_PAUSE`` pause reading until the master drains.  So a peer that never
 reads cannot make either side grow (CVE-2017-15268).  :meth:`close` sends a 1000 close
 frame when it can without blocking.
@@ -45,10 +45,10 @@ from typing import cast, final
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 
+from .._core.channel import Buffer, Channel
+from .._core.flags import Condition, Feature, ReadFlag, Shutdown
+from ..errors import ChannelBrokenPipeError, ConfigurationError, RemoteProtocolError
 from . import websock_handshake as hs
-from .channel import Buffer, Channel
-from .errors import ChannelBrokenPipeError, ConfigurationError, RemoteProtocolError
-from .flags import Condition, Feature, ReadFlag, Shutdown
 from .layer import LayerChannel
 
 try:
