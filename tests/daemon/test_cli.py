@@ -209,12 +209,12 @@ def test_missing_config_file(tmp_path: Path) -> None:
     )
 
 
-def test_check_prints_the_graph(capsys: pytest.CaptureFixture[str]) -> None:
-    argv, _ = default_config("/run/x", web=True)
+def test_check_prints_the_graph(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv, _ = default_config(str(tmp_path), web=True)
     assert entry([*argv, "--check"]) == 0
     out = capsys.readouterr().out
     assert "  shell    command " in out and "(pty, restart)" in out
-    assert "  unix     socket unix:/run/x/console.sock server connections=64" in out
+    assert f"  unix     socket unix:{tmp_path}/console.sock server connections=64" in out
     assert "  telnet   socket tcp:127.0.0.1:5555-5600 server telnet connections=64" in out
     assert "  viewers  hub of unix, telnet, log" in out
     assert "relays:\n  relay0: shell <-> viewers\n" in out
@@ -240,6 +240,42 @@ def test_check_prints_every_setting_that_takes_effect(capsys: pytest.CaptureFixt
     assert "  h    hub of log, r policies.log.mode=drop policies.log.limit=4096\n" in out
     assert "  v    socket tcp:[::1]:7,ipv6=on server\n" in out
     assert "  u    udp remote=localhost:5 local=:6\n" in out
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            "socket,id=s,path={d}/none/s.sock,server=on,wait=off",
+            "chardev 's': 'path': cannot create the socket {d}/none/s.sock: directory {d}/none "
+            "does not exist (create it, or choose a path in an existing directory)",
+        ),
+        (
+            "file,id=f,path={d}/none/f.log",
+            "chardev 'f': 'path': cannot create the file {d}/none/f.log: directory {d}/none "
+            "does not exist",
+        ),
+        (
+            "file,id=f,path={d}/f.log,input-path={d}/in",
+            "chardev 'f': 'input-path': {d}/in does not exist",
+        ),
+    ],
+)
+def test_check_reports_what_start_up_would_find_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, message: str
+) -> None:
+    """--check and a real start fail alike, before anything is created."""
+    argv = ["-chardev", option.format(d=tmp_path)]
+    assert entry([*argv, "--check"]) == 1
+    checked = capsys.readouterr().err
+    assert message.format(d=tmp_path) in checked
+    assert entry(argv) == 1
+    assert capsys.readouterr().err == checked
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_client_socket_needs_no_directory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert entry(["-chardev", "socket,id=c,path=/none/s.sock,reconnect-ms=100", "--check"]) == 0
 
 
 def test_chardev_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -313,12 +349,12 @@ def _readme_default(directory: str) -> list[str]:
 
 
 def test_the_readme_writes_out_the_built_in_default(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("SHELL", "/bin/sh")
-    assert entry([*_readme_default("/run/x"), "--check"]) == 0
+    assert entry([*_readme_default(str(tmp_path)), "--check"]) == 0
     written_out = capsys.readouterr().out
-    argv, _ = default_config("/run/x", web=True)
+    argv, _ = default_config(str(tmp_path), web=True)
     assert entry([*argv, "--check"]) == 0
     assert written_out == capsys.readouterr().out
 

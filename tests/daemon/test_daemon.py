@@ -59,10 +59,11 @@ def test_a_failed_start_leaves_nothing_behind(tmp_path: Path) -> None:
     async def main() -> None:
         argv = [
             *("-chardev", f"socket,id=a,path={tmp_path}/a.sock,server=on,wait=off"),
-            *("-chardev", f"file,id=f,path={tmp_path}/no/such/dir"),
+            # A directory where the file should be: only opening it finds out.
+            *("-chardev", f"file,id=f,path={tmp_path}"),
         ]
         daemon = Daemon(parse_args(argv))
-        with pytest.raises(ConfigError, match=r"^-chardev file,id=f,path=.*No such file"):
+        with pytest.raises(ConfigError, match=r"^-chardev file,id=f,path=.*Is a directory"):
             await daemon.start()
         assert len(daemon.registry) == 0 and not (tmp_path / "a.sock").exists()
 

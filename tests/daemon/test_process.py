@@ -156,12 +156,14 @@ def test_daemonize_returns_once_ready(tmp_path: Path) -> None:
 
 
 def test_daemonize_reports_a_failed_start(tmp_path: Path) -> None:
-    argv = ["-chardev", "file,id=f,path=/nonexistent/dir/f", "--daemonize"]
+    # A directory where the file should be: only opening it, after the fork, finds out.
+    argv = ["-chardev", f"file,id=f,path={tmp_path}", "--daemonize"]
     done = subprocess.run(
         [sys.executable, "-m", "iochannel", *argv], capture_output=True, text=True, timeout=20
     )
     assert done.returncode == 1
-    assert "-chardev file,id=f,path=/nonexistent/dir/f: " in done.stderr
+    assert f"-chardev file,id=f,path={tmp_path}: " in done.stderr
+    assert "Is a directory" in done.stderr
 
 
 def test_the_default_runs_a_shared_shell(tmp_path: Path) -> None:

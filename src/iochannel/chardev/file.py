@@ -13,6 +13,7 @@ from .._core.channel import Channel
 from .._core.flags import Condition
 from .._transports.file import FileChannel
 from .channel_backend import ChannelChardev
+from .chardev import ChardevError
 from .options import (
     REQUIRED,
     ChardevLookup,
@@ -20,6 +21,7 @@ from .options import (
     Schema,
     chardev_kwargs,
     escape,
+    missing_directory,
     register_backend,
 )
 from .ratelimit import log_peer
@@ -32,6 +34,14 @@ log = logging.getLogger(__name__)
 
 def _legacy(text: str) -> str | None:
     return f"file,path={escape(text[5:])}" if text.startswith("file:") else None
+
+
+def _preflight(id: str, data: Mapping[str, Any]) -> None:
+    error = missing_directory(id, "path", data["out"], "file")
+    if error is None and "in" in data and not os.path.exists(data["in"]):
+        error = ChardevError(f"chardev '{id}': 'input-path': {data['in']} does not exist")
+    if error is not None:
+        raise error
 
 
 @register_backend(
@@ -48,6 +58,7 @@ def _legacy(text: str) -> str | None:
         },
         cli_names={"out": "path", "in": "input-path"},
         legacy=_legacy,
+        preflight=_preflight,
     )
 )
 class FileChardev(ChannelChardev):
@@ -106,7 +117,13 @@ class FileChardev(ChannelChardev):
         )
 
     def _open(self) -> bool:
-        out = FileChannel.open(self.out_path, "a" if self.append else "w")
+        try:
+            out = FileChannel.open(self.out_path, "a" if self.append else "w")
+        except FileNotFoundError:
+            error = missing_directory(self.id, "path", self.out_path, "file")
+            if error is None:
+                raise
+            raise error from None
         inp = None
         if self.in_path is not None:
             try:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -74,12 +75,14 @@ __all__ = [
     "check_id",
     "escape",
     "host_port",
+    "missing_directory",
     "options_help",
     "options_table",
     "parse_bool",
     "parse_chardev",
     "parse_keyval",
     "parse_legacy",
+    "preflight",
     "qapi_address",
     "register_backend",
     "schema",
@@ -161,6 +164,10 @@ class Schema:
     factory: Factory | None = None
     #: A mux or a hub: it cannot be stacked on another (set from the class).
     multiplexer: bool = False
+    #: What start-up would find wrong on this host (a missing directory to create a socket
+    #: or a file in), checked without creating anything: ``preflight(id, data)`` raises
+    #: :class:`ChardevError` with start-up's message.
+    preflight: Callable[[str, Mapping[str, Any]], None] | None = None
 
     def cli_to_qapi(self, typed: Mapping[str, Any]) -> dict[str, Any]:
         return (self.from_cli or _rename(self.cli_names))(typed)
@@ -535,6 +542,28 @@ def _check_common(data: dict[str, Any], name: Names) -> None:
 
 def _qapi_name(path: str) -> str:
     return _join("backend.data", path)
+
+
+def preflight(spec: Mapping[str, Any]) -> None:
+    """Raise what starting the chardev of a validated *spec* would find wrong on this host.
+
+    Nothing is created: ``--check`` and the parse before start-up report a
+    missing directory as start-up would.
+    """
+    check = schema(spec["backend"]["type"]).preflight
+    if check is not None:
+        check(spec["id"], spec["backend"]["data"])
+
+
+def missing_directory(id: str, key: str, path: str, what: str) -> ChardevError | None:
+    """The error for a *what* (socket, file) at *path* whose directory is missing, else None."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(folder):
+        return None
+    return ChardevError(
+        f"chardev '{id}': '{key}': cannot create the {what} {path}: directory {folder} "
+        "does not exist (create it, or choose a path in an existing directory)"
+    )
 
 
 def validate_spec(spec: object) -> dict[str, Any]:

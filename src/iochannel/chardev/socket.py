@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -91,6 +90,7 @@ from .options import (
     chardev_kwargs,
     escape,
     host_port,
+    missing_directory,
     qapi_address,
     register_backend,
 )
@@ -256,6 +256,19 @@ def _legacy(text: str) -> str | None:
     return None
 
 
+def _missing_directory(id: str, addr: Address) -> ChardevError | None:
+    """The error for a unix socket to create in a directory that does not exist, if it is that."""
+    if not isinstance(addr, UnixAddress) or addr.abstract:
+        return None
+    return missing_directory(id, "path", addr.path, "socket")
+
+
+def _preflight(id: str, data: Mapping[str, Any]) -> None:
+    error = _missing_directory(id, qapi_address(data["addr"])) if data["server"] else None
+    if error is not None:
+        raise error
+
+
 _SCHEMA = Schema(
     "socket",
     "a stream socket, server or client (unix, inet, vsock or an open fd)",
@@ -305,6 +318,7 @@ _SCHEMA = Schema(
     from_cli=_from_cli,
     check=_check,
     legacy=_legacy,
+    preflight=_preflight,
 )
 
 
@@ -836,19 +850,6 @@ class SocketChardev(FanoutChardev):
             return obj
         log.warning("chardev '%s': no authz object '%s': denying", self.id, self._authz_id)
         return AuthzList(policy=Policy.DENY, name=self._authz_id or "authz")
-
-
-def _missing_directory(id: str, addr: Address) -> ChardevError | None:
-    """The error for a unix socket to create in a directory that does not exist, if it is that."""
-    if not isinstance(addr, UnixAddress) or addr.abstract:
-        return None
-    folder = os.path.dirname(addr.path) or "."
-    if os.path.isdir(folder):
-        return None
-    return ChardevError(
-        f"chardev '{id}': 'path': cannot create the socket {addr.path}: directory {folder} "
-        "does not exist (create it, or choose a path in an existing directory)"
-    )
 
 
 def _credentials(

@@ -63,6 +63,7 @@ from ..chardev.options import (
     backend_names,
     options_help,
     parse_bool,
+    preflight,
     settings,
 )
 from ..errors import ConfigurationError
@@ -250,6 +251,10 @@ class Config:
             for key in ("tls-creds", "tls-authz"):
                 if key in data and data[key] not in self.objects:
                     raise ConfigError(f"{where}: '{key}': no object with id '{data[key]}'")
+            try:
+                preflight(spec)
+            except ChardevError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
         for relay in self.relays.values():
             where = f"--relay id={relay.id}"
             claim(relay.chardev, f"relay '{relay.id}'", where, "chardev")
