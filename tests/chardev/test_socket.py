@@ -28,6 +28,7 @@ from iochannel.chardev import (
 )
 from iochannel.chardev.backoff import Backoff
 from iochannel.chardev.socket import SocketChardev
+from iochannel.crypto import AuthzList, Credentials, Endpoint
 
 from .fehandler import FeHandler
 
@@ -413,6 +414,14 @@ def test_wait_connected_is_refused_with_handshakes() -> None:
 def test_option_errors(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ChardevError, match=message):
         SocketChardev("chr", InetAddress("127.0.0.1", "1"), **kwargs)
+
+
+def test_credentials_for_the_other_endpoint_say_what_to_set() -> None:
+    objects = {"srv": Credentials(Endpoint.SERVER), "a": AuthzList()}
+    with pytest.raises(ChardevError, match="not TLS credentials"):
+        SocketChardev("chr", InetAddress("127.0.0.1", "1"), tls_creds="a", objects=objects)
+    with pytest.raises(ChardevError, match="client endpoint: set endpoint=client on 'srv'"):
+        SocketChardev("chr", InetAddress("127.0.0.1", "1"), tls_creds="srv", objects=objects)
 
 
 # ---- fd passing ----------------------------------------------------------------------

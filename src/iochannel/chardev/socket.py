@@ -74,7 +74,7 @@ from .._transports.address import (
 from .._transports.netlistener import NetListener
 from .._transports.socket import SocketChannel
 from ..crypto.authz import AuthzList, Policy
-from ..crypto.creds import Credentials, Endpoint
+from ..crypto.creds import Credentials, CredentialsError, Endpoint, find_credentials
 from ..errors import ChannelTimeoutError
 from .backoff import Backoff
 from .chardev import ChardevError
@@ -857,12 +857,7 @@ def _credentials(
 ) -> Credentials | None:
     if not name:
         return None
-    obj = objects.get(name)
-    if obj is None:
-        raise ChardevError(f"No TLS credentials with id '{name}'")
-    if not isinstance(obj, Credentials):
-        raise ChardevError(f"Object with id '{name}' is not TLS credentials")
-    role = Endpoint.SERVER if server else Endpoint.CLIENT
-    if obj.endpoint is not role:
-        raise ChardevError(f"Expecting TLS credentials with a {role.value} endpoint")
-    return obj
+    try:
+        return find_credentials(objects, name, Endpoint.SERVER if server else Endpoint.CLIENT)
+    except CredentialsError as exc:
+        raise ChardevError(str(exc)) from None

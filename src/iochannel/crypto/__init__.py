@@ -9,7 +9,7 @@
 """
 
 from .authz import AuthzDeniedError, AuthzList, AuthzRule, Format, Policy
-from .creds import Credentials, CredentialsError, Endpoint
+from .creds import Credentials, CredentialsError, Endpoint, find_credentials
 from .psk import PSKCredentials
 from .x509 import X509Credentials, distinguished_name
 
@@ -25,4 +25,5 @@ __all__ = [
     "Policy",
     "X509Credentials",
     "distinguished_name",
+    "find_credentials",
 ]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import enum
 import ssl
+from collections.abc import Mapping
 
 from ..errors import ConfigurationError
 
-__all__ = ["Credentials", "CredentialsError", "Endpoint"]
+__all__ = ["Credentials", "CredentialsError", "Endpoint", "find_credentials"]
 
 
 class CredentialsError(ConfigurationError):
@@ -56,6 +57,26 @@ class Credentials:
                 f"credentials are for a TLS {self.endpoint.value}, "
                 f"not a {endpoint.value}: endpoint doesn't match session"
             )
+
+
+def find_credentials(objects: Mapping[str, object], ident: str, endpoint: Endpoint) -> Credentials:
+    """The ``tls-creds`` object *ident* of *objects*, made for *endpoint*.
+
+    Every user of a ``tls-creds`` option (socket chardevs, the NBD server and
+    client) looks its object up here, so each refuses in QEMU's words with
+    what to fix; raises :class:`CredentialsError`.
+    """
+    obj = objects.get(ident)
+    if obj is None:
+        raise CredentialsError(f"No TLS credentials with id '{ident}'")
+    if not isinstance(obj, Credentials):
+        raise CredentialsError(f"Object with id '{ident}' is not TLS credentials")
+    if obj.endpoint is not endpoint:
+        raise CredentialsError(
+            f"Expecting TLS credentials with a {endpoint.value} endpoint: "
+            f"set endpoint={endpoint.value} on '{ident}'"
+        )
+    return obj
 
 
 def new_context(endpoint: Endpoint) -> ssl.SSLContext:

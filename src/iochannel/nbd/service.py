@@ -19,7 +19,7 @@ from typing import Any
 from .._transports.address import Address, AddressError, FdAddress, InetAddress, UnixAddress
 from ..block.nodes import BlockNode
 from ..block.options import BlockError, Options
-from ..crypto import AuthzList, Credentials, CredentialsError, Endpoint
+from ..crypto import AuthzList, Credentials, CredentialsError, Endpoint, find_credentials
 from .protocol import MAX_STRING
 from .server import NbdExport, NbdServer
 
@@ -88,16 +88,10 @@ def tls_credentials(
     objects are not loaded), the credentials' SSL context is made now, so a
     problem fails here rather than at each connection (PSK needs Python 3.13).
     """
-    obj = objects.get(ident)
-    if obj is None:
-        raise BlockError(f"No TLS credentials with id '{ident}'")
-    if not isinstance(obj, Credentials):
-        raise BlockError(f"Object with id '{ident}' is not TLS credentials")
-    if obj.endpoint is not endpoint:
-        raise BlockError(
-            f"Expecting TLS credentials with a {endpoint.value} endpoint: "
-            f"set endpoint={endpoint.value} on '{ident}'"
-        )
+    try:
+        obj = find_credentials(objects, ident, endpoint)
+    except CredentialsError as exc:
+        raise BlockError(str(exc)) from None
     if not dry:
         try:
             obj.ssl_context()
