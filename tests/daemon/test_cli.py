@@ -134,6 +134,10 @@ def test_options_in_qemu_syntax() -> None:
             ["--nbd-server", "addr.type=unix,addr.path=s,max-conections=1"],
             "did you mean 'max-connections'?",
         ),
+        (
+            ["--nbd-server", "adr.type=unix,addr.path=s"],
+            "Parameter 'adr' is unexpected; did you mean 'addr'?",
+        ),
         ([*BASE, "--relay", "chardev=dev,peer=n,notice=on"], "did you mean 'notices'?"),
         ([*BASE, "--monitor", "chardev=n,mdoe=control"], "did you mean 'mode'?"),
         ([*BASE, "--web", "hub=dev,rw-tokn=x"], "did you mean 'rw-token'"),

@@ -118,20 +118,17 @@ class NbdService:
     def start(self, args: dict[str, Any], *, typed: bool, legacy: bool) -> None:
         """``nbd-server-start`` (*legacy*: QMP's address form) or ``--nbd-server``."""
         opts = Options(args, typed=typed)
-        if "addr" in opts.values:
-            group = opts.values.pop("addr")
-            if not isinstance(group, dict):
-                raise BlockError("Invalid parameter type for 'addr', expected: object")
-            addr = parse_addr(Options(group, typed=typed, prefix="addr."), legacy=legacy)
-        elif legacy:
-            raise BlockError("Parameter 'addr' is missing")
-        else:
-            # The command line's SocketAddress is flat: addr.type=… spelled as addr.*.
-            raise BlockError("Parameter 'addr.type' is missing")
+        given = opts.has("addr")
+        group = opts.group("addr")
         creds_id = opts.optional_str("tls-creds")
         authz_id = opts.optional_str("tls-authz")
         max_connections = opts.integer("max-connections", 100, 0, (1 << 32) - 1)
+        # Unknown keys first: a misspelt addr (adr.type=…) is named as such.
         opts.done()
+        if legacy and not given:
+            raise BlockError("Parameter 'addr' is missing")
+        # The command line's SocketAddress is flat: addr.type=… spelled as addr.*.
+        addr = parse_addr(group, legacy=legacy)
         if self.running:
             raise BlockError("NBD server already running")
         creds = self._creds(creds_id)
