@@ -99,6 +99,7 @@ def test_a_missing_image_is_reported_before_start(tmp_path: Path) -> None:
         (["--blockdev", "driver=raw,node-name=a,file=b"], "node-name='b'"),
         (["--blockdev", "driver=file,node-name=a"], "'filename' is missing"),
         (["--export"], "--export: missing argument"),
+        (["--exprot", "x"], "--exprot: unknown option; did you mean '--export'?"),
     ],
 )
 @pytest.mark.usefixtures("images")

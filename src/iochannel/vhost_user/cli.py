@@ -115,7 +115,9 @@ def parse_args(argv: Sequence[str]) -> tuple[list[tuple[str, str]], str | None]:
         arg = args.pop(0)
         name, eq, inline = arg.partition("=")
         if name not in (*STORAGE_OPTIONS, "--pidfile"):
-            raise UsageError(f"{arg}: unknown option")
+            known = [o[2:] for o in (*STORAGE_OPTIONS, "--pidfile")]
+            hint = keyval.did_you_mean(name.lstrip("-"), known, "--")
+            raise UsageError(f"{arg}: unknown option{hint}")
         if eq:
             value = inline
         elif args:
