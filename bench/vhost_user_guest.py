@@ -8,6 +8,9 @@ back-end on the same image and runs a static direct-I/O load generator
 * random 4 KiB reads (IOPS ratio);
 * sequential 1 MiB writes (throughput ratio).
 
+Beside each figure: the back-end's context switches per transfer (all its
+threads, voluntary and involuntary, from /proc), which shows thread hops.
+
 Needs qemu-system-x86_64, qemu-storage-daemon, busybox, cpio, gcc and a
 Debian kernel in /boot.  Figures under TCG are dominated by guest emulation,
 so they compare the two back-ends, not absolute speeds.
@@ -41,17 +44,39 @@ def build_tool(workdir: Path) -> Path:
     return out
 
 
-def run(kind: str, workdir: Path, kernel: Path, initrd: Path, image: Path) -> dict[str, float]:
+def context_switches(pid: int) -> int:
+    """Context switches of the threads of *pid* so far (those of ended threads are lost)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for line in lines:
+            key, _, value = line.partition(":")
+            if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                total += int(value)
+    return total
+
+
+def run(
+    kind: str, workdir: Path, kernel: Path, initrd: Path, image: Path
+) -> dict[str, tuple[float, float]]:
+    """{test: (MiB/s or IOPS, back-end context switches per transfer)}"""
     sock = str(workdir / "vub.sock")
     backend = Backend(kind, image, sock, num_queues=1)
     try:
         guest = Guest(kernel, initrd, sock, num_queues=1, smp=1, mem="512M")
         try:
-            results: dict[str, float] = {}
+            results: dict[str, tuple[float, float]] = {}
+            guest.expect("GUEST-START")
+            switches = context_switches(backend.proc.pid)
             for name, *_ in TESTS:
                 m = guest.expect(rf"RESULT {name} ops=(\d+) bytes=(\d+) ns=(\d+)", timeout=600)
                 ops, nbytes, ns = (int(x) for x in m.groups())
-                results[name] = (nbytes if "4K" not in name else ops) / (ns / 1e9)
+                before, switches = switches, context_switches(backend.proc.pid)
+                rate = (nbytes if "4K" not in name else ops) / (ns / 1e9)
+                results[name] = (rate, (switches - before) / ops)
             guest.expect("GUEST-END")
             guest.wait()
         finally:
@@ -80,18 +105,20 @@ def main() -> int:
             for name, mode, bs, count in TESTS
         )
         kernel, initrd = build_initrd(workdir, commands, extra=[tool])
-        best: dict[str, dict[str, float]] = {"iochannel": {}, "qsd": {}}
+        # The best round of each back-end, with its context switches.
+        best: dict[str, dict[str, tuple[float, float]]] = {"iochannel": {}, "qsd": {}}
         for _ in range(ROUNDS):
             for kind in best:
                 for name, value in run(kind, workdir, kernel, initrd, image).items():
-                    best[kind][name] = max(best[kind].get(name, 0.0), value)
+                    best[kind][name] = max(best[kind].get(name, (0.0, 0.0)), value)
         for name, *_ in TESTS:
-            ours, base = best["iochannel"][name], best["qsd"][name]
+            (ours, ours_cs), (base, base_cs) = best["iochannel"][name], best["qsd"][name]
             unit = "IOPS" if "4K" in name else "MiB/s"
             scale = 1 if "4K" in name else 1 / (1 << 20)
             print(
-                f"{name:14} iochannel {ours * scale:9.1f} {unit}  "
-                f"qemu-storage-daemon {base * scale:9.1f} {unit}  ratio {ours / base:.2f}"
+                f"{name:14} iochannel {ours * scale:9.1f} {unit} ({ours_cs:4.1f} cs/op)  "
+                f"qemu-storage-daemon {base * scale:9.1f} {unit} ({base_cs:4.1f} cs/op)  "
+                f"ratio {ours / base:.2f}"
             )
     return 0
 

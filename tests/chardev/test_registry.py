@@ -155,7 +155,7 @@ def test_change_failures_leave_the_old_chardev(tmp_path: Path) -> None:
         old = reg.add("null,id=c")
         with pytest.raises(ChardevError, match="Chardev 'nope' not found"):
             reg.change("nope", "null")
-        with pytest.raises(ChardevError, match="directory .* does not exist"):
+        with pytest.raises(ChardevError, match=r"directory .* does not exist"):
             reg.change("c", f"file,path={tmp_path / 'no' / 'such' / 'dir'}")
         with pytest.raises(ChardevOptionError, match="Invalid parameter 'bogus'"):
             reg.change("c", "null,bogus=1")

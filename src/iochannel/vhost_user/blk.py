@@ -39,8 +39,6 @@ __all__ = ["BlkDevice"]
 log = logging.getLogger(__name__)
 
 SECTOR = 512
-import os as _os
-_OFF = bool(_os.environ.get('VUB3_OFF'))
 
 # Virtio-blk feature bits.
 F_RO = 1 << 5
@@ -108,50 +106,6 @@ def _total(chunks: list[memoryview]) -> int:
     return sum(len(c) for c in chunks)
 
 
-class _Helper:
-    """A second thread for one queue worker: runs one request while the worker runs the next."""
-
-    def __init__(self, device: BlkDevice, thread_id: int) -> None:
-        self._device = device
-        self._go = threading.Lock()
-        self._go.acquire()
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._job: tuple[Virtqueue, DescriptorChain] | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"vhost-user-blk-helper-{thread_id}", daemon=True
-        )
-        self._thread.start()
-
-    def run(self, vq: Virtqueue, chain: DescriptorChain) -> None:
-        self._job = (vq, chain)
-        self._go.release()
-
-    def wait(self) -> None:
-        self._done.acquire()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    def close(self) -> None:
-        self._job = None
-        self._go.release()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            self._go.acquire()
-            job, self._job = self._job, None
-            if job is None:
-                return
-            try:
-                self._device._complete(*job)
-            except BaseException as exc:
-                self._error = exc
-            self._done.release()
-
-
 class BlkDevice(VhostUserBackend):
     """A vhost-user-blk device; see the module docstring."""
 
@@ -181,8 +135,6 @@ class BlkDevice(VhostUserBackend):
         self._gate = threading.Condition()
         self._active = 0
         self._quiesced = 0
-        self._helpers: dict[int, _Helper] = {}
-        self._helpers_lock = threading.Lock()
 
     # ---- negotiation ----
 
@@ -243,43 +195,17 @@ class BlkDevice(VhostUserBackend):
     # ---- requests ----
 
     def handle_queue(self, vq: Virtqueue, thread_id: int) -> None:
-        chain = vq.pop()
-        if chain is None:
-            return
-        helper: _Helper | None = None
-        try:
-            if vq.has_available() and not _OFF:
-                helper = self._helper(thread_id)
-                helper.run(vq, chain)
-                chain = vq.pop()
-            while chain is not None:
-                self._complete(vq, chain)
-                chain = vq.pop()
-        finally:
-            if helper is not None:
-                helper.wait()
-        vq.notify()
-
-    def _complete(self, vq: Virtqueue, chain: DescriptorChain) -> None:
-        try:
-            written = self.process(chain)
-        except BaseException:
-            vq.push(chain, 0)  # never leave a request in flight
-            raise
-        vq.push(chain, written)
-
-    def _helper(self, thread_id: int) -> _Helper:
-        with self._helpers_lock:
-            helper = self._helpers.get(thread_id)
-            if helper is None:
-                helper = self._helpers[thread_id] = _Helper(self, thread_id)
-            return helper
-
-    def reset(self) -> None:
-        with self._helpers_lock:
-            helpers, self._helpers = self._helpers, {}
-        for h in helpers.values():
-            h.close()
+        done = False
+        while (chain := vq.pop()) is not None:
+            try:
+                written = self.process(chain)
+            except BaseException:
+                vq.push(chain, 0)  # never leave a request in flight
+                raise
+            vq.push(chain, written)
+            done = True
+        if done:
+            vq.notify()
 
     def process(self, chain: DescriptorChain) -> int:
         """Carry out one request; return the bytes written to its buffers."""

@@ -248,11 +248,6 @@ class Virtqueue:
             self.in_flight += 1
         return chain
 
-    def has_available(self) -> bool:
-        """Whether another request waits in mapped rings (a hint; :meth:`pop` validates it)."""
-        avail = self._avail
-        return avail is not None and _U16.unpack_from(avail, 2)[0] != self.last_avail
-
     def _walk(self, chain: DescriptorChain, desc: memoryview) -> None:
         # This loop runs once per guest page of every request (a 1 MiB read is
         # ~256 descriptors), so hot names are locals, the region of the
