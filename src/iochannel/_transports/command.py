@@ -169,24 +169,24 @@ class CommandChannel(StapledChannel):
 
     # ---- hooks ----------------------------------------------------------
 
+    def _connected(self, mode: str, stream: str, doing: str) -> None:
+        if mode not in self._mode:
+            other = "w" if mode == "r" else "r"
+            raise UnsupportedFeatureError(
+                f"{self.name}: the command's {stream} is not connected (mode '{other}'): "
+                f"{doing} needs mode '{mode}' or 'rw'"
+            )
+
     def _readv(
         self, buffers: Sequence[Buffer], flags: ReadFlag, fds: list[int] | None
     ) -> int | None:
-        if "r" not in self._mode:
-            raise UnsupportedFeatureError(
-                f"{self.name}: the command's output is not connected (mode 'w'): "
-                "reading needs mode 'r' or 'rw'"
-            )
+        self._connected("r", "output", "reading")
         return super()._readv(buffers, flags, fds)
 
     def _writev(
         self, buffers: Sequence[Buffer], fds: Sequence[int], flags: WriteFlag
     ) -> int | None:
-        if "w" not in self._mode:
-            raise UnsupportedFeatureError(
-                f"{self.name}: the command's input is not connected (mode 'r'): "
-                "writing needs mode 'w' or 'rw'"
-            )
+        self._connected("w", "input", "writing")
         return super()._writev(buffers, fds, flags)
 
     # ---- closing --------------------------------------------------------
