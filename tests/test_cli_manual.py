@@ -184,8 +184,10 @@ def test_completion_at_a_terminal(tmp_path: Path, shell: str) -> None:
 
 def _make_dry(venv: Path, target: str) -> str:
     make = require_tool("make")
+    # --no-print-directory: under `make test` this make is a sub-make, which would print
+    # "Entering directory" lines around what it would run.
     return subprocess.run(
-        [make, "-n", f"VENV={venv}", target],
+        [make, "-n", "--no-print-directory", f"VENV={venv}", target],
         cwd=ROOT,
         capture_output=True,
         text=True,
