@@ -91,21 +91,31 @@ def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30
 
 
 @contextlib.contextmanager
-def iochannel_process(pidfile: Path, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m iochannel ARGV --pidfile PIDFILE``, ready (its pid file written).
+def iochannel_process(
+    pidfile: Path,
+    *argv: str,
+    module: str = "iochannel",
+    pass_fds: tuple[int, ...] = (),
+    log: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m MODULE ARGV --pidfile PIDFILE``, ready (its pid file written).
 
+    Its standard error goes to a pipe, or to the file *log* for a long run.
     When the block ends without an error, SIGTERM must end the daemon with status 0.
     """
     argv = (*argv, "--pidfile", str(pidfile))
-    proc = subprocess.Popen([sys.executable, "-m", "iochannel", *argv], stderr=subprocess.PIPE)
-    try:
-        wait_for_file(pidfile, proc)
-        yield proc
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+    with contextlib.ExitStack() as stack:
+        stderr = stack.enter_context(open(log, "wb")) if log else subprocess.PIPE
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *argv], stderr=stderr, pass_fds=pass_fds
+        )
+        stack.callback(lambda: proc.stderr and proc.stderr.close())
+        try:
+            wait_for_file(pidfile, proc)
+            yield proc
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

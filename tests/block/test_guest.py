@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.block.test_process import _qmp
-from tests.conftest import wait_for_file
+from tests.conftest import iochannel_process
 from tests.vhost_user.guest import Guest, build_initrd
 
 pytestmark = pytest.mark.slow
@@ -36,12 +33,8 @@ def test_guest_on_export_added_over_qmp(tmp_path: Path) -> None:
         "--blockdev", f"driver=file,node-name=file0,filename={image}",
         "--chardev", f"socket,id=m,path={qmp},server=on,wait=off",
         "--monitor", "chardev=m",
-        "--pidfile", str(tmp_path / "pid"),
     ]  # fmt: skip
-    log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "iochannel", *argv], stderr=log)
-    try:
-        wait_for_file(tmp_path / "pid", proc)
+    with iochannel_process(tmp_path / "pid", *argv, log=tmp_path / "daemon.log"):
         export = {
             "type": "vhost-user-blk",
             "id": "exp0",
@@ -70,13 +63,6 @@ def test_guest_on_export_added_over_qmp(tmp_path: Path) -> None:
             guest.close()
         (deleted,) = _qmp(qmp, ("block-export-del", {"id": "exp0"}))
         assert deleted == {"return": {}}
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
     assert image.read_bytes()[8 * 512 : 8 * 512 + 27] == b"GUEST-WROTE-THIS-0123456789"
 
 
@@ -106,12 +92,8 @@ def test_guest_sees_block_resize_with_queues_on_two_iothreads(tmp_path: Path) ->
         "--blockdev", f"driver=file,node-name=file0,filename={image}",
         "--chardev", f"socket,id=m,path={qmp},server=on,wait=off",
         "--monitor", "chardev=m",
-        "--pidfile", str(tmp_path / "pid"),
     ]  # fmt: skip
-    log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "iochannel", *argv], stderr=log)
-    try:
-        wait_for_file(tmp_path / "pid", proc)
+    with iochannel_process(tmp_path / "pid", *argv, log=tmp_path / "daemon.log"):
         export = {
             "type": "vhost-user-blk",
             "id": "exp0",
@@ -144,12 +126,5 @@ def test_guest_sees_block_resize_with_queues_on_two_iothreads(tmp_path: Path) ->
             assert guest.wait() == 0
         finally:
             guest.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
     assert image.stat().st_size == 128 << 20
     assert image.read_bytes()[8 * 512 : 8 * 512 + 27] == b"GUEST-WROTE-THIS-0123456789"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ import pytest
 from iochannel.vhost_user.cli import UsageError, main, parse_args, parse_keyval
 from iochannel.vhost_user.frontend import Frontend
 from iochannel.vhost_user.protocol import Request
-from tests.conftest import wait_for_file
+from tests.conftest import iochannel_process, wait_for_file
 
 
 def test_keyval() -> None:
@@ -119,24 +119,18 @@ def test_main_reports_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert f"--blockdev {blockdev}: Could not open '{missing}'" in capsys.readouterr().err
 
 
-def _run(tmp_path: Path, export: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+def _export(
+    tmp_path: Path, export: str, pass_fds: tuple[int, ...] = ()
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """The export tool serving a 1 MiB image with *export*, ready."""
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(1 << 20))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "iochannel.vhost_user.cli",
-            "--blockdev",
-            f"driver=file,node-name=file0,filename={image}",
-            "--blockdev",
-            "driver=raw,node-name=disk0,file=file0",
-            "--export",
-            export,
-            "--pidfile",
-            str(tmp_path / "pid"),
-        ],
-        stderr=subprocess.PIPE,
+    return iochannel_process(
+        tmp_path / "pid",
+        *("--blockdev", f"driver=file,node-name=file0,filename={image}"),
+        *("--blockdev", "driver=raw,node-name=disk0,file=file0"),
+        *("--export", export),
+        module="iochannel.vhost_user.cli",
         pass_fds=pass_fds,
     )
 
@@ -144,9 +138,7 @@ def _run(tmp_path: Path, export: str, pass_fds: tuple[int, ...] = ()) -> subproc
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serves_until_signal(tmp_path: Path, sig: signal.Signals) -> None:
     sock = tmp_path / "vub.sock"
-    proc = _run(tmp_path, EXPORT.replace("vub.sock", str(sock)) + ",num-queues=2")
-    try:
-        wait_for_file(tmp_path / "pid", proc)
+    with _export(tmp_path, EXPORT.replace("vub.sock", str(sock)) + ",num-queues=2") as proc:
         wait_for_file(sock, proc)
         with Frontend(str(sock)) as fe:
             fe.negotiate()
@@ -154,36 +146,18 @@ def test_serves_until_signal(tmp_path: Path, sig: signal.Signals) -> None:
             proc.send_signal(sig)
             assert fe.disconnected()
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
     assert not sock.exists()
     assert not (tmp_path / "pid").exists()
 
 
 def test_listening_fd(tmp_path: Path) -> None:
-    listener = socket.socket(socket.AF_UNIX)
     path = str(tmp_path / "fd.sock")
-    listener.bind(path)
-    fd = listener.fileno()
-    export = EXPORT.replace("addr.type=unix,addr.path=vub.sock", f"addr.type=fd,addr.str={fd}")
-    try:
-        proc = _run(tmp_path, export, pass_fds=(fd,))
-    finally:
-        listener.close()
-    try:
-        wait_for_file(tmp_path / "pid", proc)
-        with Frontend(path) as fe:
-            assert fe.call_u64(Request.GET_FEATURES) != 0
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        fd = listener.fileno()
+        export = EXPORT.replace("addr.type=unix,addr.path=vub.sock", f"addr.type=fd,addr.str={fd}")
+        with _export(tmp_path, export, pass_fds=(fd,)):
+            listener.close()  # the export tool serves its own copy
+            with Frontend(path) as fe:
+                assert fe.call_u64(Request.GET_FEATURES) != 0
     os.unlink(path)
