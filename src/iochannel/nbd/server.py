@@ -362,7 +362,7 @@ class _Connection:
             if result is not _WAIT:
                 self._finished(req, cost, buf, result, None)
                 return
-        # Straight to the pool and back by _post: cheaper than a task or a future callback.
+        # The pool thread hands the outcome back itself (_pooled, then _post).
         self.server.pool.submit(self._pooled, asyncio.get_running_loop(), work, req, cost, buf)
 
     def _pooled(
