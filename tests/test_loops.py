@@ -501,3 +501,57 @@ def test_a_forked_child_never_waits_on_the_inherited_loop() -> None:
     assert asyncio.run(main()) == 0
     ch.close()
     peer.close()
+
+
+class _CountingChannel(SocketChannel):
+    """Counts the read calls that found nothing (would block)."""
+
+    failed_reads = 0
+
+    def _readv(self, buffers: Any, flags: Any, fds: Any) -> int | None:
+        n = super()._readv(buffers, flags, fds)
+        if n is None:
+            self.failed_reads += 1
+        return n
+
+
+def test_exact_reads_make_no_call_bound_to_fail() -> None:
+    """Request/response: one failed call in all; bytes that keep coming: read at once.
+
+    On asyncio's default loop; uvloop reports no stale readiness, so there the
+    hint never holds (see iochannel._core.watch).
+    """
+    a, ch = _CountingChannel.pair()
+    buf = bytearray(8)
+
+    async def main() -> None:
+        async def replies() -> None:
+            for _ in range(50):
+                await a.aread_all(8)
+                await a.awrite_all(b"response")
+
+        peer = asyncio.ensure_future(replies())
+        for _ in range(50):
+            await ch.awrite_all(b"request!")
+            await ch.areadv_all((buf,))
+        await peer
+        # Only the first read called before the reply was there.
+        assert ch.failed_reads == 1
+        # Ten messages already queued: the exact reads get them with no failed
+        # call, and only the read after them finds nothing.
+        a.write_all(b"streamed" * 10)
+        for _ in range(10):
+            await ch.areadv_all((buf,))
+        assert ch.failed_reads == 1
+        late = asyncio.ensure_future(ch.areadv_all((buf,)))
+        await loop_rounds(3)
+        a.write_all(b"the last")
+        await late
+        assert bytes(buf) == b"the last"
+        assert ch.failed_reads == 2
+
+    # The default loop by name: the test matrix makes asyncio.run() use uvloop.
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+        runner.run(main())
+    a.close()
+    ch.close()
