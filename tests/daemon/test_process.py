@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -50,6 +51,22 @@ def daemon(*argv: str, env: dict[str, str] | None = None) -> Iterator[subprocess
             proc.kill()
         out, err = proc.communicate(timeout=10)
         print(out, err, sep="\n")
+
+
+def wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float = 10.0) -> None:
+    """Read *proc*'s stderr until it contains *text* (what is read is not seen again)."""
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()  # raw reads: the text wrapper's buffer would hide lines from select
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while text.encode() not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no {text!r} on stderr; got {seen.decode()!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise AssertionError(f"stderr ended before {text!r}; got {seen.decode()!r}")
+        seen += chunk
 
 
 def connect(path: Path) -> socket.socket:
@@ -122,20 +139,21 @@ relay = ["chardev=cat,peer=echo-view"]
         assert (tmp_path / "b.sock").exists()
         write_config("c.sock")
         proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: (tmp_path / "c.sock").exists(), "the changed chardev")
-        assert not (tmp_path / "b.sock").exists()
+        # The new socket is built before the old one is taken down.
+        wait_for(
+            lambda: (tmp_path / "c.sock").exists() and not (tmp_path / "b.sock").exists(),
+            "the changed chardev to replace the old one",
+        )
         client.sendall(b"after\n")
         assert read_until(client, b"after\n")  # same connection, same program
         config.write_text("chardev = [")  # broken: the running configuration stays
         proc.send_signal(signal.SIGHUP)
-        time.sleep(0.3)
+        wait_for_line(proc, "reload failed, keeping the running configuration: --config")
         client.sendall(b"still\n")
         assert read_until(client, b"still\n")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         client.close()
-        assert proc.stderr is not None
-        assert "reload failed, keeping the running configuration: --config" in proc.stderr.read()
 
 
 def test_daemonize_returns_once_ready(tmp_path: Path) -> None:
