@@ -206,13 +206,15 @@ class CommandChannel(StapledChannel):
     def _abort(self) -> None:
         """Reap the child, terminating (then killing) one that will not exit."""
         proc = self._proc
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        # SIGKILL cannot be refused, but a loaded machine may take a while to
+        # run the exit: wait longer for it, so that no zombie is left behind.
+        for sig, grace in ((None, 0.01), (signal.SIGTERM, 0.01), (signal.SIGKILL, 2.0)):
             if sig is not None:
                 try:
                     proc.send_signal(sig)
                 except ProcessLookupError:
                     pass
-            deadline = time.monotonic() + 0.01
+            deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     return
