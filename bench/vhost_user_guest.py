@@ -8,8 +8,9 @@ back-end on the same image and runs a static direct-I/O load generator
 * random 4 KiB reads (IOPS ratio);
 * sequential 1 MiB writes (throughput ratio).
 
-Beside each figure: the back-end's context switches per transfer (all its
-threads, voluntary and involuntary, from /proc), which shows thread hops.
+Beside each figure, per transfer: the back-end's CPU time and its context
+switches (all its threads, from /proc; switches voluntary and involuntary),
+which show what a request costs and its thread hops.
 
 Needs qemu-system-x86_64, qemu-storage-daemon, busybox, cpio, gcc and a
 Debian kernel in /boot.  Figures under TCG are dominated by guest emulation,
@@ -44,39 +45,52 @@ def build_tool(workdir: Path) -> Path:
     return out
 
 
-def context_switches(pid: int) -> int:
-    """Context switches of the threads of *pid* so far (those of ended threads are lost)."""
-    total = 0
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+def _thread_totals(pid: int, name: str, keys: tuple[str, ...]) -> float:
+    """The sum of *keys* in /proc/PID/task/*/NAME (the figures of ended threads are lost)."""
+    total = 0.0
+    for path in Path(f"/proc/{pid}/task").glob(f"*/{name}"):
         try:
-            lines = status.read_text().splitlines()
+            lines = path.read_text().splitlines()
         except OSError:  # the thread ended meanwhile
             continue
         for line in lines:
             key, _, value = line.partition(":")
-            if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
-                total += int(value)
+            if key.strip() in keys:
+                total += float(value)
     return total
+
+
+def usage(pid: int) -> tuple[float, float]:
+    """(CPU seconds, context switches) of the threads of *pid* so far."""
+    cpu_ms = _thread_totals(pid, "sched", ("se.sum_exec_runtime",))
+    switches = _thread_totals(
+        pid, "status", ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+    )
+    return cpu_ms / 1000, switches
 
 
 def run(
     kind: str, workdir: Path, kernel: Path, initrd: Path, image: Path
-) -> dict[str, tuple[float, float]]:
-    """{test: (MiB/s or IOPS, back-end context switches per transfer)}"""
+) -> dict[str, tuple[float, float, float]]:
+    """{test: (MiB/s or IOPS, back-end CPU seconds and context switches per transfer)}"""
     sock = str(workdir / "vub.sock")
     backend = Backend(kind, image, sock, num_queues=1)
     try:
         guest = Guest(kernel, initrd, sock, num_queues=1, smp=1, mem="512M")
         try:
-            results: dict[str, tuple[float, float]] = {}
+            results: dict[str, tuple[float, float, float]] = {}
             guest.expect("GUEST-START")
-            switches = context_switches(backend.proc.pid)
+            used = usage(backend.proc.pid)
             for name, *_ in TESTS:
                 m = guest.expect(rf"RESULT {name} ops=(\d+) bytes=(\d+) ns=(\d+)", timeout=600)
                 ops, nbytes, ns = (int(x) for x in m.groups())
-                before, switches = switches, context_switches(backend.proc.pid)
+                before, used = used, usage(backend.proc.pid)
                 rate = (nbytes if "4K" not in name else ops) / (ns / 1e9)
-                results[name] = (rate, (switches - before) / ops)
+                results[name] = (
+                    rate,
+                    (used[0] - before[0]) / ops,
+                    (used[1] - before[1]) / ops,
+                )
             guest.expect("GUEST-END")
             guest.wait()
         finally:
@@ -105,21 +119,24 @@ def main() -> int:
             for name, mode, bs, count in TESTS
         )
         kernel, initrd = build_initrd(workdir, commands, extra=[tool])
-        # The best round of each back-end, with its context switches.
-        best: dict[str, dict[str, tuple[float, float]]] = {"iochannel": {}, "qsd": {}}
+        # The best round of each back-end, with its CPU time and context switches.
+        best: dict[str, dict[str, tuple[float, float, float]]] = {"iochannel": {}, "qsd": {}}
         for _ in range(ROUNDS):
             for kind in best:
                 for name, value in run(kind, workdir, kernel, initrd, image).items():
-                    best[kind][name] = max(best[kind].get(name, (0.0, 0.0)), value)
+                    best[kind][name] = max(best[kind].get(name, (0.0, 0.0, 0.0)), value)
         for name, *_ in TESTS:
-            (ours, ours_cs), (base, base_cs) = best["iochannel"][name], best["qsd"][name]
             unit = "IOPS" if "4K" in name else "MiB/s"
             scale = 1 if "4K" in name else 1 / (1 << 20)
-            print(
-                f"{name:14} iochannel {ours * scale:9.1f} {unit} ({ours_cs:4.1f} cs/op)  "
-                f"qemu-storage-daemon {base * scale:9.1f} {unit} ({base_cs:4.1f} cs/op)  "
-                f"ratio {ours / base:.2f}"
-            )
+            shown = [
+                f"{kind} {rate * scale:9.1f} {unit} ({cpu * 1e6:5.0f} us CPU, {cs:4.1f} cs/op)"
+                for kind, (rate, cpu, cs) in (
+                    ("iochannel", best["iochannel"][name]),
+                    ("qemu-storage-daemon", best["qsd"][name]),
+                )
+            ]
+            ratio = best["iochannel"][name][0] / best["qsd"][name][0]
+            print(f"{name:14} {shown[0]}  {shown[1]}  ratio {ratio:.2f}")
     return 0
 
 
