@@ -1,7 +1,7 @@
 """Channel core benchmarks, each measured side by side with its baseline in one run.
 
 * sync bulk over AF_UNIX (64 KiB writes, readv into a preallocated buffer) / a raw socket loop,
-  writer and reader pinned to two CPUs
+  writer and reader pinned to two CPUs, as two threads and as two processes
 * asyncio bulk through the channel's async API / asyncio streams
 * asyncio 64-byte ping-pong / asyncio streams (also uvloop and trio figures)
 * fd-passing messages per second / raw ``socket.sendmsg``/``recvmsg``
@@ -69,7 +69,8 @@ def _on_cpu(index: int) -> None:
         os.sched_setaffinity(0, {_CPUS[index % len(_CPUS)]})
 
 
-def _bulk_sync(channels: bool) -> float:
+def _bulk_sync(channels: bool, processes: bool = False) -> float:
+    """Writer and reader as two threads of this process, or (*processes*) one per process."""
     a, b = socket.socketpair()
     data = bytes(CHUNK)
     buf = bytearray(CHUNK)
@@ -103,7 +104,7 @@ def _bulk_sync(channels: bool) -> float:
 
     _on_cpu(1)
     try:
-        return measure(pinned_write, read, BULK)[0]
+        return measure(pinned_write, read, BULK, fork=processes)[0]
     finally:
         a.close()
         b.close()
@@ -466,6 +467,16 @@ def main() -> None:
         functools.partial(_bulk_sync, False),
         "MB/s",
         0.95,
+        "raw socket",
+    )
+    # Two threads of one process share the GIL, so the side that holds it longer
+    # per call also delays the other; one process per side measures the channel alone.
+    compare(
+        "sync bulk, one process per side",
+        functools.partial(_bulk_sync, True, True),
+        functools.partial(_bulk_sync, False, True),
+        "MB/s",
+        None,
         "raw socket",
     )
     compare(
