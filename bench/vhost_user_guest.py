@@ -12,6 +12,13 @@ Beside each figure, per transfer: the back-end's CPU time and its context
 switches (all its threads, from /proc; switches voluntary and involuntary),
 which show what a request costs and its thread hops.
 
+Then ``num-queues=2`` scaling: the export with its two virtqueues on one
+iothread, then on two, while a guest with two vCPUs runs the same tests as two
+jobs at once, one pinned to each vCPU (so each drives its own queue).  The
+figure is the sum of both jobs' transfers over the slower job's time.  On a
+machine with as few CPUs as this benchmark's guest and back-end have threads,
+they compete for the cores, and the machine's CPU count is printed with it.
+
 Needs qemu-system-x86_64, qemu-storage-daemon, busybox, cpio, gcc and a
 Debian kernel in /boot.  Figures under TCG are dominated by guest emulation,
 so they compare the two back-ends, not absolute speeds.
@@ -19,6 +26,7 @@ so they compare the two back-ends, not absolute speeds.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +43,15 @@ TESTS = [
     ("seq-read-1M", "read", 1 << 20, 192),
     ("rand-read-4K", "randread", 4096, 3000),
     ("seq-write-1M", "write", 1 << 20, 96),
+]
+#: The num-queues=2 layouts: (name, --object values, export keys).
+LAYOUTS = [
+    ("one iothread", ["iothread,id=io0"], "iothread=io0"),
+    (
+        "two iothreads",
+        ["iothread,id=io0", "iothread,id=io1"],
+        "iothread-vq-mapping.0.iothread=io0,iothread-vq-mapping.1.iothread=io1",
+    ),
 ]
 
 
@@ -100,6 +117,42 @@ def run(
     return results
 
 
+def run_two_queues(
+    workdir: Path, kernel: Path, initrd: Path, image: Path, objects: list[str], export: str
+) -> dict[str, float]:
+    """{test: MiB/s or IOPS of two guest jobs on a num-queues=2 export laid out as given}"""
+    sock = str(workdir / "vub.sock")
+    backend = Backend("iochannel", image, sock, num_queues=2, objects=objects, export=export)
+    job = r"ops=(\d+) bytes=(\d+) ns=(\d+)"
+    try:
+        guest = Guest(kernel, initrd, sock, num_queues=2, smp=2, mem="512M")
+        try:
+            results: dict[str, float] = {}
+            guest.expect("GUEST-START")
+            for name, *_ in TESTS:
+                m = guest.expect(rf"RESULT {name} {job} {job}", timeout=600)
+                ops0, bytes0, ns0, ops1, bytes1, ns1 = (int(x) for x in m.groups())
+                done = bytes0 + bytes1 if "4K" not in name else ops0 + ops1
+                results[name] = done / (max(ns0, ns1) / 1e9)
+            guest.expect("GUEST-END")
+            guest.wait()
+        finally:
+            guest.close()
+    finally:
+        backend.stop()
+    return results
+
+
+def two_queue_script() -> str:
+    """Each test as two jobs at once, pinned to vCPU 0 and vCPU 1."""
+    return "".join(
+        f"taskset 1 gio /dev/vda {mode} {bs} {count} >/tmp/job0 &\n"
+        f"taskset 2 gio /dev/vda {mode} {bs} {count} >/tmp/job1 &\n"
+        f"wait\necho RESULT {name} $(cat /tmp/job0) $(cat /tmp/job1)\n"
+        for name, mode, bs, count in TESTS
+    )
+
+
 def main() -> int:
     for prog in ("qemu-system-x86_64", "qemu-storage-daemon", "busybox", "cpio", "gcc"):
         if shutil.which(prog) is None:
@@ -137,6 +190,26 @@ def main() -> int:
             ]
             ratio = best["iochannel"][name][0] / best["qsd"][name][0]
             print(f"{name:14} {shown[0]}  {shown[1]}  ratio {ratio:.2f}")
+
+        kernel, initrd = build_initrd(workdir, two_queue_script(), extra=[tool])
+        scaled: dict[str, dict[str, float]] = {layout: {} for layout, *_ in LAYOUTS}
+        for _ in range(ROUNDS):
+            for layout, objects, export in LAYOUTS:
+                got = run_two_queues(workdir, kernel, initrd, image, objects, export)
+                for name, rate in got.items():
+                    scaled[layout][name] = max(scaled[layout].get(name, 0.0), rate)
+        print(
+            f"num-queues=2, two guest jobs (2 vCPUs; {os.cpu_count()} host CPUs shared by "
+            "guest and back-end):"
+        )
+        for name, *_ in TESTS:
+            unit = "IOPS" if "4K" in name else "MiB/s"
+            scale = 1 if "4K" in name else 1 / (1 << 20)
+            one, two = (scaled[layout][name] for layout, *_ in LAYOUTS)
+            print(
+                f"{name:14} one iothread {one * scale:9.1f} {unit}  "
+                f"two iothreads {two * scale:9.1f} {unit}  scaling {two / one:.2f}"
+            )
     return 0
 
 

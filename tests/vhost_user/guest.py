@@ -33,7 +33,7 @@ MODULES = [
 ]
 APPLETS = [
     *("sh", "mount", "insmod", "dd", "cat", "grep", "cmp", "sleep", "ls", "sync"),
-    *("poweroff", "reboot", "echo", "head", "wc", "seq", "tr", "od", "test"),
+    *("poweroff", "reboot", "echo", "head", "wc", "seq", "tr", "od", "test", "taskset"),
 ]
 
 INIT = """#!/bin/sh
@@ -213,17 +213,23 @@ class Backend:
         *,
         writable: bool = True,
         num_queues: int = 1,
+        objects: Sequence[str] = (),
+        export: str = "",
     ) -> None:
+        """*objects* are ``--object`` values; *export* adds keys to the export."""
         if kind == "qsd":
             cmd = [require_tool("qemu-storage-daemon")]
         else:
             cmd = [os.environ.get("PYTHON", _python()), "-m", "iochannel.vhost_user.cli"]
+        for obj in objects:
+            cmd += ["--object", obj]
         cmd += [
             "--blockdev", f"driver=file,node-name=file0,filename={image}",
             "--blockdev", "driver=raw,node-name=disk0,file=file0",
             "--export",
             "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,"
-            f"addr.path={socket},writable={'on' if writable else 'off'},num-queues={num_queues}",
+            f"addr.path={socket},writable={'on' if writable else 'off'},num-queues={num_queues}"
+            + (f",{export}" if export else ""),
         ]  # fmt: skip
         if os.path.exists(socket):
             os.unlink(socket)
