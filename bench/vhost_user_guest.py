@@ -31,6 +31,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,6 +46,8 @@ TESTS = [
     ("rand-read-4K", "randread", 4096, 3000),
     ("seq-write-1M", "write", 1 << 20, 96),
 ]
+#: What the load generator prints for one job.
+JOB = r"ops=(\d+) bytes=(\d+) ns=(\d+)"
 #: The num-queues=2 layouts: (name, --object values, export keys).
 LAYOUTS = [
     ("one iothread", ["iothread,id=io0"], "iothread=io0"),
@@ -86,34 +90,37 @@ def usage(pid: int) -> tuple[float, float]:
     return cpu_ms / 1000, switches
 
 
-def run(
-    kind: str, workdir: Path, kernel: Path, initrd: Path, image: Path
-) -> dict[str, tuple[float, float, float]]:
-    """{test: (MiB/s or IOPS, back-end CPU seconds and context switches per transfer)}"""
-    sock = str(workdir / "vub.sock")
-    backend = Backend(kind, image, sock, num_queues=1)
+@contextmanager
+def booted(backend: Backend, kernel: Path, initrd: Path, sock: str, queues: int) -> Iterator[Guest]:
+    """The guest (one vCPU per queue) on *backend*, once its script starts; both end after."""
     try:
-        guest = Guest(kernel, initrd, sock, num_queues=1, smp=1, mem="512M")
+        guest = Guest(kernel, initrd, sock, num_queues=queues, smp=queues, mem="512M")
         try:
-            results: dict[str, tuple[float, float, float]] = {}
             guest.expect("GUEST-START")
-            used = usage(backend.proc.pid)
-            for name, *_ in TESTS:
-                m = guest.expect(rf"RESULT {name} ops=(\d+) bytes=(\d+) ns=(\d+)", timeout=600)
-                ops, nbytes, ns = (int(x) for x in m.groups())
-                before, used = used, usage(backend.proc.pid)
-                rate = (nbytes if "4K" not in name else ops) / (ns / 1e9)
-                results[name] = (
-                    rate,
-                    (used[0] - before[0]) / ops,
-                    (used[1] - before[1]) / ops,
-                )
+            yield guest
             guest.expect("GUEST-END")
             guest.wait()
         finally:
             guest.close()
     finally:
         backend.stop()
+
+
+def run(
+    kind: str, workdir: Path, kernel: Path, initrd: Path, image: Path
+) -> dict[str, tuple[float, float, float]]:
+    """{test: (MiB/s or IOPS, back-end CPU seconds and context switches per transfer)}"""
+    sock = str(workdir / "vub.sock")
+    backend = Backend(kind, image, sock, num_queues=1)
+    results: dict[str, tuple[float, float, float]] = {}
+    with booted(backend, kernel, initrd, sock, 1) as guest:
+        used = usage(backend.proc.pid)
+        for name, *_ in TESTS:
+            m = guest.expect(rf"RESULT {name} {JOB}", timeout=600)
+            ops, nbytes, ns = (int(x) for x in m.groups())
+            before, used = used, usage(backend.proc.pid)
+            rate = (nbytes if "4K" not in name else ops) / (ns / 1e9)
+            results[name] = (rate, (used[0] - before[0]) / ops, (used[1] - before[1]) / ops)
     return results
 
 
@@ -123,23 +130,13 @@ def run_two_queues(
     """{test: MiB/s or IOPS of two guest jobs on a num-queues=2 export laid out as given}"""
     sock = str(workdir / "vub.sock")
     backend = Backend("iochannel", image, sock, num_queues=2, objects=objects, export=export)
-    job = r"ops=(\d+) bytes=(\d+) ns=(\d+)"
-    try:
-        guest = Guest(kernel, initrd, sock, num_queues=2, smp=2, mem="512M")
-        try:
-            results: dict[str, float] = {}
-            guest.expect("GUEST-START")
-            for name, *_ in TESTS:
-                m = guest.expect(rf"RESULT {name} {job} {job}", timeout=600)
-                ops0, bytes0, ns0, ops1, bytes1, ns1 = (int(x) for x in m.groups())
-                done = bytes0 + bytes1 if "4K" not in name else ops0 + ops1
-                results[name] = done / (max(ns0, ns1) / 1e9)
-            guest.expect("GUEST-END")
-            guest.wait()
-        finally:
-            guest.close()
-    finally:
-        backend.stop()
+    results: dict[str, float] = {}
+    with booted(backend, kernel, initrd, sock, 2) as guest:
+        for name, *_ in TESTS:
+            m = guest.expect(rf"RESULT {name} {JOB} {JOB}", timeout=600)
+            ops0, bytes0, ns0, ops1, bytes1, ns1 = (int(x) for x in m.groups())
+            done = bytes0 + bytes1 if "4K" not in name else ops0 + ops1
+            results[name] = done / (max(ns0, ns1) / 1e9)
     return results
 
 
