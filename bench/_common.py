@@ -14,6 +14,13 @@ CHUNK = 64 * 1024
 ROUNDS = 5
 
 
+def verdict(ratio: float, goal: float | None) -> str:
+    """How *ratio* stands against *goal* (``None``: a figure printed for information)."""
+    if goal is None:
+        return "(for information)"
+    return f"(goal >= {goal}) " + ("ok" if ratio >= goal else "BELOW GOAL")
+
+
 def report(
     name: str,
     ours: float,
@@ -29,16 +36,12 @@ def report(
     ours against it is the share the channel engine leaves.
     """
     ratio = ours / base
-    if goal is None:
-        verdict = "(for information)"
-    else:
-        verdict = f"(goal >= {goal}) " + ("ok" if ratio >= goal else "BELOW GOAL")
     beside = (
         "" if floor is None else f"  [fd-callback floor {floor:12,.1f}, ours {ours / floor:4.2f}]"
     )
     print(
         f"{name:34} {ours:12,.1f} {unit:8} vs {baseline} {base:12,.1f}  "
-        f"ratio {ratio:5.2f} {verdict}{beside}",
+        f"ratio {ratio:5.2f} {verdict(ratio, goal)}{beside}",
         flush=True,
     )
 
