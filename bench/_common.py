@@ -41,7 +41,7 @@ def report(
     )
     print(
         f"{name:34} {ours:12,.1f} {unit:8} vs {baseline} {base:12,.1f}  "
-        f"ratio {ratio:5.2f} {verdict(ratio, goal)}{beside}",
+        f"ratio {ratio:6.3f} {verdict(ratio, goal)}{beside}",
         flush=True,
     )
 

@@ -192,7 +192,7 @@ def main() -> int:
                 )
             ]
             ratio = best["iochannel"][name][0] / best["qsd"][name][0]
-            print(f"{name:14} {shown[0]}  {shown[1]}  ratio {ratio:.2f} {verdict(ratio, GOAL)}")
+            print(f"{name:14} {shown[0]}  {shown[1]}  ratio {ratio:.3f} {verdict(ratio, GOAL)}")
 
         kernel, initrd = build_initrd(workdir, two_queue_script(), extra=[tool])
         scaled: dict[str, dict[str, float]] = {layout: {} for layout, *_ in LAYOUTS}
